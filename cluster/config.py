@@ -1,0 +1,83 @@
+"""Server configuration as plain data: what models to serve, how, and with which batching.
+
+A leaf module (stdlib only). The text-format protos (ModelServerConfig, BatchingParameters) are
+converted into these classes by the gateway's config converters; everything else reads these.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+PolicyKind = Literal["latest", "all", "specific"]
+
+
+@dataclass(frozen=True)
+class VersionPolicy:
+    """Which versions on disk are aspired: the N latest, all, or a specific set."""
+
+    kind: PolicyKind = "latest"
+    num_versions: int = 1  # for "latest"; 0 is treated as 1, as in TF Serving
+    versions: tuple[int, ...] = ()  # for "specific"
+
+
+@dataclass(frozen=True)
+class BatchingConfig:
+    """TF Serving's BatchingParameters, with the scheduler's defaults for unset fields."""
+
+    max_batch_size: int = 1000
+    batch_timeout_micros: int = 0
+    max_enqueued_batches: int = 10
+    num_batch_threads: int = 2
+    allowed_batch_sizes: tuple[int, ...] = ()
+    enable_large_batch_splitting: bool = False
+    max_execution_batch_size: int | None = None
+    pad_variable_length_inputs: bool = False
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """One servable stream: a name, a base path (local or pyarrow.fs URI) and how to serve it."""
+
+    name: str
+    base_path: str
+    platform: str = "tensorflow"
+    version_policy: VersionPolicy = field(default_factory=VersionPolicy)
+    version_labels: tuple[tuple[str, int], ...] = ()  # sorted (label, version) pairs
+    num_replicas: int | None = None  # None: the server's --num_replicas
+    batching: BatchingConfig | None = None  # None: the server's batching settings
+
+    def label_map(self) -> dict[str, int]:
+        return dict(self.version_labels)
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """The whole desired state of the models: replaces the previous one on reload."""
+
+    models: tuple[ModelConfig, ...] = ()
+
+    def model(self, name: str) -> ModelConfig | None:
+        return next((m for m in self.models if m.name == name), None)
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    """Process-level settings from `tessera serve` flags."""
+
+    host: str = "0.0.0.0"
+    grpc_port: int = 8500
+    rest_port: int = 0
+    model_config_file: str = ""
+    model_config_file_poll_wait_seconds: int = 0
+    file_system_poll_wait_seconds: float = 1.0
+    enable_batching: bool = False
+    batching: BatchingConfig | None = None
+    enable_model_warmup: bool = True
+    num_replicas: int = 1
+    replica_num_cpus: float = 0.5
+    ray_address: str | None = None
+    rest_api_timeout_in_ms: int = 30000
+    monitoring_path: str | None = None
+    max_num_load_retries: int = 5
+    load_retry_interval_seconds: float = 60.0

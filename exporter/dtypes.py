@@ -1,0 +1,98 @@
+"""Data types: the bundle's DType enum (numbered like tensorflow.DataType) and numpy.
+
+DT_STRING tensors are numpy object arrays whose elements are `bytes`, as TensorFlow's
+`make_ndarray` returns them.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+import numpy as np
+
+from protos.tessera import bundle_pb2
+
+DType = int
+
+FLOAT: Final = bundle_pb2.DT_FLOAT
+DOUBLE: Final = bundle_pb2.DT_DOUBLE
+INT32: Final = bundle_pb2.DT_INT32
+UINT8: Final = bundle_pb2.DT_UINT8
+INT16: Final = bundle_pb2.DT_INT16
+INT8: Final = bundle_pb2.DT_INT8
+STRING: Final = bundle_pb2.DT_STRING
+INT64: Final = bundle_pb2.DT_INT64
+BOOL: Final = bundle_pb2.DT_BOOL
+UINT16: Final = bundle_pb2.DT_UINT16
+HALF: Final = bundle_pb2.DT_HALF
+UINT32: Final = bundle_pb2.DT_UINT32
+UINT64: Final = bundle_pb2.DT_UINT64
+
+_TO_NUMPY: Final[dict[int, np.dtype]] = {
+    FLOAT: np.dtype(np.float32),
+    DOUBLE: np.dtype(np.float64),
+    INT32: np.dtype(np.int32),
+    UINT8: np.dtype(np.uint8),
+    INT16: np.dtype(np.int16),
+    INT8: np.dtype(np.int8),
+    STRING: np.dtype(object),
+    INT64: np.dtype(np.int64),
+    BOOL: np.dtype(np.bool_),
+    UINT16: np.dtype(np.uint16),
+    HALF: np.dtype(np.float16),
+    UINT32: np.dtype(np.uint32),
+    UINT64: np.dtype(np.uint64),
+}
+_FROM_NUMPY: Final[dict[np.dtype, int]] = {v: k for k, v in _TO_NUMPY.items()}
+
+NUMERIC: Final = frozenset(_TO_NUMPY) - {STRING, BOOL}
+FLOATING: Final = frozenset({FLOAT, DOUBLE, HALF})
+INTEGER: Final = NUMERIC - FLOATING
+
+
+def to_numpy(dtype: DType) -> np.dtype:
+    """The numpy dtype that holds values of `dtype` (object for DT_STRING)."""
+    try:
+        return _TO_NUMPY[dtype]
+    except KeyError:
+        raise ValueError(f"unsupported dtype {dtype}") from None
+
+
+def from_numpy(dtype: np.dtype | type) -> DType:
+    """The DType of a numpy dtype; bytes/str/object arrays map to DT_STRING."""
+    dtype = np.dtype(dtype)
+    if dtype.kind in "OSU":
+        return STRING
+    try:
+        return _FROM_NUMPY[dtype]
+    except KeyError:
+        raise ValueError(f"unsupported numpy dtype {dtype}") from None
+
+
+def name(dtype: DType) -> str:
+    """TensorFlow's lower-case name of a dtype ('float32', 'int64', 'string', ...)."""
+    if dtype == STRING:
+        return "string"
+    if dtype == BOOL:
+        return "bool"
+    return to_numpy(dtype).name
+
+
+def from_name(text: str) -> DType:
+    """Parses 'float32', 'int64', 'string', ... (also the DT_ names)."""
+    if text.upper().startswith("DT_"):
+        return bundle_pb2.DType.Value(text.upper())
+    if text in ("string", "bytes", "str"):
+        return STRING
+    return from_numpy(np.dtype(text))
+
+
+def as_array(value: object, dtype: DType) -> np.ndarray:
+    """Converts a Python value or array to an ndarray of `dtype` (strings become bytes objects)."""
+    if dtype == STRING:
+        arr = np.asarray(value, dtype=object)
+        flat = [v.encode() if isinstance(v, str) else bytes(v) for v in arr.reshape(-1)]
+        out = np.empty(len(flat), dtype=object)
+        out[:] = flat
+        return out.reshape(arr.shape)
+    return np.asarray(value, dtype=to_numpy(dtype))
