@@ -1,0 +1,285 @@
+"""The numpy graph runtime: validates a bundle's graph once, plans each signature once, runs it.
+
+At load: every node's op must be registered, every input must name an existing output, the graph
+must be acyclic, and types are re-inferred (a mismatch is a GraphError naming the node). Each
+signature is pruned to the nodes its outputs need and compiled into a flat list of steps over
+numbered value slots, so a run is one Python loop over precomputed steps with no dict churn.
+"""
+
+from __future__ import annotations
+
+import pathlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from exporter import attrs as attr_codec
+from exporter import dtypes
+from exporter.dtypes import DType
+from exporter.errors import GraphError, InvalidInputError
+from exporter.ops.registry import KernelFn, LoadContext, Shape, TensorType, get_op
+from protos.tessera import bundle_pb2
+
+if TYPE_CHECKING:
+    from exporter.bundle import Bundle
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """A signature input or output: graph tensor name, dtype and static shape."""
+
+    name: str
+    dtype: DType
+    shape: Shape
+
+
+@dataclass(frozen=True)
+class Signature:
+    key: str
+    method_name: str
+    inputs: Mapping[str, TensorInfo]
+    outputs: Mapping[str, TensorInfo]
+
+
+@dataclass(frozen=True)
+class _Step:
+    kernel: KernelFn
+    state: Any
+    in_slots: tuple[int, ...]
+    out_slot: int  # first output slot; outputs are consecutive
+    node: str
+
+
+@dataclass(frozen=True)
+class _Plan:
+    feeds: tuple[tuple[str, int], ...]  # (alias, slot)
+    steps: tuple[_Step, ...]
+    fetches: tuple[tuple[str, int], ...]  # (alias, slot)
+    num_slots: int
+
+
+def _parse_ref(ref: str) -> tuple[str, int]:
+    node, sep, index = ref.rpartition(":")
+    if not sep:
+        return ref, 0
+    if not index.isdigit():
+        raise GraphError(f"bad tensor reference {ref!r}")
+    return node, int(index)
+
+
+def _shape_of(proto: bundle_pb2.Shape) -> Shape:
+    if proto.unknown_rank:
+        return None
+    return tuple(None if d < 0 else int(d) for d in proto.dim)
+
+
+class Runtime:
+    """A loaded, validated graph with one execution plan per signature."""
+
+    def __init__(
+        self,
+        meta_graph: bundle_pb2.MetaGraph,
+        variables: Mapping[str, np.ndarray] | None = None,
+        assets_dir: pathlib.Path | None = None,
+    ) -> None:
+        ctx = LoadContext(variables=dict(variables or {}), assets_dir=assets_dir)
+        self._nodes: dict[str, bundle_pb2.NodeDef] = {}
+        for node in meta_graph.graph.nodes:
+            if node.name in self._nodes:
+                raise GraphError(f"node {node.name!r} defined twice")
+            self._nodes[node.name] = node
+        self._order = self._topological_order()
+        self._types: dict[str, list[TensorType]] = {}
+        self._states: dict[str, Any] = {}
+        for name in self._order:
+            self._check_node(self._nodes[name], ctx)
+        self.signatures: dict[str, Signature] = {
+            key: self._check_signature(key, sig) for key, sig in meta_graph.signatures.items()
+        }
+        self._plans: dict[tuple[str, tuple[str, ...]], _Plan] = {}
+        for key, sig in self.signatures.items():
+            self._plans[(key, ())] = self._compile(sig, tuple(sorted(sig.outputs)))
+
+    # -- load-time checks ----------------------------------------------------------------------
+    def _topological_order(self) -> list[str]:
+        order: list[str] = []
+        state: dict[str, int] = {}  # 1 visiting, 2 done
+        for root in self._nodes:
+            stack: list[tuple[str, int]] = [(root, 0)]
+            while stack:
+                name, i = stack.pop()
+                if i == 0:
+                    if state.get(name) == 2:
+                        continue
+                    state[name] = 1
+                inputs = self._nodes[name].inputs
+                if i < len(inputs):
+                    stack.append((name, i + 1))
+                    producer, _ = _parse_ref(inputs[i])
+                    if producer not in self._nodes:
+                        raise GraphError(f"node {name!r}: input {inputs[i]!r} names no node")
+                    if state.get(producer) == 1:
+                        raise GraphError(f"node {name!r}: the graph has a cycle through {producer!r}")
+                    if state.get(producer) != 2:
+                        stack.append((producer, 0))
+                else:
+                    state[name] = 2
+                    order.append(name)
+        return order
+
+    def _check_node(self, node: bundle_pb2.NodeDef, ctx: LoadContext) -> None:
+        try:
+            opdef = get_op(node.op)
+            opdef.check_arity(len(node.inputs))
+            in_types = []
+            for ref in node.inputs:
+                producer, index = _parse_ref(ref)
+                outs = self._types[producer]
+                if index >= len(outs):
+                    raise GraphError(f"input {ref!r}: {producer!r} has only {len(outs)} outputs")
+                in_types.append(outs[index])
+            node_attrs = attr_codec.decode_map(node.attrs)
+            self._types[node.name] = list(opdef.infer(in_types, node_attrs))
+            self._states[node.name] = opdef.prepare(node_attrs, ctx)
+        except GraphError as e:
+            raise GraphError(f"node {node.name!r} ({node.op}): {e}") from None
+        except (KeyError, TypeError, ValueError) as e:
+            raise GraphError(f"node {node.name!r} ({node.op}): invalid attributes: {e!r}") from None
+
+    def _tensor_type(self, ref: str) -> TensorType:
+        producer, index = _parse_ref(ref)
+        outs = self._types.get(producer)
+        if outs is None or index >= len(outs):
+            raise GraphError(f"tensor {ref!r} is not in the graph")
+        return outs[index]
+
+    def _check_signature(self, key: str, sig: bundle_pb2.SignatureDef) -> Signature:
+        def infos(specs: Mapping[str, bundle_pb2.TensorSpec], kind: str) -> dict[str, TensorInfo]:
+            out = {}
+            for alias, spec in specs.items():
+                actual = self._tensor_type(spec.name)
+                if actual.dtype != spec.dtype:
+                    raise GraphError(
+                        f"signature {key!r} {kind} {alias!r}: declared {dtypes.name(spec.dtype)}, "
+                        f"graph has {dtypes.name(actual.dtype)}"
+                    )
+                out[alias] = TensorInfo(spec.name, spec.dtype, _shape_of(spec.shape))
+            return out
+
+        inputs = infos(sig.inputs, "input")
+        for alias, info in inputs.items():
+            if self._nodes[_parse_ref(info.name)[0]].op != "Placeholder":
+                raise GraphError(f"signature {key!r} input {alias!r} is not a Placeholder")
+        return Signature(key, sig.method_name, inputs, infos(sig.outputs, "output"))
+
+    def _compile(self, sig: Signature, aliases: tuple[str, ...]) -> _Plan:
+        slots: dict[tuple[str, int], int] = {}
+        feeds = []
+        fed_nodes = set()
+        for alias, info in sorted(sig.inputs.items()):
+            ref = _parse_ref(info.name)
+            slots[ref] = len(slots)
+            feeds.append((alias, slots[ref]))
+            fed_nodes.add(ref[0])
+        needed: set[str] = set()
+        frontier = [_parse_ref(sig.outputs[a].name)[0] for a in aliases]
+        while frontier:
+            name = frontier.pop()
+            if name in needed or name in fed_nodes:
+                continue
+            needed.add(name)
+            frontier.extend(_parse_ref(ref)[0] for ref in self._nodes[name].inputs)
+        steps = []
+        for name in self._order:
+            if name not in needed:
+                continue
+            node = self._nodes[name]
+            if node.op == "Placeholder":
+                raise GraphError(f"signature {sig.key!r} needs placeholder {name!r}, which is not one of its inputs")
+            in_slots = tuple(slots[_parse_ref(ref)] for ref in node.inputs)
+            first = len(slots)
+            for i in range(len(self._types[name])):
+                slots[(name, i)] = first + i
+            steps.append(_Step(get_op(node.op).kernel, self._states[name], in_slots, first, name))
+        fetches = tuple((a, slots[_parse_ref(sig.outputs[a].name)]) for a in aliases)
+        return _Plan(tuple(feeds), tuple(steps), fetches, len(slots))
+
+    # -- running -------------------------------------------------------------------------------
+    @classmethod
+    def from_bundle(cls, bundle: Bundle) -> Runtime:
+        return cls(bundle.meta_graph, bundle.variables, bundle.assets_dir)
+
+    def _plan(self, key: str, output_filter: Sequence[str] | None) -> _Plan:
+        sig = self.signatures.get(key)
+        if sig is None:
+            raise InvalidInputError(f'Serving signature key "{key}" not found.')
+        if not output_filter:
+            return self._plans[(key, ())]
+        aliases = tuple(sorted(output_filter))
+        plan = self._plans.get((key, aliases))
+        if plan is None:
+            for alias in aliases:
+                if alias not in sig.outputs:
+                    raise InvalidInputError(f"output tensor alias not found in signature: {alias}")
+            # Bounded by the number of distinct filters a client uses (subsets of the outputs).
+            plan = self._plans[(key, aliases)] = self._compile(sig, aliases)
+        return plan
+
+    def run(
+        self,
+        signature_key: str,
+        feeds: Mapping[str, np.ndarray],
+        output_filter: Sequence[str] | None = None,
+    ) -> dict[str, np.ndarray]:
+        """Runs a signature on `feeds` (alias -> array); returns its outputs (alias -> array)."""
+        plan = self._plan(signature_key, output_filter)
+        sig = self.signatures[signature_key]
+        check_feeds(sig, feeds)
+        values: list[Any] = [None] * plan.num_slots
+        for alias, slot in plan.feeds:
+            values[slot] = feeds[alias]
+        for step in plan.steps:
+            try:
+                outs = step.kernel([values[i] for i in step.in_slots], step.state)
+            except InvalidInputError:
+                raise
+            except (ValueError, IndexError, TypeError, FloatingPointError) as e:
+                raise InvalidInputError(f"node {step.node!r}: {e}") from None
+            values[step.out_slot : step.out_slot + len(outs)] = outs
+        return {alias: values[slot] for alias, slot in plan.fetches}
+
+
+def check_feeds(sig: Signature, feeds: Mapping[str, np.ndarray]) -> None:
+    """Raises InvalidInputError unless `feeds` has exactly the signature's inputs, typed and shaped."""
+    if feeds.keys() != sig.inputs.keys():
+        extra = sorted(set(feeds) - set(sig.inputs))
+        missing = sorted(set(sig.inputs) - set(feeds))
+        raise InvalidInputError(
+            "input size does not match signature: "
+            f"{len(feeds)}!={len(sig.inputs)} len({{{', '.join(sorted(feeds))}}}) != "
+            f"len({{{', '.join(sorted(sig.inputs))}}}). Sent extra: {{{', '.join(extra)}}}. "
+            f"Missing but required: {{{', '.join(missing)}}}."
+        )
+    for alias, info in sig.inputs.items():
+        array = feeds[alias]
+        expected = dtypes.to_numpy(info.dtype)
+        if array.dtype != expected:
+            raise InvalidInputError(
+                f"Expects arg {alias!r} to be {dtypes.name(info.dtype)} but "
+                f"{_dtype_name(array.dtype)} is provided"
+            )
+        shape = info.shape
+        if shape is None:
+            continue
+        if array.ndim != len(shape) or any(d is not None and d != s for d, s in zip(shape, array.shape, strict=True)):
+            want = [-1 if d is None else d for d in shape]
+            raise InvalidInputError(f"input {alias!r}: expected shape {want}, got {list(array.shape)}")
+
+
+def _dtype_name(dtype: np.dtype) -> str:
+    try:
+        return dtypes.name(dtypes.from_numpy(dtype))
+    except ValueError:
+        return str(dtype)
