@@ -1,0 +1,1 @@
+"""TensorFlow core protos (package `tensorflow`), wire-identical copies; import only in the gateway and client."""

@@ -1,0 +1,1 @@
+"""TF Serving protos (package `tensorflow.serving`), wire-identical copies; import only in the gateway and client."""
