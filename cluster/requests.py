@@ -1,0 +1,127 @@
+"""Requests and results as the domain sees them: numpy arrays and plain values, no protos.
+
+The gateway's converters are the only code that turns TF Serving's messages (gRPC or REST JSON)
+into these and back. `ServingAPI` is what the gateway calls; `cluster.app` provides it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal, Protocol
+
+import numpy as np
+
+from cluster.types import VersionRequest, VersionStatus
+
+if TYPE_CHECKING:
+    from cluster.config import ServerConfig
+    from exporter.runtime import Signature
+
+DEFAULT_SIGNATURE = "serving_default"
+PREDICT_METHOD = "tensorflow/serving/predict"
+CLASSIFY_METHOD = "tensorflow/serving/classify"
+REGRESS_METHOD = "tensorflow/serving/regress"
+
+Method = Literal["classify", "regress"]
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSpec:
+    """Which servable and signature a request is for. An empty signature name means serving_default."""
+
+    name: str
+    version: VersionRequest = field(default_factory=VersionRequest.latest)
+    signature_name: str = ""
+
+    @property
+    def signature_key(self) -> str:
+        return self.signature_name or DEFAULT_SIGNATURE
+
+
+@dataclass(frozen=True, slots=True)
+class ResolvedSpec:
+    """What answered: the model name, the version actually served and the resolved signature key."""
+
+    name: str
+    version: int
+    signature_name: str
+
+
+@dataclass(frozen=True, slots=True)
+class PredictRequest:
+    spec: ModelSpec
+    inputs: Mapping[str, np.ndarray]
+    output_filter: tuple[str, ...] = ()
+    deadline: float | None = None  # time.monotonic() seconds; None: no deadline
+
+
+@dataclass(frozen=True, slots=True)
+class PredictResult:
+    spec: ResolvedSpec
+    outputs: Mapping[str, np.ndarray]
+
+
+@dataclass(frozen=True, slots=True)
+class ExamplesRequest:
+    """Classify or Regress: serialized tf.Examples (a context, if any, already prepended to each)."""
+
+    spec: ModelSpec
+    examples: Sequence[bytes]
+    deadline: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ClassifyResult:
+    """Per example, the classes: labels [n, k] (bytes) and/or scores [n, k] (float32)."""
+
+    spec: ResolvedSpec
+    labels: np.ndarray | None
+    scores: np.ndarray | None
+
+
+@dataclass(frozen=True, slots=True)
+class RegressResult:
+    spec: ResolvedSpec
+    values: np.ndarray  # float32 [n]
+
+
+@dataclass(frozen=True, slots=True)
+class InferenceTask:
+    spec: ModelSpec
+    method: str  # the method_name a client sent; validated by the service
+
+
+@dataclass(frozen=True, slots=True)
+class MultiInferenceRequest:
+    tasks: Sequence[InferenceTask]
+    examples: Sequence[bytes]
+    deadline: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ModelMetadata:
+    spec: ResolvedSpec  # signature_name is "" here: metadata is for the whole version
+    signatures: Mapping[str, Signature]
+
+
+class ServingAPI(Protocol):
+    """What the gateway (gRPC and REST) needs from the cluster. Errors are cluster.errors classes."""
+
+    async def predict(self, request: PredictRequest) -> PredictResult: ...
+
+    async def classify(self, request: ExamplesRequest) -> ClassifyResult: ...
+
+    async def regress(self, request: ExamplesRequest) -> RegressResult: ...
+
+    async def multi_inference(self, request: MultiInferenceRequest) -> list[ClassifyResult | RegressResult]: ...
+
+    async def model_metadata(self, spec: ModelSpec) -> ModelMetadata: ...
+
+    async def model_status(self, name: str, version: int | None) -> list[VersionStatus]: ...
+
+    async def reload_config(self, config: ServerConfig) -> None: ...
+
+    def is_ready(self) -> bool:
+        """True once every configured model has at least one AVAILABLE version."""
+        ...
