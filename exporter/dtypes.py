@@ -27,6 +27,13 @@ UINT16: Final = bundle_pb2.DT_UINT16
 HALF: Final = bundle_pb2.DT_HALF
 UINT32: Final = bundle_pb2.DT_UINT32
 UINT64: Final = bundle_pb2.DT_UINT64
+# Not in the bundle's DType enum (proto3 enums are open, so the numbers still round-trip);
+# numbered like tensorflow.DataType. They reach us in requests through TensorProto.
+COMPLEX64: Final = 8
+COMPLEX128: Final = 18
+# numpy has no bfloat16: exporter.tensor_codec decodes it to float32 (exactly) and only encodes
+# it when asked to; it has no entry in the numpy maps below.
+BFLOAT16: Final = 14
 
 _TO_NUMPY: Final[dict[int, np.dtype]] = {
     FLOAT: np.dtype(np.float32),
@@ -42,12 +49,16 @@ _TO_NUMPY: Final[dict[int, np.dtype]] = {
     HALF: np.dtype(np.float16),
     UINT32: np.dtype(np.uint32),
     UINT64: np.dtype(np.uint64),
+    COMPLEX64: np.dtype(np.complex64),
+    COMPLEX128: np.dtype(np.complex128),
 }
 _FROM_NUMPY: Final[dict[np.dtype, int]] = {v: k for k, v in _TO_NUMPY.items()}
 
 NUMERIC: Final = frozenset(_TO_NUMPY) - {STRING, BOOL}
 FLOATING: Final = frozenset({FLOAT, DOUBLE, HALF})
-INTEGER: Final = NUMERIC - FLOATING
+COMPLEX: Final = frozenset({COMPLEX64, COMPLEX128})
+INTEGER: Final = NUMERIC - FLOATING - COMPLEX
+_EXTRA_NAMES: Final = {"DT_COMPLEX64": COMPLEX64, "DT_COMPLEX128": COMPLEX128, "DT_BFLOAT16": BFLOAT16}
 
 
 def to_numpy(dtype: DType) -> np.dtype:
@@ -75,13 +86,19 @@ def name(dtype: DType) -> str:
         return "string"
     if dtype == BOOL:
         return "bool"
+    if dtype == BFLOAT16:
+        return "bfloat16"
     return to_numpy(dtype).name
 
 
 def from_name(text: str) -> DType:
     """Parses 'float32', 'int64', 'string', ... (also the DT_ names)."""
     if text.upper().startswith("DT_"):
+        if text.upper() in _EXTRA_NAMES:
+            return _EXTRA_NAMES[text.upper()]
         return bundle_pb2.DType.Value(text.upper())
+    if text == "bfloat16":
+        return BFLOAT16
     if text in ("string", "bytes", "str"):
         return STRING
     return from_numpy(np.dtype(text))
