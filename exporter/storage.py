@@ -245,8 +245,13 @@ def copy_to_cache(
         # The manifest we compared is the one we keep, even if copy_files raced a (bad) rewrite.
         (temp / MANIFEST_FILE).write_bytes(remote_manifest)
         if dest.exists():
-            shutil.rmtree(dest)
-        os.replace(temp, dest)
+            shutil.rmtree(dest)  # a stale copy of an older manifest: the version was re-made
+        try:
+            os.replace(temp, dest)
+        except OSError:
+            # Another process cached the same version meanwhile; theirs is as good as ours.
+            if not (cached_manifest.is_file() and cached_manifest.read_bytes() == remote_manifest):
+                raise
     finally:
         if temp.exists():
             shutil.rmtree(temp, ignore_errors=True)

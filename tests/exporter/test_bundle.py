@@ -234,3 +234,8 @@ def test_verify_false_skips_only_checksums(bundle_dir: pathlib.Path) -> None:
 def test_not_a_directory(tmp_path: pathlib.Path) -> None:
     with pytest.raises(BundleError, match="no such bundle directory"):
         read_bundle(tmp_path / "missing")
+
+
+def test_file_uri_is_read_in_place(bundle_dir: pathlib.Path) -> None:
+    bundle = read_bundle(f"file://{bundle_dir}")
+    assert bundle.path == bundle_dir and bundle.version == 42
