@@ -1,0 +1,1 @@
+"""Replica autoscaling: the pure policy (and, elsewhere, the loop that applies it)."""

@@ -1,0 +1,85 @@
+"""A router over a set of replica handles that counts requests in flight on each.
+
+Generic over the handle type (a Ray actor handle in production, anything in tests). Not
+thread-safe: one router per event loop, as the gateway uses it.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Generic, TypeVar
+
+from cluster.errors import Unavailable
+from cluster.routing.policy import choose_replica
+
+H = TypeVar("H")
+
+
+class _Slot(Generic[H]):
+    __slots__ = ("handle", "in_flight")
+
+    def __init__(self, handle: H) -> None:
+        self.handle = handle
+        self.in_flight = 0
+
+
+class Router(Generic[H]):
+    """Picks a replica by power of two choices on in-flight counts.
+
+    `key` identifies a replica across `set_replicas` calls (default: the handle itself, which must
+    then be hashable), so a replica that stays keeps its count.
+    """
+
+    def __init__(
+        self,
+        handles: Iterable[H] = (),
+        *,
+        rng: random.Random | None = None,
+        key: Callable[[H], Hashable] = lambda handle: handle,
+    ) -> None:
+        self._rng = rng if rng is not None else random.Random()
+        self._key = key
+        self._slots: list[_Slot[H]] = []
+        self.set_replicas(handles)
+
+    def set_replicas(self, handles: Iterable[H]) -> None:
+        """Replace the replica set (e.g. from a new routing table).
+
+        Requests still running on a removed replica finish normally; their completion only touches
+        the removed slot, never a new one.
+        """
+        existing = {self._key(slot.handle): slot for slot in self._slots}
+        self._slots = [existing.get(self._key(h)) or _Slot(h) for h in handles]
+
+    @property
+    def replicas(self) -> list[H]:
+        return [slot.handle for slot in self._slots]
+
+    def in_flight(self) -> list[int]:
+        return [slot.in_flight for slot in self._slots]
+
+    def total_in_flight(self) -> int:
+        return sum(slot.in_flight for slot in self._slots)
+
+    @contextmanager
+    def acquire(self, weight: int = 1) -> Iterator[H]:
+        """Choose a replica and count `weight` requests in flight on it until the block exits.
+
+        `weight` lets a coalesced call of several requests count as what it is.
+        Raises Unavailable when there is no replica.
+        """
+        slots = self._slots
+        if not slots:
+            raise Unavailable("No replica is available to serve this model")
+        slot = slots[choose_replica(_counts(slots), self._rng)] if len(slots) > 1 else slots[0]
+        slot.in_flight += weight
+        try:
+            yield slot.handle
+        finally:
+            slot.in_flight -= weight
+
+
+def _counts(slots: Sequence[_Slot]) -> list[int]:
+    return [slot.in_flight for slot in slots]

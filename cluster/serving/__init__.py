@@ -1,0 +1,1 @@
+"""Servable streams without Ray or gRPC: the source, version policies and the lifecycle planner."""
