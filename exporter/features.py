@@ -187,6 +187,20 @@ def _where(key: str, index: int) -> str:
     return f"Name: <unknown>, Key: {key}, Index: {index}."
 
 
+def _values(fmap: Any, key: str, dtype: DType, index: int) -> Any:
+    """The repeated field of feature `key` (None if absent or no list is set); refuses a wrong type."""
+    found = fmap.get(key)
+    kind = None if found is None else found.WhichOneof("kind")
+    if kind is None:
+        return None
+    if _KIND_TO_DTYPE[kind] != dtype:
+        raise InvalidInputError(
+            f"{_where(key, index)}  Data types don't match. Data type: "
+            f"{_TF_NAMES[_KIND_TO_DTYPE[kind]]} but expected type: {_TF_NAMES[dtype]}"
+        )
+    return getattr(found, kind).value
+
+
 def parse_example(
     serialized: Sequence[bytes] | np.ndarray, spec: Mapping[str, FeatureSpec]
 ) -> dict[str, np.ndarray | SparseTensorValue]:
@@ -215,42 +229,26 @@ def parse_example(
         except (DecodeError, TypeError):
             raise InvalidInputError(f"Name: <unknown>, Index: {i}. Could not parse example input") from None
         for key, feature in dense.items():
-            found = fmap.get(key)
-            kind = found.WhichOneof("kind") if found is not None else None
-            if kind is None:  # absent, or present with no list set: TF treats both as missing
+            values = _values(fmap, key, feature.dtype, i)
+            if values is None:  # absent, or present with no list set: TF treats both as missing
                 if feature.required:
                     raise InvalidInputError(
                         f"{_where(key, i)}  Feature: {key} (data type: {_TF_NAMES[feature.dtype]}) "
                         "is required but could not be found."
                     )
                 dense_bufs[key].extend(dense_defaults[key])
-                continue
-            if _KIND_TO_DTYPE[kind] != feature.dtype:
-                raise InvalidInputError(
-                    f"{_where(key, i)}  Data types don't match. Data type: "
-                    f"{_TF_NAMES[_KIND_TO_DTYPE[kind]]} but expected type: {_TF_NAMES[feature.dtype]}"
-                )
-            values = getattr(found, kind).value
-            if len(values) != dense_sizes[key]:
+            elif len(values) != dense_sizes[key]:
                 raise InvalidInputError(
                     f"{_where(key, i)}  Number of {_TF_NAMES[feature.dtype].replace('string', 'bytes')} "
                     f"values != expected.  Values size: {len(values)} but output shape: {list(feature.shape)}"
                 )
-            dense_bufs[key].extend(values)
+            else:
+                dense_bufs[key].extend(values)
         for key, dtype in lists.items():
-            found = fmap.get(key)
-            kind = found.WhichOneof("kind") if found is not None else None
-            if kind is None:
-                list_lens[key].append(0)
-                continue
-            if _KIND_TO_DTYPE[kind] != dtype:
-                raise InvalidInputError(
-                    f"{_where(key, i)}  Data types don't match. Data type: "
-                    f"{_TF_NAMES[_KIND_TO_DTYPE[kind]]} but expected type: {_TF_NAMES[dtype]}"
-                )
-            values = getattr(found, kind).value
-            list_lens[key].append(len(values))
-            list_bufs[key].extend(values)
+            values = _values(fmap, key, dtype, i)
+            list_lens[key].append(0 if values is None else len(values))
+            if values is not None:
+                list_bufs[key].extend(values)
 
     n = len(batch)
     result: dict[str, np.ndarray | SparseTensorValue] = {}
