@@ -134,6 +134,17 @@ def proto_to_array(proto: Any) -> np.ndarray:
     return _fill(raw, count, np_dtype).reshape(shape)
 
 
+def _to_bytes(value: object) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode()
+    if isinstance(value, (bytearray, memoryview)):
+        return bytes(value)
+    # bytes(3) would silently give three zero bytes: refuse anything that is not text or bytes.
+    raise InvalidInputError(f"a string tensor holds str or bytes, got {type(value).__name__}")
+
+
 def _bfloat16_to_float32(bits: np.ndarray) -> np.ndarray:
     return (bits.astype(np.uint32) << 16).view(np.float32)
 
@@ -168,9 +179,7 @@ def array_to_proto(array: Any, proto: P, *, use_tensor_content: bool = True, dty
     for size in array.shape:
         dims.add().size = size
     if dtype == dtypes.STRING:
-        msg.string_val.extend(
-            v.encode() if isinstance(v, str) else bytes(v) for v in array.reshape(-1).tolist()
-        )
+        msg.string_val.extend(_to_bytes(v) for v in array.reshape(-1).tolist())
         return proto
     if dtype == dtypes.BFLOAT16:
         flat = _float32_to_bfloat16(array.reshape(-1))

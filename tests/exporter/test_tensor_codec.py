@@ -208,3 +208,5 @@ def test_bad_protos_raise_invalid_input(proto: tensor_pb2.TensorProto, message: 
 def test_unencodable_array_raises_invalid_input() -> None:
     with pytest.raises(InvalidInputError, match="cannot encode"):
         array_to_proto(np.array(["2020-01-01"], dtype="datetime64[D]"), tensor_pb2.TensorProto())
+    with pytest.raises(InvalidInputError, match="str or bytes, got int"):
+        array_to_proto(np.array([b"a", 3], dtype=object), tensor_pb2.TensorProto())
