@@ -85,6 +85,7 @@ class Runtime:
         assets_dir: pathlib.Path | None = None,
     ) -> None:
         ctx = LoadContext(variables=dict(variables or {}), assets_dir=assets_dir)
+        self.variables: Mapping[str, np.ndarray] = ctx.variables
         self._nodes: dict[str, bundle_pb2.NodeDef] = {}
         for node in meta_graph.graph.nodes:
             if node.name in self._nodes:

@@ -1,0 +1,203 @@
+"""The composition root: Ray, the controller, the dispatcher and the gateway servers, wired.
+
+`TesseraServer` runs in the driver process on one asyncio loop: gRPC (and REST, when enabled)
+gateways in front of a Dispatcher that follows the controller's routing table. The controller and
+the replicas are Ray actors, so the same code runs on an embedded local Ray (a laptop) and on a
+Ray cluster started by KubeRay (`--ray_address`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import ray
+
+from cluster.config import ServeOptions, ServerConfig
+from cluster.controller.actor import ControllerActor
+from cluster.controller.controller import ControllerOptions
+from cluster.routing.dispatcher import Dispatcher
+from cluster.routing.table import RoutingTable
+from cluster.serving.lifecycle import RetryPolicy
+
+log = logging.getLogger("tessera")
+
+
+def init_ray(options: ServeOptions, num_cpus: int | None = None) -> bool:
+    """Connects to `--ray_address`, or starts an embedded local Ray. True if we started it."""
+    if ray.is_initialized():
+        return False
+    if options.ray_address:
+        ray.init(address=options.ray_address, include_dashboard=False, logging_level=logging.WARNING)
+        return True
+    # The embedded cluster is ours alone, on loopback: token auth would only get in the way.
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    ray.init(
+        num_cpus=num_cpus or max(2, os.cpu_count() or 2),
+        include_dashboard=False,
+        logging_level=logging.WARNING,
+        object_store_memory=512 * 1024 * 1024,
+        _node_ip_address="127.0.0.1",
+    )
+    return True
+
+
+class TesseraServer:
+    """The serving process: start() brings everything up, stop() drains and tears it down."""
+
+    def __init__(self, options: ServeOptions, config: ServerConfig) -> None:
+        self.options = options
+        self.config = config
+        self.grpc_port: int | None = None
+        self.rest_port: int | None = None
+        self._controller: Any = None
+        self._dispatcher: Dispatcher | None = None
+        self._grpc: Any = None
+        self._rest: Any = None
+        self._config_poller: asyncio.Task[None] | None = None
+
+    @property
+    def dispatcher(self) -> Dispatcher:
+        assert self._dispatcher is not None, "start() first"
+        return self._dispatcher
+
+    @property
+    def controller(self) -> Any:
+        return self._controller
+
+    async def start(self) -> None:
+        from cluster.gateway.grpc_server import GatewayServer
+
+        opts = self.options
+        controller_options = ControllerOptions(
+            poll_seconds=opts.file_system_poll_wait_seconds,
+            num_replicas=opts.num_replicas,
+            retry=RetryPolicy(opts.max_num_load_retries, opts.load_retry_interval_seconds),
+        )
+        self._controller = ControllerActor.options(max_concurrency=1000).remote(
+            controller_options, opts.replica_num_cpus, opts.enable_model_warmup
+        )
+        controller = self._controller
+        await controller.set_config.remote(self.config)
+        self._dispatcher = Dispatcher(
+            poll_table=lambda epoch: controller.get_routing_table.remote(epoch, 10.0),
+            reload=lambda config: controller.set_config.remote(config),
+            on_table=self._on_table,
+        )
+        self._grpc = GatewayServer(self._dispatcher)
+        await self._dispatcher.start()
+        self.grpc_port = await self._grpc.start(opts.host, opts.grpc_port)
+        if opts.rest_port:
+            self.rest_port = await self._start_rest()
+        if opts.model_config_file and opts.model_config_file_poll_wait_seconds > 0:
+            self._config_poller = asyncio.get_running_loop().create_task(self._poll_config_file())
+        log.info("gRPC gateway listening on %s:%s", opts.host, self.grpc_port)
+
+    async def _start_rest(self) -> int | None:
+        try:
+            from cluster.gateway.rest_server import RestServer
+        except ImportError:
+            log.warning("REST API not available in this build; --rest_api_port=%s ignored", self.options.rest_port)
+            return None
+        self._rest = RestServer(self.dispatcher, self.options)
+        return await self._rest.start(self.options.host, self.options.rest_port)
+
+    def _on_table(self, table: RoutingTable) -> None:
+        if self._grpc is not None and self._dispatcher is not None:
+            self._grpc.set_serving(self._dispatcher.is_ready())
+
+    async def wait_ready(self, timeout: float = 60.0) -> bool:
+        """Waits until every configured model has an available version (and the gateway knows)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.dispatcher.is_ready():
+                return True
+            await asyncio.sleep(0.05)
+        return False
+
+    async def _poll_config_file(self) -> None:
+        from cluster.gateway.config_converters import parse_model_server_config
+
+        path = self.options.model_config_file
+        last: str | None = None
+        while True:
+            await asyncio.sleep(self.options.model_config_file_poll_wait_seconds)
+            try:
+                text = await asyncio.to_thread(_read_text, path)
+                if text == last:
+                    continue
+                config = parse_model_server_config(text)
+                await self._controller.set_config.remote(config)
+                last = text
+                log.info("model config reloaded from %s", path)
+            except Exception as exc:  # noqa: BLE001 - a bad edit must not stop the server
+                log.error("model config %s not applied: %s", path, exc)
+
+    async def stop(self, grace: float = 10.0) -> None:
+        """Stops accepting, lets in-flight requests finish (up to `grace`), then stops replicas."""
+        if self._config_poller is not None:
+            self._config_poller.cancel()
+        if self._grpc is not None:
+            self._grpc.set_serving(False)
+        stops = []
+        if self._grpc is not None:
+            stops.append(self._grpc.stop(grace))
+        if self._rest is not None:
+            stops.append(self._rest.stop(grace))
+        await asyncio.gather(*stops)
+        if self._dispatcher is not None:
+            await self._dispatcher.stop()
+        if self._controller is not None:
+            try:
+                await self._controller.shutdown.remote()
+            finally:
+                ray.kill(self._controller)
+        log.info("stopped")
+
+
+def _read_text(path: str) -> str:
+    from exporter import storage
+
+    fs, inner = storage.resolve(path)
+    with fs.open_input_stream(inner) as f:
+        return f.read().decode()
+
+
+async def _serve_until_signal(server: TesseraServer) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    started = time.monotonic()
+    await server.start()
+    print(f"Tessera gRPC on {server.options.host}:{server.grpc_port}"
+          + (f", REST on {server.options.host}:{server.rest_port}" if server.rest_port else ""), flush=True)
+    ready = asyncio.ensure_future(server.wait_ready(timeout=3600))
+    waiter = asyncio.ensure_future(stop.wait())
+    done, _ = await asyncio.wait({ready, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    if ready in done and ready.result():
+        print(f"All models available after {time.monotonic() - started:.1f}s", flush=True)
+    await waiter
+    print("Shutting down: draining in-flight requests", flush=True)
+    await server.stop()
+
+
+def main(argv: Sequence[str]) -> int:
+    """`tessera serve` with TF Serving's flags (see cluster.flags)."""
+    from cluster.flags import parse_serve_flags
+    from cluster.logs import configure_logging
+
+    options, config = parse_serve_flags(list(argv))
+    configure_logging(options)
+    started_ray = init_ray(options)
+    try:
+        asyncio.run(_serve_until_signal(TesseraServer(options, config)))
+    finally:
+        if started_ray:
+            ray.shutdown()
+    return 0

@@ -1,0 +1,51 @@
+"""The controller as a Ray actor, creating replica actors as it needs them."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import ray
+
+from cluster.config import ModelConfig, ServerConfig
+from cluster.controller.controller import Controller, ControllerOptions
+from cluster.replica.actor import ReplicaActor
+from cluster.routing.table import RoutingTable
+
+CONTROLLER_NAME = "tessera-controller"
+
+
+def _kill(handle: Any) -> None:
+    try:
+        ray.kill(handle, no_restart=True)
+    except Exception:  # noqa: BLE001 - already dead
+        pass
+
+
+@ray.remote(num_cpus=0)
+class ControllerActor:
+    """Thin Ray wrapper: every method delegates to the Controller on this actor's event loop."""
+
+    def __init__(self, options: ControllerOptions, replica_num_cpus: float, enable_warmup: bool) -> None:
+        def new_replica(model: ModelConfig, index: int) -> Any:
+            replica_id = f"{model.name}-{index}-{uuid.uuid4().hex[:6]}"
+            return ReplicaActor.options(num_cpus=replica_num_cpus, max_concurrency=64).remote(
+                model.name, replica_id, enable_warmup
+            )
+
+        self._controller = Controller(options, new_replica, _kill)
+
+    async def set_config(self, config: ServerConfig) -> None:
+        await self._controller.set_config(config)
+
+    async def get_routing_table(self, known_epoch: int = -1, timeout: float = 10.0) -> RoutingTable:
+        return await self._controller.get_routing_table(known_epoch, timeout)
+
+    async def wait_ready(self, timeout: float) -> bool:
+        return await self._controller.wait_ready(timeout)
+
+    async def replica_memory(self, name: str) -> list[dict[str, int]]:
+        return await self._controller.replica_memory(name)
+
+    async def shutdown(self) -> None:
+        await self._controller.shutdown()

@@ -1,0 +1,293 @@
+"""The controller: desired state -> replicas with the aspired versions loaded -> routing table.
+
+One instance per cluster (a Ray actor, see `actor.py`). For each configured model it polls the
+base path (the source), asks the lifecycle planner what to load and unload (availability
+preserving: a new version is loaded and warmed on every replica before traffic moves; the old one
+leaves the routing table, drains, then unloads), applies the plan on the replicas, replaces dead
+replicas, and publishes a new routing table on every change for the gateways' long-poll.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from cluster import errors
+from cluster.config import ModelConfig, ServerConfig
+from cluster.routing.table import ModelRoute, RoutingTable
+from cluster.serving.lifecycle import ActionKind, RetryPolicy, ServableStream
+from cluster.serving.source import FileSystemSource
+from exporter.runtime import Signature
+
+log = logging.getLogger("tessera.controller")
+
+ReplicaFactory = Callable[[ModelConfig, int], Any]  # (model, index) -> replica handle
+ReplicaKiller = Callable[[Any], None]
+
+
+@dataclass(frozen=True)
+class ControllerOptions:
+    poll_seconds: float = 1.0  # --file_system_poll_wait_seconds
+    drain_seconds: float = 1.0  # between leaving the routing table and unloading
+    num_replicas: int = 1  # per model, unless its config says otherwise
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    health_check_timeout: float = 10.0
+
+
+def unwrap_error(exc: BaseException) -> BaseException:
+    """The exception a replica raised, without Ray's task-error wrapping."""
+    cause = getattr(exc, "cause", None)
+    return cause if isinstance(cause, BaseException) else exc
+
+
+@dataclass
+class _Model:
+    config: ModelConfig
+    source: FileSystemSource
+    stream: ServableStream
+    replicas: list[Any]
+    paths: dict[int, str] = field(default_factory=dict)
+    signatures: dict[int, Mapping[str, Signature]] = field(default_factory=dict)
+    source_error: str | None = None
+
+
+class Controller:
+    """Owns the models, their replicas and the routing table. All methods run on one event loop."""
+
+    def __init__(
+        self,
+        options: ControllerOptions,
+        replica_factory: ReplicaFactory,
+        replica_killer: ReplicaKiller = lambda handle: None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._options = options
+        self._new_replica = replica_factory
+        self._kill_replica = replica_killer
+        self._clock = clock
+        self._models: dict[str, _Model] = {}
+        self._table = RoutingTable()
+        self._changed = asyncio.Condition()
+        self._wake = asyncio.Event()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._loop_task: asyncio.Task[None] | None = None
+
+    # -- desired state -------------------------------------------------------------------------
+    async def set_config(self, config: ServerConfig) -> None:
+        """Replaces the whole model config: new models load, omitted ones unload, unchanged stay."""
+        names = [m.name for m in config.models]
+        if len(set(names)) != len(names):
+            raise errors.InvalidArgument(f"model names must be unique, got {names}")
+        for model in config.models:
+            self._check_labels(model)
+        for name in list(self._models):
+            if config.model(name) is None:
+                self._remove_model(name)
+        for model in config.models:
+            current = self._models.get(model.name)
+            if current is None:
+                self._add_model(model)
+            elif current.config != model:
+                self._update_model(current, model)
+        await self._publish()
+        self._wake.set()
+        if self._loop_task is None:
+            self._loop_task = asyncio.get_running_loop().create_task(self._poll_loop())
+
+    def _check_labels(self, model: ModelConfig) -> None:
+        current = self._models.get(model.name)
+        if current is None:
+            return  # a new model's labels apply once their versions are available
+        old = current.config.label_map()
+        available = current.stream.available_versions()
+        for label, version in model.version_labels:
+            if old.get(label) != version and version not in available:
+                raise errors.FailedPrecondition(
+                    f"Request to assign label to version {version} of model {model.name}, "
+                    "which is not currently available for inference"
+                )
+
+    def _add_model(self, model: ModelConfig) -> None:
+        count = model.num_replicas or self._options.num_replicas
+        replicas = [self._new_replica(model, i) for i in range(count)]
+        self._models[model.name] = _Model(
+            config=model,
+            source=FileSystemSource(model.name, model.base_path, model.version_policy),
+            stream=ServableStream(model.name, self._options.retry),
+            replicas=replicas,
+        )
+        log.info("model %s added: base path %s, %d replica(s)", model.name, model.base_path, count)
+
+    def _update_model(self, current: _Model, model: ModelConfig) -> None:
+        if (current.config.base_path, current.config.version_policy) != (model.base_path, model.version_policy):
+            current.source = FileSystemSource(model.name, model.base_path, model.version_policy)
+        current.config = model
+        log.info("model %s config updated", model.name)
+
+    def _remove_model(self, name: str) -> None:
+        model = self._models.pop(name)
+        log.info("model %s removed: unloading %d replica(s)", name, len(model.replicas))
+        self._spawn(self._retire_replicas(model.replicas))
+
+    async def _retire_replicas(self, replicas: list[Any]) -> None:
+        await asyncio.sleep(self._options.drain_seconds)  # gateways stop routing to them first
+        for handle in replicas:
+            self._kill_replica(handle)
+
+    # -- the loop --------------------------------------------------------------------------------
+    async def _poll_loop(self) -> None:
+        while True:
+            try:
+                await self.reconcile()
+            except Exception:  # one bad tick must not stop the controller
+                log.exception("controller tick failed")
+            poll = self._options.poll_seconds
+            timeout = poll if poll > 0 else None
+            retry_at = [t for m in self._models.values() if (t := m.stream.next_retry_at()) is not None]
+            if retry_at:
+                until_retry = max(0.0, min(retry_at) - self._clock())
+                timeout = until_retry if timeout is None else min(timeout, until_retry)
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout)
+            except TimeoutError:
+                pass
+            self._wake.clear()
+
+    async def reconcile(self) -> None:
+        """One tick: poll sources, replace dead replicas, start the planned loads and unloads."""
+        changed = False
+        for model in list(self._models.values()):
+            changed |= await self._check_replicas(model)
+            report = await asyncio.to_thread(model.source.poll_once)
+            if report.aspired is None:
+                if model.source_error != report.error:
+                    log.warning("model %s: %s", model.config.name, report.error)
+                model.source_error = report.error
+            else:
+                model.source_error = None
+                model.paths.update(report.aspired)
+                model.stream.set_aspired(report.aspired)
+            for action in model.stream.plan(self._clock()):
+                if action.kind is ActionKind.LOAD:
+                    model.stream.load_started(action.version)
+                    self._spawn(self._load(model, action.version))
+                else:
+                    model.stream.unload_started(action.version)
+                    self._spawn(self._unload(model, action.version))
+                changed = True
+        if changed:
+            await self._publish()
+
+    async def _load(self, model: _Model, version: int) -> None:
+        name, path = model.config.name, model.paths[version]
+        started = self._clock()
+        replicas = list(model.replicas)
+        try:
+            results = await asyncio.gather(*(r.load.remote(version, path) for r in replicas))
+        except Exception as exc:  # noqa: BLE001 - any failure fails this version's load
+            error = unwrap_error(exc)
+            await asyncio.gather(*(r.unload.remote(version) for r in replicas), return_exceptions=True)
+            model.stream.load_failed(version, error, self._clock())
+            log.error("model %s version %d failed to load: %s", name, version, error)
+        else:
+            model.signatures[version] = results[0]
+            model.stream.load_succeeded(version)
+            log.info("model %s version %d loaded in %.2fs", name, version, self._clock() - started)
+        await self._publish()
+        self._wake.set()  # the planner may now unload the version this one replaces
+
+    async def _unload(self, model: _Model, version: int) -> None:
+        await self._publish()  # out of the routing table first ...
+        await asyncio.sleep(self._options.drain_seconds)  # ... then in-flight requests drain
+        results = await asyncio.gather(*(r.unload.remote(version) for r in model.replicas), return_exceptions=True)
+        failure = next((unwrap_error(r) for r in results if isinstance(r, BaseException)), None)
+        model.stream.unloaded(version, failure)
+        model.signatures.pop(version, None)
+        log.info("model %s version %d unloaded", model.config.name, version)
+        await self._publish()
+
+    async def _check_replicas(self, model: _Model) -> bool:
+        """Replaces replicas that do not answer a ping; the new one loads every available version."""
+        replaced = False
+        for i, handle in enumerate(list(model.replicas)):
+            try:
+                await asyncio.wait_for(handle.ping.remote(), self._options.health_check_timeout)
+                continue
+            except Exception as exc:  # noqa: BLE001 - dead or hung: replace it
+                log.error("model %s replica %d died (%s); starting a new one", model.config.name, i, exc)
+            self._kill_replica(handle)
+            fresh = self._new_replica(model.config, i)
+            available = sorted(model.stream.available_versions())
+            try:
+                await asyncio.gather(*(fresh.load.remote(v, model.paths[v]) for v in available))
+            except Exception as exc:  # noqa: BLE001
+                log.error("model %s replacement replica failed to load: %s", model.config.name, unwrap_error(exc))
+            model.replicas[i] = fresh
+            replaced = True
+        return replaced
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- the routing table ------------------------------------------------------------------------
+    async def _publish(self) -> None:
+        models = {}
+        for name, model in self._models.items():
+            available = {
+                v: model.signatures[v] for v in model.stream.available_versions() if v in model.signatures
+            }
+            models[name] = ModelRoute(
+                name=name,
+                available=available,
+                labels=model.config.label_map(),
+                replicas=tuple(model.replicas),
+                statuses=tuple(model.stream.statuses()),
+            )
+        async with self._changed:
+            self._table = RoutingTable(self._table.epoch + 1, models)
+            self._changed.notify_all()
+
+    async def get_routing_table(self, known_epoch: int = -1, timeout: float = 10.0) -> RoutingTable:
+        """Long-poll: returns as soon as the table is newer than `known_epoch`, or after `timeout`."""
+        async with self._changed:
+            if self._table.epoch <= known_epoch:
+                try:
+                    await asyncio.wait_for(
+                        self._changed.wait_for(lambda: self._table.epoch > known_epoch), timeout
+                    )
+                except TimeoutError:
+                    pass
+            return self._table
+
+    async def wait_ready(self, timeout: float) -> bool:
+        deadline = self._clock() + timeout
+        while not self._table.ready():
+            remaining = deadline - self._clock()
+            if remaining <= 0:
+                return False
+            await self.get_routing_table(self._table.epoch, min(remaining, 1.0))
+        return True
+
+    async def replica_memory(self, name: str) -> list[dict[str, int]]:
+        model = self._models.get(name)
+        if model is None:
+            raise errors.NotFound(f"no model {name}")
+        return list(await asyncio.gather(*(r.memory.remote() for r in model.replicas)))
+
+    async def shutdown(self) -> None:
+        """Stops polling and kills every replica (their versions unload with them)."""
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+        for task in list(self._tasks):
+            task.cancel()
+        for model in self._models.values():
+            for handle in model.replicas:
+                self._kill_replica(handle)
+        self._models.clear()
+        await self._publish()

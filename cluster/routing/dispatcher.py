@@ -1,0 +1,219 @@
+"""The gateway's side of the cluster: implements ServingAPI over the routing table.
+
+Resolves (model, version | label | latest, signature) against the latest routing table snapshot,
+validates the request against the signature (so a bad request never costs a Ray call), picks a
+replica by power of two choices, and hands the request to the coalescer. The table arrives by
+long-poll from the controller; a swap is one attribute assignment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import numpy as np
+
+from cluster import errors
+from cluster.config import ServerConfig
+from cluster.requests import (
+    ClassifyResult,
+    ExamplesRequest,
+    ModelMetadata,
+    ModelSpec,
+    MultiInferenceRequest,
+    PredictRequest,
+    PredictResult,
+    RegressResult,
+    ResolvedSpec,
+)
+from cluster.routing.coalescer import Coalescer
+from cluster.routing.router import Router
+from cluster.routing.table import ModelRoute, RoutingTable
+from cluster.routing.validation import (
+    check_classify_signature,
+    check_predict_request,
+    check_regress_signature,
+    classify_outputs,
+    multi_inference_methods,
+    regress_outputs,
+)
+from cluster.serving.lifecycle import resolve_version
+from cluster.types import VersionStatus
+from exporter.runtime import Signature
+
+log = logging.getLogger("tessera.gateway")
+
+TablePoll = Callable[[int], Awaitable[RoutingTable]]  # known epoch -> a newer (or same) table
+Reload = Callable[[ServerConfig], Awaitable[None]]
+
+
+class Dispatcher:
+    """ServingAPI for the gateway: routing-table snapshot + router per model + coalescer."""
+
+    def __init__(
+        self,
+        poll_table: TablePoll,
+        reload: Reload,
+        *,
+        max_in_flight_per_replica: int = 1024,
+        coalescer: Coalescer | None = None,
+        on_table: Callable[[RoutingTable], None] | None = None,
+    ) -> None:
+        self._poll_table = poll_table
+        self._reload = reload
+        self._max_in_flight = max_in_flight_per_replica
+        self._coalescer = coalescer or Coalescer()
+        self._on_table = on_table
+        self._table = RoutingTable()
+        self._routers: dict[str, Router[Any]] = {}
+        self._poll_task: asyncio.Task[None] | None = None
+
+    # -- routing table -------------------------------------------------------------------------
+    async def start(self) -> None:
+        self._apply(await self._poll_table(-1))
+        self._poll_task = asyncio.get_running_loop().create_task(self._follow_table())
+
+    async def stop(self) -> None:
+        if self._poll_task is not None:
+            self._poll_task.cancel()
+
+    async def _follow_table(self) -> None:
+        while True:
+            try:
+                self._apply(await self._poll_table(self._table.epoch))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - controller restarting: keep the last table
+                log.warning("routing table poll failed: %s", exc)
+                await asyncio.sleep(1.0)
+
+    def _apply(self, table: RoutingTable) -> None:
+        if table.epoch == self._table.epoch and table.epoch != 0:
+            return
+        for name, route in table.models.items():
+            router = self._routers.get(name)
+            if router is None:
+                router = self._routers[name] = Router()
+            router.set_replicas(route.replicas)
+        for name in set(self._routers) - set(table.models):
+            del self._routers[name]
+        self._table = table
+        if self._on_table is not None:
+            self._on_table(table)
+
+    @property
+    def table(self) -> RoutingTable:
+        return self._table
+
+    def is_ready(self) -> bool:
+        return bool(self._table.models) and self._table.ready()
+
+    # -- resolution ----------------------------------------------------------------------------
+    def _resolve(self, spec: ModelSpec) -> tuple[ModelRoute, int, Mapping[str, Signature]]:
+        route = self._table.models.get(spec.name)
+        if route is None:
+            raise errors.NotFound(f"Servable not found for request: {spec.version.describe(spec.name)}")
+        version = resolve_version(spec.version, route.available.keys(), route.labels, model_name=spec.name)
+        return route, version, route.available[version]
+
+    async def _run(
+        self,
+        route: ModelRoute,
+        version: int,
+        signature: str,
+        feeds: Mapping[str, np.ndarray],
+        output_filter: tuple[str, ...],
+        deadline: float | None,
+    ) -> Mapping[str, np.ndarray]:
+        router = self._routers[route.name]
+        if router.total_in_flight() >= self._max_in_flight * max(len(route.replicas), 1):
+            raise errors.ResourceExhausted(f"Too many requests in flight for model {route.name}; retry later")
+        attempts = 2 if len(route.replicas) > 1 else 1
+        for attempt in range(attempts):
+            timeout = None if deadline is None else deadline - time.monotonic()
+            if timeout is not None and timeout <= 0:
+                raise errors.DeadlineExceeded("Deadline exceeded before the request was run")
+            with router.acquire() as replica:
+                future = self._coalescer.submit(replica, version, signature, feeds, output_filter)
+                try:
+                    return await asyncio.wait_for(future, timeout)
+                except TimeoutError:
+                    raise errors.DeadlineExceeded("Deadline exceeded while the request was queued or run") from None
+                except errors.Unavailable:
+                    if attempt + 1 == attempts:
+                        raise  # a replica died: the controller replaces it; try another meanwhile
+        raise errors.Internal("unreachable")
+
+    # -- ServingAPI ----------------------------------------------------------------------------
+    async def predict(self, request: PredictRequest) -> PredictResult:
+        route, version, signatures = self._resolve(request.spec)
+        key = request.spec.signature_key
+        signature = signatures.get(key)
+        if signature is None:
+            raise errors.FailedPrecondition(f'Serving signature key "{key}" not found.')
+        check_predict_request(signature, request.inputs, request.output_filter)
+        outputs = await self._run(
+            route, version, key, request.inputs, tuple(sorted(request.output_filter)), request.deadline
+        )
+        return PredictResult(ResolvedSpec(route.name, version, key), outputs)
+
+    def _examples_signature(self, spec: ModelSpec) -> tuple[ModelRoute, int, str, Signature]:
+        route, version, signatures = self._resolve(spec)
+        key = spec.signature_key
+        signature = signatures.get(key)
+        if signature is None:
+            raise errors.InvalidArgument(f"No signature was found with the name: {key}")
+        return route, version, key, signature
+
+    async def classify(self, request: ExamplesRequest) -> ClassifyResult:
+        route, version, key, signature = self._examples_signature(request.spec)
+        input_alias = check_classify_signature(signature)
+        outputs = await self._run(route, version, key, _examples(input_alias, request.examples), (), request.deadline)
+        labels, scores = classify_outputs(outputs, len(request.examples))
+        return ClassifyResult(ResolvedSpec(route.name, version, key), labels, scores)
+
+    async def regress(self, request: ExamplesRequest) -> RegressResult:
+        route, version, key, signature = self._examples_signature(request.spec)
+        input_alias = check_regress_signature(signature)
+        outputs = await self._run(route, version, key, _examples(input_alias, request.examples), (), request.deadline)
+        return RegressResult(ResolvedSpec(route.name, version, key), regress_outputs(outputs, len(request.examples)))
+
+    async def multi_inference(self, request: MultiInferenceRequest) -> list[ClassifyResult | RegressResult]:
+        methods = multi_inference_methods(request.tasks)
+        first = request.tasks[0].spec
+        calls = []
+        for task, method in zip(request.tasks, methods, strict=True):
+            # Every task runs on the servable the first task names (spec §7.3).
+            spec = ModelSpec(first.name, first.version, task.spec.signature_name)
+            sub = ExamplesRequest(spec, request.examples, request.deadline)
+            calls.append(self.classify(sub) if method == "classify" else self.regress(sub))
+        return list(await asyncio.gather(*calls))
+
+    async def model_metadata(self, spec: ModelSpec) -> ModelMetadata:
+        route, version, signatures = self._resolve(spec)
+        return ModelMetadata(ResolvedSpec(route.name, version, ""), signatures)
+
+    async def model_status(self, name: str, version: int | None) -> list[VersionStatus]:
+        route = self._table.models.get(name)
+        statuses = list(route.statuses) if route is not None else []
+        if version is not None:
+            statuses = [s for s in statuses if s.version == version]
+            if not statuses:
+                raise errors.NotFound(f"Could not find version {version} of model {name}")
+        elif not statuses:
+            raise errors.NotFound(f"Could not find any versions of model {name}")
+        return statuses
+
+    async def reload_config(self, config: ServerConfig) -> None:
+        await self._reload(config)
+
+
+def _examples(alias: str, examples: Any) -> dict[str, np.ndarray]:
+    if len(examples) == 0:
+        raise errors.InvalidArgument("Input is empty.")
+    column = np.empty(len(examples), dtype=object)
+    column[:] = list(examples)
+    return {alias: column}

@@ -1,0 +1,148 @@
+"""Checks of a request against a signature, and of a signature against its method (spec §7.2–7.3).
+
+Run in the gateway before any Ray call, so a bad request costs no replica time. Messages follow
+TF Serving's wording, since clients and their tests match on them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from cluster import errors
+from cluster.requests import CLASSIFY_METHOD, REGRESS_METHOD, InferenceTask
+from exporter import dtypes
+from exporter.errors import InvalidInputError
+from exporter.runtime import Signature, check_feeds
+
+
+def _set(names: object) -> str:
+    return "{" + ",".join(sorted(names)) + "}"  # type: ignore[arg-type]
+
+
+def check_predict_request(
+    signature: Signature, inputs: Mapping[str, np.ndarray], output_filter: Sequence[str]
+) -> None:
+    """Input aliases, count, dtypes and shapes; then the output filter."""
+    expected = signature.inputs
+    if len(inputs) != len(expected):
+        extra = set(inputs) - set(expected)
+        missing = set(expected) - set(inputs)
+        raise errors.InvalidArgument(
+            f"input size does not match signature: {len(inputs)}!={len(expected)} "
+            f"len({_set(inputs)}) != len({_set(expected)}). Sent extra: {_set(extra)}. "
+            f"Missing but required: {_set(missing)}."
+        )
+    for alias in inputs:
+        if alias not in expected:
+            raise errors.InvalidArgument(
+                f"input tensor alias not found in signature: {alias}. "
+                f"Inputs expected to be in the set {_set(expected)}."
+            )
+    try:
+        check_feeds(signature, inputs)
+    except InvalidInputError as e:
+        raise errors.InvalidArgument(str(e)) from None
+    seen: set[str] = set()
+    for alias in output_filter:
+        if alias not in signature.outputs:
+            raise errors.InvalidArgument(f"output tensor alias not found in signature: {alias}")
+        if alias in seen:
+            raise errors.InvalidArgument(f"duplicate output tensor alias: {alias}")
+        seen.add(alias)
+
+
+def _single_string_input(signature: Signature, kind: str) -> str:
+    if len(signature.inputs) != 1:
+        raise errors.InvalidArgument("Expected one input Tensor.")
+    (alias, info), = signature.inputs.items()
+    if info.dtype != dtypes.STRING:
+        raise errors.InvalidArgument(
+            f"{kind} input must be a single string Tensor of serialized tf.Examples; "
+            f"signature {signature.key} takes {dtypes.name(info.dtype)}"
+        )
+    return alias
+
+
+def check_classify_signature(signature: Signature) -> str:
+    """A classify signature has one string input and outputs `classes` and/or `scores`."""
+    alias = _single_string_input(signature, "Classification")
+    if "classes" not in signature.outputs and "scores" not in signature.outputs:
+        raise errors.InvalidArgument(
+            f"Expected classification signature outputs to contain classes or scores; "
+            f"signature {signature.key} has {_set(signature.outputs)}"
+        )
+    return alias
+
+
+def check_regress_signature(signature: Signature) -> str:
+    """A regress signature has one string input and exactly one output, `outputs`."""
+    alias = _single_string_input(signature, "Regression")
+    if len(signature.outputs) != 1:
+        raise errors.InvalidArgument("Expected one output Tensor.")
+    if "outputs" not in signature.outputs:
+        raise errors.InvalidArgument(
+            f"No regression outputs found in signature {signature.key}: expected an output named outputs"
+        )
+    return alias
+
+
+def classify_outputs(outputs: Mapping[str, np.ndarray], num_examples: int) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """The (labels, scores) of a classify run, checked to be [num_examples, k]."""
+    labels, scores = outputs.get("classes"), outputs.get("scores")
+    for name, tensor in (("classes", labels), ("scores", scores)):
+        if tensor is None:
+            continue
+        if tensor.ndim != 2:
+            raise errors.InvalidArgument(
+                f"Expected Tensor shape: [batch_size num_classes] but got {list(tensor.shape)} for {name}"
+            )
+        if tensor.shape[0] != num_examples:
+            raise errors.InvalidArgument(
+                f"Input batch size did not match output batch size: {num_examples} vs. {tensor.shape[0]}"
+            )
+    if labels is not None and scores is not None and labels.shape != scores.shape:
+        raise errors.InvalidArgument(
+            f"Tensors class and score should match in shape: {list(labels.shape)} vs. {list(scores.shape)}"
+        )
+    return labels, scores
+
+
+def regress_outputs(outputs: Mapping[str, np.ndarray], num_examples: int) -> np.ndarray:
+    """The regression values, float32 [num_examples], from an output of [n] or [n, 1]."""
+    values = outputs["outputs"]
+    if not (values.ndim == 1 or (values.ndim == 2 and values.shape[1] == 1)):
+        raise errors.InvalidArgument(
+            f"Expected output Tensor shape to be either [batch_size] or [batch_size, 1] but got {list(values.shape)}"
+        )
+    if values.shape[0] != num_examples:
+        raise errors.InvalidArgument(
+            f"Input batch size did not match output batch size: {num_examples} vs. {values.shape[0]}"
+        )
+    return values.reshape(-1).astype(np.float32, copy=False)
+
+
+def multi_inference_methods(tasks: Sequence[InferenceTask]) -> list[str]:
+    """'classify' or 'regress' per task, after TF Serving's checks of a MultiInferenceRequest."""
+    if not tasks or not tasks[0].spec.name:
+        raise errors.InvalidArgument("ModelSpec has no name specified.")
+    name = tasks[0].spec.name
+    seen: set[str] = set()
+    methods = []
+    for task in tasks:
+        if not task.spec.name:
+            raise errors.InvalidArgument("ModelSpec has no name specified.")
+        if task.spec.name != name:
+            raise errors.InvalidArgument("All ModelSpecs in a MultiInferenceRequest must access the same model name.")
+        key = task.spec.signature_key
+        if key in seen:
+            raise errors.InvalidArgument(f"Duplicate evaluation of signature: {key}")
+        seen.add(key)
+        if task.method == CLASSIFY_METHOD:
+            methods.append("classify")
+        elif task.method == REGRESS_METHOD:
+            methods.append("regress")
+        else:
+            raise errors.Unimplemented(f"Unsupported signature method_name: {task.method}")
+    return methods
