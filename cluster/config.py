@@ -81,3 +81,5 @@ class ServeOptions:
     monitoring_path: str | None = None
     max_num_load_retries: int = 5
     load_retry_interval_seconds: float = 60.0
+    # TF's --enable_serialization_as_tensor_content: Predict outputs as raw tensor_content bytes.
+    serialize_as_tensor_content: bool = False

@@ -1,0 +1,214 @@
+"""`tessera serve` flags: TF Serving's `tensorflow_model_server` flags and defaults, plus ours.
+
+    options, config = parse_serve_args(["--model_name=iris", "--model_base_path=/models/iris"])
+
+Flags take TF's `--flag=value` form or `--flag value`; booleans accept `--flag`, `--noflag`
+and `--flag=true|false|1|0`. Unknown or contradictory flags, and config files that do not parse,
+end the process through argparse: a message on stderr and exit status 2.
+
+Differences from TF Serving: `--port=0` binds any free port (TF disables TCP gRPC; we have no
+UNIX socket listener), and relative local base paths are made absolute against the working
+directory (TF refuses them), because replicas may run in another directory or on another node.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from collections.abc import Sequence
+
+from cluster.config import BatchingConfig, ModelConfig, ServeOptions, ServerConfig
+from cluster.errors import InvalidArgument
+from cluster.gateway import config_converters
+from exporter import storage
+
+_TRUE = frozenset({"true", "t", "yes", "y", "1"})
+_FALSE = frozenset({"false", "f", "no", "n", "0"})
+
+
+def _bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false/1/0, got {text!r}")
+
+
+def _add_bool(parser: argparse.ArgumentParser, name: str, default: bool, help_text: str) -> None:
+    parser.add_argument(
+        f"--{name}",
+        type=_bool,
+        nargs="?",
+        const=True,
+        default=default,
+        metavar="BOOL",
+        help=f"{help_text} (default: {str(default).lower()})",
+    )
+    # absl's negated form, e.g. --noenable_model_warmup.
+    parser.add_argument(f"--no{name}", dest=name, action="store_const", const=False, help=argparse.SUPPRESS)
+
+
+def build_parser(prog: str = "tessera serve") -> argparse.ArgumentParser:
+    """The argument parser of `tessera serve` (no prefix abbreviations, as absl flags)."""
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        allow_abbrev=False,
+        description="Serve TF Serving-style model bundles on Ray, over TF Serving's gRPC and REST APIs.",
+    )
+    tf = parser.add_argument_group("TensorFlow Serving flags")
+    tf.add_argument("--port", type=int, default=8500, help="gRPC port; 0 picks a free port (default: 8500)")
+    tf.add_argument("--rest_api_port", type=int, default=0, help="REST port; 0 disables REST (default: 0)")
+    tf.add_argument(
+        "--rest_api_timeout_in_ms", type=int, default=30000, help="REST request timeout (default: 30000)"
+    )
+    tf.add_argument(
+        "--model_name", default="default", help="single-model mode: the model name (default: default)"
+    )
+    tf.add_argument("--model_base_path", default="", help="single-model mode: the base path (local or URI)")
+    tf.add_argument(
+        "--model_config_file", default="", help="text-format ModelServerConfig (instead of a base path)"
+    )
+    tf.add_argument(
+        "--model_config_file_poll_wait_seconds",
+        type=int,
+        default=0,
+        help="re-read --model_config_file this often; 0 reads it once (default: 0)",
+    )
+    tf.add_argument(
+        "--file_system_poll_wait_seconds",
+        type=float,
+        default=1.0,
+        help="poll base paths for new versions this often; 0 once, <0 never (default: 1)",
+    )
+    _add_bool(tf, "enable_batching", False, "batch requests on the replicas")
+    tf.add_argument(
+        "--batching_parameters_file",
+        default="",
+        help="text-format BatchingParameters (requires --enable_batching)",
+    )
+    tf.add_argument("--monitoring_config_file", default="", help="text-format MonitoringConfig (Prometheus)")
+    _add_bool(tf, "enable_model_warmup", True, "replay assets.extra/tf_serving_warmup_requests at load")
+    tf.add_argument(
+        "--max_num_load_retries", type=int, default=5, help="retries after a failed load (default: 5)"
+    )
+    tf.add_argument(
+        "--load_retry_interval_micros",
+        type=int,
+        default=60_000_000,
+        help="wait between load retries (default: 60000000)",
+    )
+    _add_bool(tf, "enable_serialization_as_tensor_content", False, "send Predict outputs as tensor_content")
+    _add_bool(
+        tf,
+        "enable_grpc_healthcheck_service",
+        False,
+        "accepted for compatibility: the gRPC health service is always on",
+    )
+    ours = parser.add_argument_group("Tessera flags")
+    ours.add_argument("--host", default="0.0.0.0", help="address to bind (default: 0.0.0.0)")
+    ours.add_argument(
+        "--ray_address",
+        default=None,
+        help="Ray cluster to join, e.g. ray://head:10001 or auto (default: start a local Ray)",
+    )
+    ours.add_argument("--num_replicas", type=int, default=1, help="replicas per model (default: 1)")
+    ours.add_argument(
+        "--replica_num_cpus", type=float, default=0.5, help="CPUs per replica actor (default: 0.5)"
+    )
+    return parser
+
+
+def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """The contradictions and out-of-range values argparse cannot see by itself."""
+    if bool(args.model_base_path) == bool(args.model_config_file):
+        parser.error("give exactly one of --model_base_path (single model) or --model_config_file")
+    if args.model_base_path and not args.model_name:
+        parser.error("--model_name must not be empty")
+    if args.batching_parameters_file and not args.enable_batching:
+        parser.error("--batching_parameters_file is set without setting --enable_batching to true")
+    for flag in ("port", "rest_api_port"):
+        if not 0 <= getattr(args, flag) <= 65535:
+            parser.error(f"--{flag} must be in 0..65535, got {getattr(args, flag)}")
+    if args.rest_api_port and args.rest_api_port == args.port:
+        parser.error(f"--rest_api_port must differ from --port (both are {args.port})")
+    minimums = {
+        "num_replicas": 1,
+        "replica_num_cpus": 0,
+        "rest_api_timeout_in_ms": 1,
+        "max_num_load_retries": 0,
+        "load_retry_interval_micros": 0,
+        "model_config_file_poll_wait_seconds": 0,
+    }
+    for flag, minimum in minimums.items():
+        if getattr(args, flag) < minimum:
+            parser.error(f"--{flag} must be at least {minimum}, got {getattr(args, flag)}")
+
+
+def _absolute(path: str) -> str:
+    return path if storage.is_uri(path) else os.path.abspath(path)
+
+
+def _server_config(args: argparse.Namespace) -> ServerConfig:
+    if args.model_config_file:
+        config = config_converters.load_server_config(args.model_config_file)
+    else:
+        # TF's single-model mode: one `config { name, base_path, model_platform: "tensorflow" }`.
+        config = ServerConfig((ModelConfig(name=args.model_name, base_path=args.model_base_path),))
+    return ServerConfig(
+        tuple(dataclasses.replace(m, base_path=_absolute(m.base_path)) for m in config.models)
+    )
+
+
+def _options(args: argparse.Namespace) -> ServeOptions:
+    batching: BatchingConfig | None = None
+    if args.enable_batching:
+        batching = (
+            config_converters.batching_from_text(
+                config_converters.read_text_file(args.batching_parameters_file)
+            )
+            if args.batching_parameters_file
+            else BatchingConfig()
+        )
+    monitoring_path = None
+    if args.monitoring_config_file:
+        text = config_converters.read_text_file(args.monitoring_config_file)
+        monitoring_path = config_converters.monitoring_path_from_text(text)
+    return ServeOptions(
+        host=args.host,
+        grpc_port=args.port,
+        rest_port=args.rest_api_port,
+        model_config_file=args.model_config_file,
+        model_config_file_poll_wait_seconds=args.model_config_file_poll_wait_seconds,
+        file_system_poll_wait_seconds=args.file_system_poll_wait_seconds,
+        enable_batching=args.enable_batching,
+        batching=batching,
+        enable_model_warmup=args.enable_model_warmup,
+        num_replicas=args.num_replicas,
+        replica_num_cpus=args.replica_num_cpus,
+        ray_address=args.ray_address,
+        rest_api_timeout_in_ms=args.rest_api_timeout_in_ms,
+        monitoring_path=monitoring_path,
+        max_num_load_retries=args.max_num_load_retries,
+        load_retry_interval_seconds=args.load_retry_interval_micros / 1e6,
+        serialize_as_tensor_content=args.enable_serialization_as_tensor_content,
+    )
+
+
+def parse_serve_args(
+    argv: Sequence[str] | None = None, *, prog: str = "tessera serve"
+) -> tuple[ServeOptions, ServerConfig]:
+    """Parses `tessera serve` flags and reads the config files they name.
+
+    In single-model mode the ServerConfig holds one model (`--model_name`, `--model_base_path`).
+    Exits with status 2 and a message on stderr for unknown or contradictory flags and for
+    config files that cannot be read or do not validate.
+    """
+    parser = build_parser(prog)
+    args = parser.parse_args(argv)
+    _check(parser, args)
+    try:
+        return _options(args), _server_config(args)
+    except InvalidArgument as exc:
+        parser.error(str(exc))

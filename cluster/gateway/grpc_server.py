@@ -1,0 +1,188 @@
+"""The gRPC gateway: TF Serving's two services, health checking and reflection on one grpc.aio server.
+
+    server = GatewayServer(api)
+    port = await server.start("0.0.0.0", 8500)   # port 0 picks a free port
+    ...
+    await server.stop(grace=5.0)
+
+The health service reports NOT_SERVING for the TF Serving services until `api.is_ready()` is
+true (polled while the server runs), then SERVING; `set_serving` takes over by hand (e.g. to
+drain before a shutdown).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Sequence
+from typing import Any, Final
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from cluster.gateway.servicers import ModelServicer, PredictionServicer
+from cluster.requests import ServingAPI
+from protos.tensorflow_serving.apis import (
+    classification_pb2,
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    inference_pb2,
+    model_management_pb2,
+    model_service_pb2,
+    predict_pb2,
+    prediction_service_pb2,
+    regression_pb2,
+)
+
+PREDICTION_SERVICE: Final = prediction_service_pb2.DESCRIPTOR.services_by_name["PredictionService"].full_name
+MODEL_SERVICE: Final = model_service_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name
+# TF Serving registers the short names; clients that follow grpc's convention use the full ones.
+HEALTH_SERVICE_NAMES: Final = ("", PREDICTION_SERVICE, MODEL_SERVICE, "PredictionService", "ModelService")
+MAX_MESSAGE_BYTES: Final = 2**31 - 1  # INT32_MAX, as TF Serving's SetMaxMessageSize
+READINESS_POLL_SECONDS: Final = 0.5
+
+
+def _unary(method: Any, request_type: Any | None, response_type: Any) -> grpc.RpcMethodHandler:
+    # request_type None: the handler receives the request's bytes undecoded.
+    return grpc.unary_unary_rpc_method_handler(
+        method,
+        request_deserializer=None if request_type is None else request_type.FromString,
+        response_serializer=response_type.SerializeToString,
+    )
+
+
+def prediction_handlers(servicer: PredictionServicer) -> dict[str, grpc.RpcMethodHandler]:
+    return {
+        "Classify": _unary(servicer.Classify, None, classification_pb2.ClassificationResponse),
+        "Regress": _unary(servicer.Regress, None, regression_pb2.RegressionResponse),
+        "Predict": _unary(servicer.Predict, predict_pb2.PredictRequest, predict_pb2.PredictResponse),
+        "MultiInference": _unary(servicer.MultiInference, None, inference_pb2.MultiInferenceResponse),
+        "GetModelMetadata": _unary(
+            servicer.GetModelMetadata,
+            get_model_metadata_pb2.GetModelMetadataRequest,
+            get_model_metadata_pb2.GetModelMetadataResponse,
+        ),
+    }
+
+
+def model_handlers(servicer: ModelServicer) -> dict[str, grpc.RpcMethodHandler]:
+    return {
+        "GetModelStatus": _unary(
+            servicer.GetModelStatus,
+            get_model_status_pb2.GetModelStatusRequest,
+            get_model_status_pb2.GetModelStatusResponse,
+        ),
+        "HandleReloadConfigRequest": _unary(
+            servicer.HandleReloadConfigRequest,
+            model_management_pb2.ReloadConfigRequest,
+            model_management_pb2.ReloadConfigResponse,
+        ),
+    }
+
+
+class GatewayServer:
+    """One grpc.aio server with PredictionService, ModelService, health and reflection.
+
+    `tensor_content` sends Predict outputs as raw `tensor_content` (TF's
+    `--enable_serialization_as_tensor_content`); by default they use the typed `*_val` fields.
+    `options` are extra grpc channel arguments (the message size limits are always INT32_MAX).
+    """
+
+    def __init__(
+        self,
+        api: ServingAPI,
+        *,
+        tensor_content: bool = False,
+        options: Sequence[tuple[str, Any]] = (),
+        readiness_poll_seconds: float = READINESS_POLL_SECONDS,
+    ) -> None:
+        self._api = api
+        self._tensor_content = tensor_content
+        self._options = [
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            *options,
+        ]
+        self._poll_seconds = readiness_poll_seconds
+        self._server: grpc.aio.Server | None = None
+        self._health: health.aio.HealthServicer | None = None
+        self._watcher: asyncio.Task[None] | None = None
+        self._serving: bool | None = None
+
+    @property
+    def health(self) -> health.aio.HealthServicer | None:
+        return self._health
+
+    async def start(self, host: str = "0.0.0.0", port: int = 8500) -> int:
+        """Binds `host:port` (0: any free port), starts serving and returns the bound port."""
+        if self._server is not None:
+            raise RuntimeError("the gateway is already started")
+        server = grpc.aio.server(options=self._options)
+        self._register(
+            server,
+            PREDICTION_SERVICE,
+            prediction_handlers(PredictionServicer(self._api, tensor_content=self._tensor_content)),
+        )
+        self._register(server, MODEL_SERVICE, model_handlers(ModelServicer(self._api)))
+        self._health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        reflection.enable_server_reflection(
+            (PREDICTION_SERVICE, MODEL_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        )
+        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        bound = server.add_insecure_port(address)
+        if bound == 0:
+            raise OSError(f"could not bind the gRPC gateway to {address}")
+        await self._publish(self._api.is_ready())
+        await server.start()
+        self._server = server
+        self._watcher = asyncio.create_task(self._watch_readiness(), name="gateway-readiness")
+        return bound
+
+    @staticmethod
+    def _register(server: grpc.aio.Server, service: str, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
+        # Both, as generated code does: registered methods skip the generic lookup per call.
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
+        server.add_registered_method_handlers(service, handlers)
+
+    async def set_serving(self, serving: bool) -> None:
+        """Sets the health status by hand; readiness polling stops (the caller is in charge now)."""
+        await self._stop_watcher()
+        await self._publish(serving)
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Reports NOT_SERVING, then stops: in-flight RPCs get `grace` seconds to finish."""
+        await self._stop_watcher()
+        if self._health is not None:
+            await self._health.enter_graceful_shutdown()
+        if self._server is not None:
+            await self._server.stop(grace)
+            self._server = None
+
+    async def wait_for_termination(self) -> None:
+        if self._server is not None:
+            await self._server.wait_for_termination()
+
+    async def _publish(self, serving: bool) -> None:
+        if serving == self._serving or self._health is None:
+            return
+        self._serving = serving
+        status = (
+            health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in HEALTH_SERVICE_NAMES:
+            await self._health.set(name, status)
+
+    async def _watch_readiness(self) -> None:
+        # Readiness can be lost again (a reload that removes every version), so keep mirroring it.
+        while True:
+            await asyncio.sleep(self._poll_seconds)
+            await self._publish(bool(self._api.is_ready()))
+
+    async def _stop_watcher(self) -> None:
+        watcher, self._watcher = self._watcher, None
+        if watcher is not None and watcher is not asyncio.current_task():
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
