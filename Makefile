@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-test
 
-.PHONY: test lint protos unit clean
+.PHONY: test lint protos clean serve models
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,3 +24,13 @@ protos: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
+
+# The example models (iris, diabetes), exported once, and a model config that serves both.
+MODELS := $(CURDIR)/models
+
+models: $(STAMP)
+	$(PY) -m examples.export_models --base $(MODELS) --if-missing
+	printf 'model_config_list {\n  config { name: "iris" base_path: "%s/iris" model_platform: "tensorflow" }\n  config { name: "diabetes" base_path: "%s/diabetes" model_platform: "tensorflow" }\n}\n' "$(MODELS)" "$(MODELS)" > $(MODELS)/models.config
+
+serve: models
+	$(VENV)/bin/tessera serve --port=8500 --rest_api_port=8501 --model_config_file=$(MODELS)/models.config

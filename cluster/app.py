@@ -22,7 +22,6 @@ from cluster.config import ServeOptions, ServerConfig
 from cluster.controller.actor import ControllerActor
 from cluster.controller.controller import ControllerOptions
 from cluster.routing.dispatcher import Dispatcher
-from cluster.routing.table import RoutingTable
 from cluster.serving.lifecycle import RetryPolicy
 
 log = logging.getLogger("tessera")
@@ -87,7 +86,6 @@ class TesseraServer:
         self._dispatcher = Dispatcher(
             poll_table=lambda epoch: controller.get_routing_table.remote(epoch, 10.0),
             reload=lambda config: controller.set_config.remote(config),
-            on_table=self._on_table,
         )
         self._grpc = GatewayServer(self._dispatcher)
         await self._dispatcher.start()
@@ -107,10 +105,6 @@ class TesseraServer:
         self._rest = RestServer(self.dispatcher, self.options)
         return await self._rest.start(self.options.host, self.options.rest_port)
 
-    def _on_table(self, table: RoutingTable) -> None:
-        if self._grpc is not None and self._dispatcher is not None:
-            self._grpc.set_serving(self._dispatcher.is_ready())
-
     async def wait_ready(self, timeout: float = 60.0) -> bool:
         """Waits until every configured model has an available version (and the gateway knows)."""
         deadline = time.monotonic() + timeout
@@ -121,7 +115,7 @@ class TesseraServer:
         return False
 
     async def _poll_config_file(self) -> None:
-        from cluster.gateway.config_converters import parse_model_server_config
+        from cluster.gateway.config_converters import server_config_from_text
 
         path = self.options.model_config_file
         last: str | None = None
@@ -131,7 +125,7 @@ class TesseraServer:
                 text = await asyncio.to_thread(_read_text, path)
                 if text == last:
                     continue
-                config = parse_model_server_config(text)
+                config = server_config_from_text(text)
                 await self._controller.set_config.remote(config)
                 last = text
                 log.info("model config reloaded from %s", path)
@@ -142,8 +136,6 @@ class TesseraServer:
         """Stops accepting, lets in-flight requests finish (up to `grace`), then stops replicas."""
         if self._config_poller is not None:
             self._config_poller.cancel()
-        if self._grpc is not None:
-            self._grpc.set_serving(False)
         stops = []
         if self._grpc is not None:
             stops.append(self._grpc.stop(grace))

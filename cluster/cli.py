@@ -2,12 +2,14 @@
 
 Subcommands:
 - ``inspect`` and ``run`` come from `exporter.cli` (offline: no Ray, no gRPC);
-- ``serve`` (the cluster itself) is registered below by the serving code when it exists.
+- ``serve`` (the cluster itself) takes TF Serving's flags (``--port=8500 --model_base_path=...``),
+  parsed by `cluster.flags`; it is dispatched before argparse so those flags pass through untouched.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Sequence
 
 from exporter import cli as exporter_cli
@@ -21,13 +23,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     exporter_cli.add_commands(subparsers)
-    # `serve` goes here: a function that adds its subparser with set_defaults(func=...), imported
-    # lazily inside that function so `tessera inspect` never pays for importing Ray and gRPC.
+    # `serve` is dispatched in main() before this parser runs; listed here for --help.
+    subparsers.add_parser("serve", help="serve models over TF Serving's gRPC and REST APIs (tessera serve --help)")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parses `argv` (default: sys.argv[1:]) and runs the chosen subcommand; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["serve"]:
+        # Imported lazily: `tessera inspect` never pays for importing Ray and gRPC.
+        from cluster import app
+
+        return app.main(argv[1:])
     args = build_parser().parse_args(argv)
     return exporter_cli.dispatch(args)
 

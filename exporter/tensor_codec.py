@@ -84,16 +84,28 @@ def _fill(values: np.ndarray, count: int, dtype: np.dtype) -> np.ndarray:
     return out
 
 
-def proto_to_array(proto: Any) -> np.ndarray:
+# The largest tensor a request may decode to. A tiny message can claim a huge shape with one typed
+# value (the last value is repeated to fill it); refuse that rather than allocate it. 2 GiB - 1 is
+# also the largest message the gateway accepts.
+MAX_TENSOR_BYTES = 2**31 - 1
+
+
+def proto_to_array(proto: Any, *, max_bytes: int = MAX_TENSOR_BYTES) -> np.ndarray:
     """Decodes a TensorProto-shaped message into an ndarray (see the module docstring).
 
     An array decoded from `tensor_content` is a read-only view of the message's bytes (no copy).
-    Raises InvalidInputError for an unsupported dtype, a bad shape or a wrong content size.
+    Raises InvalidInputError for an unsupported dtype, a bad shape, a wrong content size, or a
+    tensor that would take more than `max_bytes` once expanded.
     """
     dtype = int(proto.dtype)
     shape = _shape(proto)
     count = math.prod(shape)
     np_dtype = _numpy_dtype(dtype)
+    if count * max(np_dtype.itemsize, 1) > max_bytes:
+        raise InvalidInputError(
+            f"tensor of shape {list(shape)} ({dtypes.name(dtype)}) would take "
+            f"{count * np_dtype.itemsize} bytes, more than the limit of {max_bytes}"
+        )
     content = proto.tensor_content
     if content:
         if dtype == dtypes.STRING:
