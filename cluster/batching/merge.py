@@ -117,7 +117,8 @@ def merge_inputs(
             merged[alias] = _merge_padded(parts, total + padding, padding)
             continue
         if padding:
-            parts.append(np.repeat(first[:1], padding, axis=0))
+            first_row = next(p for p in parts if p.shape[0])[:1]  # row 0 of the batch
+            parts.append(np.repeat(first_row, padding, axis=0))
         merged[alias] = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
     return MergedBatch(merged, counts, padding)
 

@@ -33,6 +33,9 @@ Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[object]]
 
 QUEUE_FULL_MESSAGE = "The batch scheduling queue to which this task was submitted is full"
+# Timeouts are set in microseconds: a batch due within one is due now (and float rounding of
+# `enqueued_at + timeout - now` never leaves the scheduler sleeping for a few nanoseconds).
+_TIMER_SLACK_S = 1e-6
 
 
 class _Pending:
@@ -206,7 +209,7 @@ class BatchQueue:
         for key, group in self._groups.items():
             head = group[0]
             remaining = head.enqueued_at + self._timeout_s - now
-            if flush or remaining <= 0 or self._group_rows[key] >= self._batch_rows:
+            if flush or remaining < _TIMER_SLACK_S or self._group_rows[key] >= self._batch_rows:
                 if ready_key is None or head.seq < ready_seq:
                     ready_key, ready_seq = key, head.seq
             elif wait_s is None or remaining < wait_s:

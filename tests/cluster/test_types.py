@@ -1,0 +1,45 @@
+from __future__ import annotations
+
+import pytest
+
+from cluster.types import ServableId, ServableState, VersionChoice, VersionRequest, VersionStatus
+
+
+def test_servable_id_is_ordered_by_name_then_version_and_hashable():
+    ids = [ServableId("b", 1), ServableId("a", 2), ServableId("a", 1)]
+    assert sorted(ids) == [ServableId("a", 1), ServableId("a", 2), ServableId("b", 1)]
+    assert len({ServableId("a", 1), ServableId("a", 1)}) == 1
+    with pytest.raises(AttributeError):
+        ids[0].version = 3  # type: ignore[misc]
+
+
+def test_states_use_tf_serving_numbers():
+    assert {s.name: int(s) for s in ServableState} == {
+        "UNKNOWN": 0, "START": 10, "LOADING": 20, "AVAILABLE": 30, "UNLOADING": 40, "END": 50,
+    }
+
+
+def test_version_status_defaults_to_healthy():
+    status = VersionStatus(3, ServableState.AVAILABLE)
+    assert status.error_message is None and status.error_kind is None
+
+
+def test_version_request_constructors_and_descriptions():
+    assert VersionRequest.latest().choice is VersionChoice.LATEST
+    assert VersionRequest.latest().describe("m") == "Latest(m)"
+    assert VersionRequest.specific(7).describe("m") == "Specific(m, 7)"
+    assert VersionRequest.labelled("stable").label == "stable"
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"choice": VersionChoice.LATEST, "version": 1},
+        {"choice": VersionChoice.SPECIFIC},
+        {"choice": VersionChoice.SPECIFIC, "version": 1, "label": "x"},
+        {"choice": VersionChoice.LABEL, "version": 1},
+    ],
+)
+def test_version_request_rejects_inconsistent_fields(kwargs):
+    with pytest.raises(ValueError):
+        VersionRequest(**kwargs)
