@@ -181,10 +181,10 @@ async def _serve_until_signal(server: TesseraServer) -> None:
 
 def main(argv: Sequence[str]) -> int:
     """`tessera serve` with TF Serving's flags (see cluster.flags)."""
-    from cluster.flags import parse_serve_flags
+    from cluster.flags import parse_serve_args
     from cluster.logs import configure_logging
 
-    options, config = parse_serve_flags(list(argv))
+    options, config = parse_serve_args(list(argv))
     configure_logging(options)
     started_ray = init_ray(options)
     try:

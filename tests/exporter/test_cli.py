@@ -107,8 +107,9 @@ def test_inspect_errors(tmp_path: pathlib.Path, base: pathlib.Path, capsys: pyte
     assert status == 1 and "Could not find base path" in err
     status, _, err = _run(capsys, "inspect", base / "1", "--signature", "nope")
     assert status == 1 and "no signature 'nope'" in err
-    with pytest.raises(SystemExit):
-        cli.main(["serve"])  # not registered until the serving code adds it
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["serve"])  # serve needs --model_base_path or --model_config_file
+    assert exit_info.value.code == 2
 
 
 # --- run -------------------------------------------------------------------------------------
