@@ -1,0 +1,186 @@
+"""`tessera serve` flags: TF Serving's defaults and syntax, contradictions exit with status 2."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+
+import pytest
+
+from cluster.config import BatchingConfig, ModelConfig, ServeOptions, ServerConfig, VersionPolicy
+from cluster.flags import parse_serve_args
+
+
+def test_defaults_single_model_mode() -> None:
+    options, config = parse_serve_args(["--model_base_path=/models/half"])
+    assert options == ServeOptions()  # every default is TF Serving's (and ours)
+    assert (options.grpc_port, options.rest_port, options.host) == (8500, 0, "0.0.0.0")
+    assert options.file_system_poll_wait_seconds == 1 and options.enable_model_warmup
+    assert options.load_retry_interval_seconds == 60.0 and options.max_num_load_retries == 5
+    assert options.ray_address is None and options.num_replicas == 1 and options.replica_num_cpus == 0.5
+    assert config == ServerConfig((ModelConfig("default", "/models/half", "tensorflow", VersionPolicy()),))
+
+
+def test_equals_and_space_syntaxes_agree() -> None:
+    equals = parse_serve_args(
+        [
+            "--port=9000",
+            "--rest_api_port=9001",
+            "--model_name=iris",
+            "--model_base_path=/m/iris",
+            "--num_replicas=3",
+            "--replica_num_cpus=0.25",
+            "--ray_address=auto",
+            "--host=127.0.0.1",
+            "--file_system_poll_wait_seconds=0",
+            "--load_retry_interval_micros=1500000",
+            "--rest_api_timeout_in_ms=500",
+            "--max_num_load_retries=0",
+        ]
+    )
+    spaced = parse_serve_args(
+        [
+            "--port",
+            "9000",
+            "--rest_api_port",
+            "9001",
+            "--model_name",
+            "iris",
+            "--model_base_path",
+            "/m/iris",
+            "--num_replicas",
+            "3",
+            "--replica_num_cpus",
+            "0.25",
+            "--ray_address",
+            "auto",
+            "--host",
+            "127.0.0.1",
+            "--file_system_poll_wait_seconds",
+            "0",
+            "--load_retry_interval_micros",
+            "1500000",
+            "--rest_api_timeout_in_ms",
+            "500",
+            "--max_num_load_retries",
+            "0",
+        ]
+    )
+    assert equals == spaced
+    options, config = equals
+    assert (options.grpc_port, options.rest_port, options.num_replicas, options.replica_num_cpus) == (
+        9000,
+        9001,
+        3,
+        0.25,
+    )
+    assert (options.ray_address, options.host, options.file_system_poll_wait_seconds) == (
+        "auto",
+        "127.0.0.1",
+        0,
+    )
+    assert options.load_retry_interval_seconds == 1.5 and options.rest_api_timeout_in_ms == 500
+    assert config.models[0].name == "iris"
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        ([], True),
+        (["--enable_model_warmup"], True),
+        (["--enable_model_warmup=false"], False),
+        (["--enable_model_warmup=0"], False),
+        (["--enable_model_warmup=1"], True),
+        (["--enable_model_warmup=True"], True),
+        (["--noenable_model_warmup"], False),
+    ],
+)
+def test_boolean_forms(flags: list[str], expected: bool) -> None:
+    options, _ = parse_serve_args(["--model_base_path=/m", *flags])
+    assert options.enable_model_warmup is expected
+
+
+def test_batching_without_a_file_uses_scheduler_defaults() -> None:
+    options, _ = parse_serve_args(["--model_base_path=/m", "--enable_batching"])
+    assert options.enable_batching and options.batching == BatchingConfig()
+    options, _ = parse_serve_args(["--model_base_path=/m", "--enable_batching=false"])
+    assert not options.enable_batching and options.batching is None
+
+
+def test_files_are_read_through_the_config_converters(tmp_path: pathlib.Path) -> None:
+    models = tmp_path / "models.config"
+    models.write_text(
+        "model_config_list { config { name: 'a' base_path: '/m/a' model_version_policy { all {} } }"
+        " config { name: 'b' base_path: 'relative/b' } }"
+    )
+    batching = tmp_path / "batching.pbtxt"
+    batching.write_text("max_batch_size { value: 8 } allowed_batch_sizes: 4 allowed_batch_sizes: 8")
+    monitoring = tmp_path / "monitoring.config"
+    monitoring.write_text("prometheus_config { enable: true }")
+    options, config = parse_serve_args(
+        [
+            f"--model_config_file={models}",
+            "--model_config_file_poll_wait_seconds=30",
+            "--enable_batching=true",
+            f"--batching_parameters_file={batching}",
+            f"--monitoring_config_file={monitoring}",
+            "--enable_serialization_as_tensor_content",
+        ]
+    )
+    assert [m.name for m in config.models] == ["a", "b"]
+    assert config.models[0].version_policy == VersionPolicy("all")
+    assert config.models[1].base_path == os.path.join(os.getcwd(), "relative/b")  # made absolute
+    assert options.model_config_file == str(models) and options.model_config_file_poll_wait_seconds == 30
+    assert options.batching == BatchingConfig(max_batch_size=8, allowed_batch_sizes=(4, 8))
+    assert options.monitoring_path == "/monitoring/prometheus/metrics"
+    assert options.serialize_as_tensor_content
+
+
+def test_uri_base_paths_are_kept() -> None:
+    _, config = parse_serve_args(["--model_base_path=s3://bucket/models/m"])
+    assert config.models[0].base_path == "s3://bucket/models/m"
+
+
+def _exits(flags: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    with pytest.raises(SystemExit) as info:
+        parse_serve_args(flags)
+    assert info.value.code == 2
+    return capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--model_base_path=/m", "--no_such_flag=1"], "unrecognized arguments: --no_such_flag=1"),
+        (["--model_base=/m"], "unrecognized arguments"),  # no prefix abbreviations
+        ([], "exactly one of --model_base_path"),
+        (["--model_base_path=/m", "--model_config_file=/c"], "exactly one of --model_base_path"),
+        (["--model_base_path=/m", "--batching_parameters_file=/b"], "without setting --enable_batching"),
+        (["--model_base_path=/m", "--rest_api_port=8500"], "--rest_api_port must differ from --port"),
+        (["--model_base_path=/m", "--port=9000", "--rest_api_port", "9000"], "must differ from --port"),
+        (["--model_base_path=/m", "--port=70000"], "--port must be in 0..65535"),
+        (["--model_base_path=/m", "--num_replicas=0"], "--num_replicas must be at least 1"),
+        (["--model_base_path=/m", "--port=abc"], "invalid int value"),
+        (["--model_base_path=/m", "--enable_batching=maybe"], "expected true/false/1/0"),
+        (["--model_base_path=/m", "--model_name="], "--model_name must not be empty"),
+    ],
+)
+def test_contradictions_and_unknown_flags_exit_2(
+    flags: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    err = _exits(flags, capsys)
+    assert message in err
+    assert err.startswith("usage: tessera serve")
+
+
+def test_bad_config_files_exit_2(tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert "Could not read config file" in _exits([f"--model_config_file={tmp_path / 'missing'}"], capsys)
+    custom = tmp_path / "custom.config"
+    custom.write_text("custom_model_config { type_url: 'x/y' }")
+    assert "Only ModelConfigList is currently supported" in _exits([f"--model_config_file={custom}"], capsys)
+    batching = tmp_path / "batching.pbtxt"
+    batching.write_text("max_batch_size { value: 8 } allowed_batch_sizes: 4")
+    err = _exits(
+        ["--model_base_path=/m", "--enable_batching", f"--batching_parameters_file={batching}"], capsys
+    )
+    assert "Last entry in allowed_batch_sizes must match max_batch_size" in err
