@@ -61,7 +61,7 @@ def _affine(g: GraphBuilder, x: Tensor, kernel: Any, bias: Any, name: str) -> Te
 
 def _binary_probabilities(p: Tensor) -> Tensor:
     """[batch, 1] positive-class probability -> [batch, 2] as [1 - p, p] (scikit-learn's order)."""
-    one = p.graph.constant(np.float64(1.0))
+    one = p.graph.constant(1.0, dtype=dtypes.DOUBLE)
     return core.concat([tfm.sub(one, p), p], axis=1)
 
 
@@ -79,13 +79,14 @@ class SklearnModel:
         input_key: str = "x",
         class_labels: Sequence[str | bytes] | None = None,
     ) -> None:
-        self.steps: list[tuple[str, Any]] = list(estimator.steps) if isinstance(estimator, Pipeline) else [("model", estimator)]
+        pipeline = isinstance(estimator, Pipeline)
+        self.steps: list[tuple[str, Any]] = list(estimator.steps) if pipeline else [("model", estimator)]
         self.final = self.steps[-1][1]
         self.n_features = int(getattr(estimator, "n_features_in_", 0)) or None
         if feature_names is None and hasattr(estimator, "feature_names_in_"):
             feature_names = [str(n) for n in estimator.feature_names_in_]
         self.feature_names = tuple(feature_names) if feature_names is not None else None
-        if self.feature_names is not None and self.n_features is not None and len(self.feature_names) != self.n_features:
+        if self.feature_names is not None and len(self.feature_names) != (self.n_features or 0):
             raise ExportError(f"{len(self.feature_names)} feature names for {self.n_features} input features")
         self.input_key = input_key
         first = self.steps[0][1] if len(self.steps) > 1 else None
@@ -96,7 +97,8 @@ class SklearnModel:
         self.labels: list[bytes] | None = None
         if isinstance(self.final, LogisticRegression | MLPClassifier):
             classes = self.final.classes_
-            self.labels = make_labels(len(classes), class_labels or [str(c) for c in classes])
+            names = [str(c) for c in classes] if class_labels is None else list(class_labels)
+            self.labels = make_labels(len(classes), names)
         elif isinstance(self.final, LinearRegression | Ridge | MLPRegressor):
             if class_labels is not None:
                 raise ExportError("class_labels given for a regressor")
@@ -146,7 +148,7 @@ class SklearnModel:
             if len(est.classes_) == 2:
                 probabilities = _binary_probabilities(tfm.sigmoid(logits))
                 # predict() is decision > 0: argmax of [0, decision] (a tie goes to class 0).
-                zero = core.broadcast_to_batch(g.constant(np.zeros(1, np.float64)), logits)
+                zero = core.broadcast_to_batch(g.constant(np.zeros(1), dtype=dtypes.DOUBLE), logits)
                 class_ids = tfm.argmax(core.concat([zero, logits], axis=1), axis=1)
             else:
                 probabilities = tfm.softmax(logits)
