@@ -229,12 +229,12 @@ def classification_result(result: ClassifyResult, target: classification_pb2.Cla
     score_list = (
         np.asarray(scores, dtype=np.float32).ravel().tolist() if scores is not None else [0.0] * count
     )
-    make = classification_pb2.Class
     # One message per class is what the wire needs; everything else above is done in bulk.
-    for start in range(0, count, k):
-        target.classifications.add().classes.extend(
-            [make(label=label_list[j], score=score_list[j]) for j in range(start, start + k)]
-        )
+    # `add(**fields)` builds each in C, about twice as fast as constructing and extending.
+    for row in range(rows):
+        add = target.classifications.add().classes.add
+        for j in range(row * k, row * k + k):
+            add(label=label_list[j], score=score_list[j])
 
 
 def _text(value: Any) -> str:
@@ -250,8 +250,9 @@ def regression_result(result: RegressResult, target: regression_pb2.RegressionRe
             f"Expected output Tensor shape to be either [batch_size] or [batch_size, 1] but got "
             f"{list(values.shape)}"
         )
-    make = regression_pb2.Regression
-    target.regressions.extend([make(value=v) for v in values.astype(np.float32).ravel().tolist()])
+    add = target.regressions.add
+    for value in values.astype(np.float32).ravel().tolist():
+        add(value=value)
 
 
 def classification_response(result: ClassifyResult) -> classification_pb2.ClassificationResponse:

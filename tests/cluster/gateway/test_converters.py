@@ -281,6 +281,12 @@ def test_classification_response_one_of_labels_or_scores() -> None:
     assert only_labels.result.classifications[0].classes[0].score == 0.0
 
 
+def test_classification_response_without_classes_keeps_one_entry_per_example() -> None:
+    response = converters.classification_response(ClassifyResult(SPEC, None, np.zeros((2, 0), np.float32)))
+    assert len(response.result.classifications) == 2
+    assert not response.result.classifications[0].classes
+
+
 def test_classification_response_bad_shapes() -> None:
     with pytest.raises(InvalidArgument, match="batch_size num_classes"):
         converters.classification_response(ClassifyResult(SPEC, None, np.array([0.5, 0.5])))
