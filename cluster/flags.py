@@ -14,14 +14,11 @@ directory (TF refuses them), because replicas may run in another directory or on
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import os
 from collections.abc import Sequence
 
 from cluster.config import BatchingConfig, ModelConfig, ServeOptions, ServerConfig
 from cluster.errors import InvalidArgument
 from cluster.gateway import config_converters
-from exporter import storage
 
 _TRUE = frozenset({"true", "t", "yes", "y", "1"})
 _FALSE = frozenset({"false", "f", "no", "n", "0"})
@@ -146,19 +143,12 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
             parser.error(f"--{flag} must be at least {minimum}, got {getattr(args, flag)}")
 
 
-def _absolute(path: str) -> str:
-    return path if storage.is_uri(path) else os.path.abspath(path)
-
-
 def _server_config(args: argparse.Namespace) -> ServerConfig:
     if args.model_config_file:
-        config = config_converters.load_server_config(args.model_config_file)
-    else:
-        # TF's single-model mode: one `config { name, base_path, model_platform: "tensorflow" }`.
-        config = ServerConfig((ModelConfig(name=args.model_name, base_path=args.model_base_path),))
-    return ServerConfig(
-        tuple(dataclasses.replace(m, base_path=_absolute(m.base_path)) for m in config.models)
-    )
+        return config_converters.load_server_config(args.model_config_file)
+    # TF's single-model mode: one `config { name, base_path, model_platform: "tensorflow" }`.
+    base_path = config_converters.absolute_base_path(args.model_base_path)
+    return ServerConfig((ModelConfig(name=args.model_name, base_path=base_path),))
 
 
 def _options(args: argparse.Namespace) -> ServeOptions:

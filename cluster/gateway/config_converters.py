@@ -9,6 +9,8 @@ server's settings apply).
 
 from __future__ import annotations
 
+import os
+
 from google.protobuf import text_format
 
 from cluster.config import BatchingConfig, ModelConfig, ServerConfig, VersionPolicy
@@ -58,6 +60,18 @@ def _version_policy(config: model_server_config_pb2.ModelConfig) -> VersionPolic
     return VersionPolicy()
 
 
+def absolute_base_path(path: str) -> str:
+    """A relative local base path made absolute against the working directory; URIs are kept.
+
+    TF Serving refuses relative base paths; we accept them (handy from a checkout) but make them
+    absolute here, at every entry point, because replicas may run in another directory, and so
+    that a config re-read from the same file compares equal to the one it replaces.
+    """
+    if storage.is_uri(path) or os.path.isabs(path):
+        return path
+    return os.path.abspath(path)
+
+
 def _model_config(config: model_server_config_pb2.ModelConfig) -> ModelConfig:
     if config.model_type and config.model_platform:
         raise InvalidArgument("Illegal setting both model_type(deprecated) and model_platform.")
@@ -65,7 +79,7 @@ def _model_config(config: model_server_config_pb2.ModelConfig) -> ModelConfig:
         raise InvalidArgument(f"Expected model {config.name} to have an absolute path or URI; found: ")
     return ModelConfig(
         name=config.name,
-        base_path=config.base_path,
+        base_path=absolute_base_path(config.base_path),
         platform=config.model_platform or DEFAULT_PLATFORM,
         version_policy=_version_policy(config),
         version_labels=tuple(sorted(config.version_labels.items())),

@@ -136,9 +136,11 @@ def test_files_are_read_through_the_config_converters(tmp_path: pathlib.Path) ->
     assert options.serialize_as_tensor_content
 
 
-def test_uri_base_paths_are_kept() -> None:
+def test_uri_base_paths_are_kept_and_relative_ones_made_absolute() -> None:
     _, config = parse_serve_args(["--model_base_path=s3://bucket/models/m"])
     assert config.models[0].base_path == "s3://bucket/models/m"
+    _, config = parse_serve_args(["--model_base_path=models/m"])
+    assert config.models[0].base_path == os.path.join(os.getcwd(), "models/m")
 
 
 def _exits(flags: list[str], capsys: pytest.CaptureFixture[str]) -> str:

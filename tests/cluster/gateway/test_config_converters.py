@@ -112,6 +112,21 @@ def test_model_type_and_platform_together_are_illegal() -> None:
         cc.server_config_from_text(text)
 
 
+def test_relative_base_paths_become_absolute_and_others_are_kept(monkeypatch, tmp_path: pathlib.Path) -> None:
+    monkeypatch.chdir(tmp_path)
+    text = (
+        "model_config_list { config { name: 'a' base_path: 'models/a' }"
+        " config { name: 'b' base_path: '/abs/b/' } config { name: 'c' base_path: 'gs://bucket/c' } }"
+    )
+    config = cc.server_config_from_text(text)
+    assert [m.base_path for m in config.models] == [
+        str(tmp_path / "models" / "a"),
+        "/abs/b/",
+        "gs://bucket/c",
+    ]
+    assert cc.server_config_from_text(text) == config  # a re-read compares equal
+
+
 def test_text_that_does_not_parse() -> None:
     with pytest.raises(InvalidArgument, match="Invalid ModelServerConfig text"):
         cc.server_config_from_text("model_config_list { config { nme: 'm' } }")
