@@ -18,7 +18,7 @@ from typing import Any
 
 import ray
 
-from cluster.config import ServeOptions, ServerConfig
+from cluster.config import BatchingConfig, ServeOptions, ServerConfig
 from cluster.controller.actor import ControllerActor
 from cluster.controller.controller import ControllerOptions
 from cluster.routing.dispatcher import Dispatcher
@@ -78,8 +78,9 @@ class TesseraServer:
             num_replicas=opts.num_replicas,
             retry=RetryPolicy(opts.max_num_load_retries, opts.load_retry_interval_seconds),
         )
+        batching = (opts.batching or BatchingConfig()) if opts.enable_batching else None
         self._controller = ControllerActor.options(max_concurrency=1000).remote(
-            controller_options, opts.replica_num_cpus, opts.enable_model_warmup
+            controller_options, opts.replica_num_cpus, opts.enable_model_warmup, batching
         )
         controller = self._controller
         await controller.set_config.remote(self.config)

@@ -7,7 +7,7 @@ from typing import Any
 
 import ray
 
-from cluster.config import ModelConfig, ServerConfig
+from cluster.config import BatchingConfig, ModelConfig, ServerConfig
 from cluster.controller.controller import Controller, ControllerOptions
 from cluster.replica.actor import ReplicaActor
 from cluster.routing.table import RoutingTable
@@ -26,11 +26,17 @@ def _kill(handle: Any) -> None:
 class ControllerActor:
     """Thin Ray wrapper: every method delegates to the Controller on this actor's event loop."""
 
-    def __init__(self, options: ControllerOptions, replica_num_cpus: float, enable_warmup: bool) -> None:
+    def __init__(
+        self,
+        options: ControllerOptions,
+        replica_num_cpus: float,
+        enable_warmup: bool,
+        batching: BatchingConfig | None = None,
+    ) -> None:
         def new_replica(model: ModelConfig, index: int) -> Any:
             replica_id = f"{model.name}-{index}-{uuid.uuid4().hex[:6]}"
-            return ReplicaActor.options(num_cpus=replica_num_cpus, max_concurrency=64).remote(
-                model.name, replica_id, enable_warmup
+            return ReplicaActor.options(num_cpus=replica_num_cpus, max_concurrency=1000).remote(
+                model.name, replica_id, enable_warmup, model.batching or batching
             )
 
         self._controller = Controller(options, new_replica, _kill)

@@ -13,6 +13,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import ray
 
+from cluster.config import BatchingConfig
+from cluster.replica.batched import BatchedRunner
 from cluster.replica.replica import Replica, RunResult
 from exporter.runtime import Signature
 
@@ -21,14 +23,25 @@ from exporter.runtime import Signature
 class ReplicaActor:
     """One replica of one model. Created by the controller with `.options(num_cpus=...)`."""
 
-    def __init__(self, model_name: str, replica_id: str, enable_warmup: bool = True) -> None:
+    def __init__(
+        self,
+        model_name: str,
+        replica_id: str,
+        enable_warmup: bool = True,
+        batching: BatchingConfig | None = None,
+    ) -> None:
         self.replica_id = replica_id
         self._replica = Replica(model_name, enable_warmup=enable_warmup)
+        # Without batching parameters, each call's requests (coalesced by the gateway) still run
+        # as one merged batch; with them, a queue also merges across calls and gateways.
+        self._batched = BatchedRunner(self._replica, batching) if batching is not None else None
 
     async def load(self, version: int, path: str) -> dict[str, Signature]:
         return await asyncio.to_thread(self._replica.load, version, path)
 
     async def unload(self, version: int) -> None:
+        if self._batched is not None:
+            await self._batched.unload(version)
         self._replica.unload(version)
 
     async def loaded_versions(self) -> list[int]:
@@ -40,7 +53,11 @@ class ReplicaActor:
         signature_key: str,
         requests: Sequence[Mapping[str, np.ndarray]],
         output_filter: Sequence[str] = (),
+        timeouts: Sequence[float | None] | None = None,
     ) -> RunResult:
+        """Runs coalesced requests; `timeouts` are each request's seconds left before its deadline."""
+        if self._batched is not None:
+            return await self._batched.run(version, signature_key, requests, output_filter, timeouts)
         return await asyncio.to_thread(self._replica.run, version, signature_key, requests, output_filter)
 
     async def memory(self) -> dict[str, int]:

@@ -64,7 +64,8 @@ class Replica:
         return sorted(self._servables)
 
     # -- requests ----------------------------------------------------------------------------
-    def _runtime(self, version: int) -> Runtime:
+    def runtime(self, version: int) -> Runtime:
+        """The loaded runtime of `version`, or NotFound."""
         runtime = self._servables.get(version)
         if runtime is None:
             raise errors.NotFound(f"Servable not found for request: Specific({self.model_name}, {version})")
@@ -79,7 +80,7 @@ class Replica:
     ) -> RunResult:
         """Runs every request; returns, per request, its outputs or the error that refused it."""
         try:
-            runtime = self._runtime(version)
+            runtime = self.runtime(version)
             signature = runtime.signatures.get(signature_key)
             if signature is None:
                 raise errors.FailedPrecondition(f'Serving signature key "{signature_key}" not found.')

@@ -10,6 +10,7 @@ together in the next call. Under load, batches therefore grow by themselves, and
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,13 +22,20 @@ from cluster import errors
 Outputs = Mapping[str, np.ndarray]
 
 
+@dataclass(frozen=True, slots=True)
+class _Request:
+    feeds: Mapping[str, np.ndarray]
+    deadline: float | None  # time.monotonic() seconds
+    future: asyncio.Future[Outputs]
+
+
 @dataclass
 class _Lane:
     handle: Any
     version: int
     signature: str
     output_filter: tuple[str, ...]
-    pending: list[tuple[Mapping[str, np.ndarray], asyncio.Future[Outputs]]] = field(default_factory=list)
+    pending: list[_Request] = field(default_factory=list)
     in_flight: int = 0
 
 
@@ -47,6 +55,7 @@ class Coalescer:
         signature: str,
         feeds: Mapping[str, np.ndarray],
         output_filter: tuple[str, ...] = (),
+        deadline: float | None = None,
     ) -> asyncio.Future[Outputs]:
         """Queues one request; the future resolves to its outputs or fails with its own error."""
         key = (handle, version, signature, output_filter)
@@ -54,7 +63,7 @@ class Coalescer:
         if lane is None:
             lane = self._lanes[key] = _Lane(handle, version, signature, output_filter)
         future: asyncio.Future[Outputs] = asyncio.get_running_loop().create_future()
-        lane.pending.append((feeds, future))
+        lane.pending.append(_Request(feeds, deadline, future))
         if lane.in_flight < self._max_calls:
             self._send(key, lane)
         return future
@@ -67,23 +76,25 @@ class Coalescer:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _call(
-        self, key: Hashable, lane: _Lane, batch: list[tuple[Mapping[str, np.ndarray], asyncio.Future[Outputs]]]
-    ) -> None:
+    async def _call(self, key: Hashable, lane: _Lane, batch: list[_Request]) -> None:
         try:
-            live = [(feeds, fut) for feeds, fut in batch if not fut.done()]  # cancelled: skip
+            live = [r for r in batch if not r.future.done()]  # cancelled or timed out: skip
             if live:
+                now = time.monotonic()
+                # Seconds left, not deadlines: clocks of other hosts are not ours.
+                timeouts = [None if r.deadline is None else r.deadline - now for r in live]
                 try:
                     results = await lane.handle.run.remote(
-                        lane.version, lane.signature, [feeds for feeds, _ in live], lane.output_filter
+                        lane.version, lane.signature, [r.feeds for r in live], lane.output_filter,
+                        timeouts if any(t is not None for t in timeouts) else None,
                     )
                 except Exception as exc:  # noqa: BLE001 - the replica died or the call broke
                     failure = errors.Unavailable(f"replica call failed: {type(exc).__name__}: {exc}")
-                    for _, fut in live:
-                        if not fut.done():
-                            fut.set_exception(failure)
+                    for r in live:
+                        if not r.future.done():
+                            r.future.set_exception(failure)
                 else:
-                    for (_, fut), result in zip(live, results, strict=True):
+                    for fut, result in zip((r.future for r in live), results, strict=True):
                         if fut.done():
                             continue
                         if isinstance(result, BaseException):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
@@ -131,21 +132,36 @@ class Dispatcher:
         router = self._routers[route.name]
         if router.total_in_flight() >= self._max_in_flight * max(len(route.replicas), 1):
             raise errors.ResourceExhausted(f"Too many requests in flight for model {route.name}; retry later")
-        attempts = 2 if len(route.replicas) > 1 else 1
-        for attempt in range(attempts):
-            timeout = None if deadline is None else deadline - time.monotonic()
-            if timeout is not None and timeout <= 0:
-                raise errors.DeadlineExceeded("Deadline exceeded before the request was run")
-            with router.acquire() as replica:
-                future = self._coalescer.submit(replica, version, signature, feeds, output_filter)
-                try:
-                    return await asyncio.wait_for(future, timeout)
-                except TimeoutError:
-                    raise errors.DeadlineExceeded("Deadline exceeded while the request was queued or run") from None
-                except errors.Unavailable:
-                    if attempt + 1 == attempts:
-                        raise  # a replica died: the controller replaces it; try another meanwhile
-        raise errors.Internal("unreachable")
+        timeout = None if deadline is None else deadline - time.monotonic()
+        if timeout is not None and timeout <= 0:
+            raise errors.DeadlineExceeded("Deadline exceeded before the request was run")
+        with router.acquire() as replica:
+            try:
+                return await self._await(replica, version, signature, feeds, output_filter, deadline, timeout)
+            except errors.Unavailable:
+                others = [r for r in route.replicas if r != replica]
+                if not others:
+                    raise
+        # The replica died (the controller is replacing it): one retry on another replica.
+        timeout = None if deadline is None else deadline - time.monotonic()
+        fallback = random.choice(others)
+        return await self._await(fallback, version, signature, feeds, output_filter, deadline, timeout)
+
+    async def _await(
+        self,
+        replica: Any,
+        version: int,
+        signature: str,
+        feeds: Mapping[str, np.ndarray],
+        output_filter: tuple[str, ...],
+        deadline: float | None,
+        timeout: float | None,
+    ) -> Mapping[str, np.ndarray]:
+        future = self._coalescer.submit(replica, version, signature, feeds, output_filter, deadline)
+        try:
+            return await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            raise errors.DeadlineExceeded("Deadline exceeded while the request was queued or run") from None
 
     # -- ServingAPI ----------------------------------------------------------------------------
     async def predict(self, request: PredictRequest) -> PredictResult:

@@ -1,0 +1,109 @@
+"""The replica's batch queues: requests from every call (and every gateway) merged per servable,
+signature and output filter, under TF Serving's BatchingParameters.
+
+Each request is validated on its own before it joins a batch (a bad one never reaches the merge).
+A data-dependent failure of a merged batch (say, one malformed tf.Example) is not blamed on the
+whole batch: its members are re-run one by one, so only the offending request fails, with an
+error about its own rows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from cluster import errors
+from cluster.batching.queue import BatchQueue
+from cluster.config import BatchingConfig
+from cluster.replica.replica import Replica, RunResult
+from exporter.errors import InvalidInputError
+from exporter.runtime import Runtime, check_feeds
+
+QueueKey = tuple[int, str, tuple[str, ...]]
+
+
+class _BatchFailed(Exception):
+    """A merged batch raised InvalidInputError: its members are retried alone."""
+
+    def __init__(self, error: InvalidInputError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+class BatchedRunner:
+    """Runs requests of a Replica through one BatchQueue per (version, signature, output filter)."""
+
+    def __init__(self, replica: Replica, config: BatchingConfig) -> None:
+        self._replica = replica
+        self._config = config
+        self._queues: dict[QueueKey, BatchQueue] = {}
+
+    def _queue(self, runtime: Runtime, key: QueueKey) -> BatchQueue:
+        queue = self._queues.get(key)
+        if queue is None:
+            version, signature_key, output_filter = key
+            signature = runtime.signatures[signature_key]
+
+            async def execute(inputs: dict[str, np.ndarray]) -> Mapping[str, np.ndarray]:
+                try:
+                    return await asyncio.to_thread(runtime.run, signature_key, inputs, output_filter or None)
+                except InvalidInputError as e:
+                    raise _BatchFailed(e) from None
+
+            def validate(inputs: Mapping[str, np.ndarray]) -> None:
+                try:
+                    check_feeds(signature, inputs)
+                except InvalidInputError as e:
+                    raise errors.InvalidArgument(str(e)) from None
+
+            queue = self._queues[key] = BatchQueue(execute, self._config, validate=validate)
+        return queue
+
+    async def run(
+        self,
+        version: int,
+        signature_key: str,
+        requests: Sequence[Mapping[str, np.ndarray]],
+        output_filter: Sequence[str] = (),
+        timeouts: Sequence[float | None] | None = None,
+    ) -> RunResult:
+        try:
+            runtime = self._replica.runtime(version)
+            if signature_key not in runtime.signatures:
+                raise errors.FailedPrecondition(f'Serving signature key "{signature_key}" not found.')
+        except errors.ServingError as e:
+            return [e] * len(requests)
+        queue = self._queue(runtime, (version, signature_key, tuple(output_filter)))
+        now = time.monotonic()
+        deadlines = [None if t is None else now + t for t in (timeouts or [None] * len(requests))]
+        outcomes = await asyncio.gather(
+            *(queue.submit(r, d) for r, d in zip(requests, deadlines, strict=True)), return_exceptions=True
+        )
+        results: RunResult = []
+        for request, outcome in zip(requests, outcomes, strict=True):
+            if isinstance(outcome, _BatchFailed):
+                outcome = await asyncio.to_thread(
+                    self._replica.run, version, signature_key, [request], output_filter
+                )
+                outcome = outcome[0]
+            results.append(_as_result(outcome))
+        return results
+
+    async def unload(self, version: int) -> None:
+        """Drains and closes the queues of a version before it is unloaded."""
+        closing = [q for (v, _, _), q in self._queues.items() if v == version]
+        self._queues = {k: q for k, q in self._queues.items() if k[0] != version}
+        await asyncio.gather(*(q.close(drain=True) for q in closing))
+
+
+def _as_result(outcome: object) -> Mapping[str, np.ndarray] | errors.ServingError:
+    if isinstance(outcome, errors.ServingError):
+        return outcome
+    if isinstance(outcome, InvalidInputError):
+        return errors.InvalidArgument(str(outcome))
+    if isinstance(outcome, BaseException):
+        return errors.Internal(f"{type(outcome).__name__}: {outcome}")
+    return outcome  # type: ignore[return-value]

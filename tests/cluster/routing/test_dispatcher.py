@@ -1,0 +1,208 @@
+"""Dispatcher and coalescer without Ray: fake replica handles whose `run.remote` is a coroutine."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import numpy as np
+import pytest
+
+from cluster import errors
+from cluster.client.examples import make_example
+from cluster.config import ServerConfig
+from cluster.replica.replica import Replica
+from cluster.requests import ExamplesRequest, InferenceTask, ModelSpec, MultiInferenceRequest, PredictRequest
+from cluster.routing.coalescer import Coalescer
+from cluster.routing.dispatcher import Dispatcher
+from cluster.routing.table import ModelRoute, RoutingTable
+from cluster.types import ServableState, VersionRequest, VersionStatus
+from tests.integration.models import write_version
+
+
+class _Method:
+    def __init__(self, fn: Any) -> None:
+        self._fn = fn
+
+    def remote(self, *args: Any) -> Any:
+        return self._fn(*args)
+
+
+class FakeReplica:
+    """Runs on a real Replica in-process; records how many Ray calls it received."""
+
+    def __init__(self, replica: Replica, *, delay: float = 0.01, fail: bool = False) -> None:
+        self.calls: list[int] = []
+        self._replica = replica
+        self._delay = delay
+        self._fail = fail
+        self.run = _Method(self._run)
+
+    async def _run(self, version: int, signature: str, requests: list, output_filter: tuple, timeouts: Any) -> list:
+        self.calls.append(len(requests))
+        await asyncio.sleep(self._delay)
+        if self._fail:
+            raise RuntimeError("actor died")
+        return self._replica.run(version, signature, requests, output_filter)
+
+
+@pytest.fixture(scope="module")
+def replica(tmp_path_factory: pytest.TempPathFactory) -> Replica:
+    base = tmp_path_factory.mktemp("m") / "m"
+    write_version(base, 1, 2.0)
+    write_version(base, 2, 3.0)
+    r = Replica("m")
+    r.load(1, str(base / "1"))
+    r.load(2, str(base / "2"))
+    return r
+
+
+def _table(replicas: list[Any], signatures: Any) -> RoutingTable:
+    route = ModelRoute(
+        name="m",
+        available={1: signatures, 2: signatures},
+        labels={"stable": 1},
+        replicas=tuple(replicas),
+        statuses=(VersionStatus(2, ServableState.AVAILABLE), VersionStatus(1, ServableState.AVAILABLE)),
+    )
+    return RoutingTable(epoch=1, models={"m": route})
+
+
+async def _dispatcher(replicas: list[Any], replica: Replica, **kwargs: Any) -> Dispatcher:
+    table = _table(replicas, replica.runtime(1).signatures)
+
+    async def poll(epoch: int) -> RoutingTable:
+        if epoch >= table.epoch:
+            await asyncio.sleep(3600)
+        return table
+
+    async def reload(config: ServerConfig) -> None:
+        raise errors.FailedPrecondition("no reloads here")
+
+    d = Dispatcher(poll, reload, **kwargs)
+    await d.start()
+    return d
+
+
+def _x(value: float = 1.0) -> dict[str, np.ndarray]:
+    return {"x": np.full((1, 2), value, np.float32)}
+
+
+def test_concurrent_requests_leave_as_few_calls(replica: Replica) -> None:
+    fake = FakeReplica(replica)
+
+    async def main() -> list:
+        d = await _dispatcher([fake], replica)
+        results = await asyncio.gather(*(d.predict(PredictRequest(ModelSpec("m"), _x(i))) for i in range(50)))
+        await d.stop()
+        return results
+
+    results = asyncio.run(main())
+    assert len(fake.calls) < 10 and sum(fake.calls) == 50
+    for i, result in enumerate(results):
+        assert result.spec.version == 2  # latest
+        np.testing.assert_array_equal(result.outputs["y"], np.full((1, 2), 3.0 * i, np.float32))
+
+
+
+@pytest.mark.parametrize(
+    ("spec", "error", "message"),
+    [
+        (ModelSpec("ghost"), errors.NotFound, "Servable not found for request: Latest(ghost)"),
+        (ModelSpec("m", VersionRequest.specific(7)), errors.NotFound, "Specific(m, 7)"),
+        (ModelSpec("m", VersionRequest.labelled("x")), errors.InvalidArgument, "Unrecognized servable version label: x"),
+        (ModelSpec("m", signature_name="nope"), errors.FailedPrecondition, 'Serving signature key "nope" not found.'),
+    ],
+)
+def test_predict_errors(replica: Replica, spec: ModelSpec, error: type, message: str) -> None:
+    async def main() -> None:
+        d = await _dispatcher([FakeReplica(replica)], replica)
+        with pytest.raises(error, match=message.replace("(", r"\(").replace(")", r"\)")):
+            await d.predict(PredictRequest(spec, _x()))
+
+    asyncio.run(main())
+
+
+def test_label_and_examples_calls(replica: Replica) -> None:
+    ex = [make_example({"a": 1.0, "b": 2.0}).SerializeToString()]
+
+    async def main() -> tuple:
+        d = await _dispatcher([FakeReplica(replica)], replica)
+        stable = await d.predict(PredictRequest(ModelSpec("m", VersionRequest.labelled("stable")), _x()))
+        classify = await d.classify(ExamplesRequest(ModelSpec("m", signature_name="classify"), ex))
+        regress = await d.regress(ExamplesRequest(ModelSpec("m", signature_name="regress"), ex))
+        with pytest.raises(errors.InvalidArgument, match="No signature was found with the name: nope"):
+            await d.classify(ExamplesRequest(ModelSpec("m", signature_name="nope"), ex))
+        with pytest.raises(errors.InvalidArgument, match="one input|string"):
+            await d.classify(ExamplesRequest(ModelSpec("m"), ex))
+        multi = await d.multi_inference(MultiInferenceRequest(
+            [InferenceTask(ModelSpec("m", signature_name="classify"), "tensorflow/serving/classify"),
+             InferenceTask(ModelSpec("m", signature_name="regress"), "tensorflow/serving/regress")], ex))
+        with pytest.raises(errors.Unimplemented):
+            await d.multi_inference(MultiInferenceRequest([InferenceTask(ModelSpec("m"), "bogus")], ex))
+        with pytest.raises(errors.InvalidArgument, match="Duplicate evaluation"):
+            await d.multi_inference(MultiInferenceRequest(
+                [InferenceTask(ModelSpec("m", signature_name="regress"), "tensorflow/serving/regress")] * 2, ex))
+        return stable, classify, regress, multi
+
+    stable, classify, regress, multi = asyncio.run(main())
+    assert stable.spec.version == 1 and stable.outputs["y"][0, 0] == 2.0
+    assert classify.labels.tolist() == [[b"a", b"b"]]
+    np.testing.assert_allclose(regress.values, [9.0])
+    assert isinstance(multi[1].values, np.ndarray)
+
+
+def test_dead_replica_fails_over_to_another(replica: Replica) -> None:
+    dead, alive = FakeReplica(replica, fail=True), FakeReplica(replica)
+
+    async def main() -> int:
+        d = await _dispatcher([dead, alive], replica)
+        ok = 0
+        for _ in range(20):
+            await d.predict(PredictRequest(ModelSpec("m"), _x()))
+            ok += 1
+        return ok
+
+    assert asyncio.run(main()) == 20
+    assert alive.calls
+
+
+def test_deadline_and_overload_shedding(replica: Replica) -> None:
+    slow = FakeReplica(replica, delay=0.5)
+
+    async def main() -> None:
+        d = await _dispatcher([slow], replica, max_in_flight_per_replica=4)
+        import time
+
+        with pytest.raises(errors.DeadlineExceeded):
+            await d.predict(PredictRequest(ModelSpec("m"), _x(), deadline=time.monotonic() + 0.05))
+        tasks = [asyncio.ensure_future(d.predict(PredictRequest(ModelSpec("m"), _x()))) for _ in range(4)]
+        await asyncio.sleep(0)
+        with pytest.raises(errors.ResourceExhausted):
+            await d.predict(PredictRequest(ModelSpec("m"), _x()))
+        await asyncio.gather(*tasks)
+
+    asyncio.run(main())
+
+
+def test_coalescer_keeps_lanes_apart() -> None:
+    class Echo:
+        def __init__(self) -> None:
+            self.run = _Method(self._run)
+            self.calls: list[tuple] = []
+
+        async def _run(self, version: int, sig: str, requests: list, output_filter: tuple, timeouts: Any) -> list:
+            self.calls.append((version, sig, len(requests)))
+            await asyncio.sleep(0.01)
+            return [{"v": np.array([version])} for _ in requests]
+
+    echo = Echo()
+
+    async def main() -> list:
+        c = Coalescer(max_calls_in_flight=1)
+        futures = [c.submit(echo, 1 + i % 2, "s", {"x": np.zeros(1)}) for i in range(10)]
+        return await asyncio.gather(*futures)
+
+    results = asyncio.run(main())
+    assert [int(r["v"][0]) for r in results] == [1 + i % 2 for i in range(10)]
+    assert sum(n for _, _, n in echo.calls) == 10 and len(echo.calls) == 4
