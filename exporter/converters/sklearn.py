@@ -149,10 +149,10 @@ class SklearnModel:
                 probabilities = _binary_probabilities(tfm.sigmoid(logits))
                 # predict() is decision > 0: argmax of [0, decision] (a tie goes to class 0).
                 zero = core.broadcast_to_batch(g.constant(np.zeros(1), dtype=dtypes.DOUBLE), logits)
-                class_ids = tfm.argmax(core.concat([zero, logits], axis=1), axis=1)
+                class_ids = tfm.argmax(core.concat([zero, logits], axis=1), axis=1, name="class_ids")
             else:
                 probabilities = tfm.softmax(logits)
-                class_ids = tfm.argmax(logits, axis=1)  # predict() is argmax of the decision function
+                class_ids = tfm.argmax(logits, axis=1, name="class_ids")  # predict() is argmax of the decision function
         else:
             out = self._mlp(g, x)
             if est.out_activation_ == "softmax":
@@ -161,7 +161,7 @@ class SklearnModel:
                 probabilities = _binary_probabilities(out)
             else:
                 raise ExportError("MLPClassifier: only binary or multiclass (not multilabel) models are supported")
-            class_ids = tfm.argmax(probabilities, axis=1)  # predict() inverts the label binarizer: argmax
+            class_ids = tfm.argmax(probabilities, axis=1, name="class_ids")  # predict() inverts the label binarizer: argmax
         return classifier_heads(_to_float32(probabilities, "probabilities"), class_ids, self.labels)
 
     def _regressor(self, g: GraphBuilder, x: Tensor) -> dict[str, ExportOutput]:

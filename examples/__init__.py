@@ -1,0 +1,1 @@
+"""Example exports used by `make serve`, the docs and the benchmarks."""
