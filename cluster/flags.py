@@ -47,6 +47,41 @@ def _add_bool(parser: argparse.ArgumentParser, name: str, default: bool, help_te
     parser.add_argument(f"--no{name}", dest=name, action="store_const", const=False, help=argparse.SUPPRESS)
 
 
+# (flag, type, default, metavar, help) of the valued flags; TF's defaults (spec §9), then ours.
+_TF_FLAGS: tuple[tuple[str, type, object, str, str], ...] = (
+    ("port", int, 8500, "PORT", "gRPC port; 0 picks a free port"),
+    ("rest_api_port", int, 0, "PORT", "REST port; 0 disables REST"),
+    ("rest_api_timeout_in_ms", int, 30000, "MS", "REST request timeout"),
+    ("model_name", str, "default", "NAME", "single-model mode: the model name"),
+    ("model_base_path", str, "", "PATH", "single-model mode: the base path (local path or URI)"),
+    ("model_config_file", str, "", "PATH", "text-format ModelServerConfig (instead of a base path)"),
+    ("model_config_file_poll_wait_seconds", int, 0, "S", "re-read --model_config_file this often; 0: once"),
+    ("file_system_poll_wait_seconds", float, 1.0, "S", "poll base paths this often; 0: once, <0: never"),
+    ("batching_parameters_file", str, "", "PATH", "text-format BatchingParameters (needs --enable_batching)"),
+    ("monitoring_config_file", str, "", "PATH", "text-format MonitoringConfig (Prometheus)"),
+    ("max_num_load_retries", int, 5, "N", "retries after a failed load"),
+    ("load_retry_interval_micros", int, 60_000_000, "US", "wait between load retries"),
+)
+_TF_BOOLS: tuple[tuple[str, bool, str], ...] = (
+    ("enable_batching", False, "batch requests on the replicas"),
+    ("enable_model_warmup", True, "replay assets.extra/tf_serving_warmup_requests at load"),
+    ("enable_serialization_as_tensor_content", False, "send Predict outputs as tensor_content"),
+    ("enable_grpc_healthcheck_service", False, "accepted for compatibility: health checking is always on"),
+)
+_OUR_FLAGS: tuple[tuple[str, type, object, str, str], ...] = (
+    ("host", str, "0.0.0.0", "HOST", "address to bind"),
+    (
+        "ray_address",
+        str,
+        None,
+        "ADDRESS",
+        "Ray cluster to join, e.g. auto or ray://head:10001 (default: start a local Ray)",
+    ),
+    ("num_replicas", int, 1, "N", "replicas per model"),
+    ("replica_num_cpus", float, 0.5, "CPUS", "CPUs reserved per replica actor"),
+)
+
+
 def build_parser(prog: str = "tessera serve") -> argparse.ArgumentParser:
     """The argument parser of `tessera serve` (no prefix abbreviations, as absl flags)."""
     parser = argparse.ArgumentParser(
@@ -54,66 +89,18 @@ def build_parser(prog: str = "tessera serve") -> argparse.ArgumentParser:
         allow_abbrev=False,
         description="Serve TF Serving-style model bundles on Ray, over TF Serving's gRPC and REST APIs.",
     )
-    tf = parser.add_argument_group("TensorFlow Serving flags")
-    tf.add_argument("--port", type=int, default=8500, help="gRPC port; 0 picks a free port (default: 8500)")
-    tf.add_argument("--rest_api_port", type=int, default=0, help="REST port; 0 disables REST (default: 0)")
-    tf.add_argument(
-        "--rest_api_timeout_in_ms", type=int, default=30000, help="REST request timeout (default: 30000)"
-    )
-    tf.add_argument(
-        "--model_name", default="default", help="single-model mode: the model name (default: default)"
-    )
-    tf.add_argument("--model_base_path", default="", help="single-model mode: the base path (local or URI)")
-    tf.add_argument(
-        "--model_config_file", default="", help="text-format ModelServerConfig (instead of a base path)"
-    )
-    tf.add_argument(
-        "--model_config_file_poll_wait_seconds",
-        type=int,
-        default=0,
-        help="re-read --model_config_file this often; 0 reads it once (default: 0)",
-    )
-    tf.add_argument(
-        "--file_system_poll_wait_seconds",
-        type=float,
-        default=1.0,
-        help="poll base paths for new versions this often; 0 once, <0 never (default: 1)",
-    )
-    _add_bool(tf, "enable_batching", False, "batch requests on the replicas")
-    tf.add_argument(
-        "--batching_parameters_file",
-        default="",
-        help="text-format BatchingParameters (requires --enable_batching)",
-    )
-    tf.add_argument("--monitoring_config_file", default="", help="text-format MonitoringConfig (Prometheus)")
-    _add_bool(tf, "enable_model_warmup", True, "replay assets.extra/tf_serving_warmup_requests at load")
-    tf.add_argument(
-        "--max_num_load_retries", type=int, default=5, help="retries after a failed load (default: 5)"
-    )
-    tf.add_argument(
-        "--load_retry_interval_micros",
-        type=int,
-        default=60_000_000,
-        help="wait between load retries (default: 60000000)",
-    )
-    _add_bool(tf, "enable_serialization_as_tensor_content", False, "send Predict outputs as tensor_content")
-    _add_bool(
-        tf,
-        "enable_grpc_healthcheck_service",
-        False,
-        "accepted for compatibility: the gRPC health service is always on",
-    )
-    ours = parser.add_argument_group("Tessera flags")
-    ours.add_argument("--host", default="0.0.0.0", help="address to bind (default: 0.0.0.0)")
-    ours.add_argument(
-        "--ray_address",
-        default=None,
-        help="Ray cluster to join, e.g. ray://head:10001 or auto (default: start a local Ray)",
-    )
-    ours.add_argument("--num_replicas", type=int, default=1, help="replicas per model (default: 1)")
-    ours.add_argument(
-        "--replica_num_cpus", type=float, default=0.5, help="CPUs per replica actor (default: 0.5)"
-    )
+    for title, flags, bools in (
+        ("TensorFlow Serving flags", _TF_FLAGS, _TF_BOOLS),
+        ("Tessera flags", _OUR_FLAGS, ()),
+    ):
+        group = parser.add_argument_group(title)
+        for name, kind, default, metavar, help_text in flags:
+            shown = "" if default in (None, "") else f" (default: {default})"
+            group.add_argument(
+                f"--{name}", type=kind, default=default, metavar=metavar, help=help_text + shown
+            )
+        for name, default, help_text in bools:
+            _add_bool(group, name, default, help_text)
     return parser
 
 
