@@ -56,8 +56,11 @@ class Inputs:
             return _f64(self.features[self.input_key])
         if self.names is None:
             raise ExportError(f"the receiver gives no {self.input_key!r} matrix and the columns have no names")
-        columns = [_f64(self.column(j)) for j in range(len(self.names))]
-        return columns[0] if len(columns) == 1 else core.concat(columns, axis=1)
+        columns = [self.column(j) for j in range(len(self.names))]
+        if len({c.dtype for c in columns}) != 1:
+            columns = [_f64(c) for c in columns]
+        # One concat, then one cast: fewer steps per request than a cast per column.
+        return _f64(columns[0] if len(columns) == 1 else core.concat(columns, axis=1))
 
     def subset(self, indices: Sequence[int]) -> Inputs:
         names = None if self.names is None else tuple(self.names[j] for j in indices)
