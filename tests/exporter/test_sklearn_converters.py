@@ -207,3 +207,14 @@ def test_unsupported_models_are_refused() -> None:
         convert(fit(Ridge(), IRIS.data, IRIS.target), feature_names=["a"])
     with pytest.raises(ExportError, match="class_labels given for a regressor"):
         convert(fit(Ridge(), IRIS.data, IRIS.target), class_labels=["a"])
+
+
+def test_exporter_core_never_imports_sklearn() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, exporter.export, exporter.canned, exporter.feature_columns, exporter.converters, "
+        "exporter.runtime; assert 'sklearn' not in sys.modules, 'sklearn imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
