@@ -88,7 +88,7 @@ class TesseraServer:
             poll_table=lambda epoch: controller.get_routing_table.remote(epoch, 10.0),
             reload=lambda config: controller.set_config.remote(config),
         )
-        self._grpc = GatewayServer(self._dispatcher)
+        self._grpc = GatewayServer(self._dispatcher, tensor_content=opts.serialize_as_tensor_content)
         await self._dispatcher.start()
         self.grpc_port = await self._grpc.start(opts.host, opts.grpc_port)
         if opts.rest_port:
@@ -116,14 +116,14 @@ class TesseraServer:
         return False
 
     async def _poll_config_file(self) -> None:
-        from cluster.gateway.config_converters import server_config_from_text
+        from cluster.gateway.config_converters import read_text_file, server_config_from_text
 
         path = self.options.model_config_file
         last: str | None = None
         while True:
             await asyncio.sleep(self.options.model_config_file_poll_wait_seconds)
             try:
-                text = await asyncio.to_thread(_read_text, path)
+                text = await asyncio.to_thread(read_text_file, path)
                 if text == last:
                     continue
                 config = server_config_from_text(text)
@@ -151,14 +151,6 @@ class TesseraServer:
             finally:
                 ray.kill(self._controller)
         log.info("stopped")
-
-
-def _read_text(path: str) -> str:
-    from exporter import storage
-
-    fs, inner = storage.resolve(path)
-    with fs.open_input_stream(inner) as f:
-        return f.read().decode()
 
 
 async def _serve_until_signal(server: TesseraServer) -> None:
