@@ -234,8 +234,15 @@ class BatchQueue:
                 group.popleft()
             elif self._split:
                 take = room
+            elif members:
+                break  # it heads the next batch
             else:
-                break
+                # Cannot happen (submit bounds a request by the batch size), but a request that can
+                # never fit must fail rather than spin the scheduler.
+                entry.fail(Internal(f"Request of {remaining} rows does not fit a batch of {room}"))
+                group.popleft()
+                self._dequeue(key, remaining)
+                continue
             members.append(_Member(entry, entry.taken, entry.taken + take))
             entry.taken += take
             room -= take
