@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import posixpath
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -80,7 +81,12 @@ class FileSystemSource:
                 "'specific' version in the servable's version policy, was not found in the file system"
             )
         chosen = aspired_versions(on_disk, self.policy)
-        aspired = MappingProxyType({v: on_disk[v] for v in sorted(chosen)})
+        # Listed paths are in the filesystem's own terms (no scheme, no ?endpoint_override=...):
+        # report each version as its base path plus its directory name, so a replica reads it
+        # through the same URI (and the same object store) as the base path.
+        aspired = MappingProxyType(
+            {v: storage.join(self.base_path, posixpath.basename(on_disk[v].rstrip("/"))) for v in sorted(chosen)}
+        )
         return SourceReport(self.name, aspired, warnings=tuple(warnings))
 
     async def run(
