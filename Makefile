@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-test
 
-.PHONY: test lint protos clean serve models
+.PHONY: test lint protos clean serve models bench
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,3 +34,15 @@ models: $(STAMP)
 
 serve: models
 	$(VENV)/bin/tessera serve --port=8500 --rest_api_port=8501 --model_config_file=$(MODELS)/models.config
+
+# Tessera vs. a plain grpc.aio server vs. Ray Serve on one model (issue 4); ~3-4 minutes on 2 cores.
+# Writes benchmarks/results.{md,png,json}. Not a test: `make test` never runs it.
+BENCH_STAMP := $(VENV)/.installed-bench
+BENCH_ARGS ?=
+
+$(BENCH_STAMP): pyproject.toml $(STAMP)
+	$(PY) -m pip install -q -e '.[test,bench]'
+	touch $@
+
+bench: $(BENCH_STAMP)
+	$(PY) -m benchmarks.run $(BENCH_ARGS)

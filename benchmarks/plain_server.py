@@ -1,0 +1,69 @@
+"""(a) The ceiling for a Python front end: one process, one grpc.aio server, Runtime.run per request.
+
+No batching, no Ray, no validation beyond the runtime's own: decode the TensorProto, run the model
+on the event loop (it takes ~30 us for batch 1; a thread hop would cost more), encode the outputs.
+
+    python -m benchmarks.plain_server --port 8600 --model_dir /tmp/bench_models/bench/1
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+
+import grpc
+
+from benchmarks.wire import decode_inputs, encode_response
+from exporter.bundle import read_bundle
+from exporter.errors import InvalidInputError
+from exporter.runtime import Runtime
+from protos.tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+
+class PlainPredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
+    """PredictionService/Predict only, over one Runtime."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self._runtime = runtime
+
+    async def Predict(  # noqa: N802 - the rpc's name
+        self, request: predict_pb2.PredictRequest, context: grpc.aio.ServicerContext
+    ) -> predict_pb2.PredictResponse:
+        try:
+            outputs = self._runtime.run(
+                request.model_spec.signature_name or "serving_default",
+                decode_inputs(request),
+                list(request.output_filter) or None,
+            )
+        except InvalidInputError as e:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        return encode_response(request, outputs)
+
+
+async def serve(port: int, model_dir: str, host: str = "127.0.0.1") -> None:
+    """Serves until SIGTERM/SIGINT, then stops with a short grace."""
+    runtime = Runtime.from_bundle(read_bundle(model_dir))
+    server = grpc.aio.server()
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PlainPredictionService(runtime), server)
+    bound = server.add_insecure_port(f"{host}:{port}")
+    await server.start()
+    print(f"plain server on {host}:{bound}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await server.stop(2.0)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--model_dir", required=True, help="one published version, e.g. <base>/1")
+    args = parser.parse_args()
+    asyncio.run(serve(args.port, args.model_dir))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,242 @@
+"""`make bench`: the plain server, Tessera (1 and 2 replicas) and Ray Serve, one after another.
+
+Exports the benchmark model once, then for each server: start it in its own session, wait for a
+correct answer to a real Predict, drive it with the same load generator at every concurrency level,
+note its memory, stop it (nothing left running). Writes results.json, results.md and results.png
+next to this file.
+
+    python -m benchmarks.run [--servers plain tessera-1 tessera-2 rayserve] [--duration 6]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import pathlib
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import metadata
+from typing import Any
+
+from benchmarks import loadgen, model, report
+from benchmarks.ray_serve_peer import BATCH_WAIT_TIMEOUT_S, MAX_BATCH_SIZE, MAX_ONGOING_REQUESTS
+from benchmarks.servers import ServerProcess, free_port, server_env
+
+HERE = pathlib.Path(__file__).resolve().parent
+PY = sys.executable
+TESSERA = str(pathlib.Path(PY).parent / "tessera")
+
+# Tessera's replica batch queue, set like the Ray Serve peer's @serve.batch (32 rows, 2 ms).
+# One batch thread: a replica has half a CPU. The queue holds more than the highest concurrency,
+# so RESOURCE_EXHAUSTED can only mean a bug, never this benchmark's own load.
+BATCHING_PARAMETERS = """\
+max_batch_size { value: 32 }
+batch_timeout_micros { value: 2000 }
+max_enqueued_batches { value: 128 }
+num_batch_threads { value: 1 }
+"""
+
+
+@dataclass
+class Context:
+    """What every server command needs: the model and a scratch directory."""
+
+    base: pathlib.Path  # model base path (version 1 under it)
+    scratch: pathlib.Path
+    tessera_flags: set[str]
+
+    @property
+    def version_dir(self) -> str:
+        return str(self.base / "1")
+
+
+@dataclass
+class Spec:
+    name: str
+    label: str
+    config: Callable[[Context], str]
+    argv: Callable[[Context, int], list[str]]
+    ready_timeout_s: float
+
+
+def _tessera_argv(replicas: int, batching: bool) -> Callable[[Context, int], list[str]]:
+    def argv(ctx: Context, port: int) -> list[str]:
+        args = [
+            TESSERA, "serve", f"--port={port}", "--host=127.0.0.1",
+            f"--model_name={model.MODEL_NAME}", f"--model_base_path={ctx.base}",
+            f"--num_replicas={replicas}", "--replica_num_cpus=0.5",
+            "--file_system_poll_wait_seconds=0",  # one model, loaded once: no polling during the run
+        ]
+        if batching and {"--enable_batching", "--batching_parameters_file"} <= ctx.tessera_flags:
+            params = ctx.scratch / "batching_parameters.txt"
+            params.write_text(BATCHING_PARAMETERS)
+            args += ["--enable_batching=true", f"--batching_parameters_file={params}"]
+        return args
+
+    return argv
+
+
+def _tessera_config(replicas: int, batching: bool) -> Callable[[Context], str]:
+    def config(ctx: Context) -> str:
+        text = f"`tessera serve`, embedded Ray, {replicas} replica(s) × 0.5 CPU"
+        if not batching:
+            return text + ", no replica batching (gateway coalescing only)"
+        if {"--enable_batching", "--batching_parameters_file"} <= ctx.tessera_flags:
+            params = " ".join(line.strip() for line in BATCHING_PARAMETERS.splitlines())
+            return text + f", `--enable_batching` with `{params}`"
+        return text + " (this build has no --enable_batching: gateway coalescing only)"
+
+    return config
+
+
+SPECS: dict[str, Spec] = {
+    "plain": Spec(
+        "plain", "plain grpc.aio",
+        lambda ctx: "one process, grpc.aio, Runtime.run per request on the event loop",
+        lambda ctx, port: [PY, "-m", "benchmarks.plain_server", f"--port={port}", f"--model_dir={ctx.version_dir}"],
+        60,
+    ),
+    "tessera-1": Spec("tessera-1", "Tessera 1 replica", _tessera_config(1, True), _tessera_argv(1, True), 240),
+    "tessera-2": Spec("tessera-2", "Tessera 2 replicas", _tessera_config(2, True), _tessera_argv(2, True), 240),
+    "tessera-1-nobatch": Spec(
+        "tessera-1-nobatch", "Tessera 1 replica, no batching", _tessera_config(1, False), _tessera_argv(1, False), 240
+    ),
+    "rayserve": Spec(
+        "rayserve", "Ray Serve",
+        lambda ctx: (
+            f"Ray Serve {_version('ray')}, 1 replica × 0.5 CPU, @serve.batch({MAX_BATCH_SIZE}, "
+            f"{BATCH_WAIT_TIMEOUT_S * 1000:g} ms), max_ongoing_requests {MAX_ONGOING_REQUESTS}, gRPC proxy"
+        ),
+        lambda ctx, port: [PY, "-m", "benchmarks.ray_serve_peer", f"--port={port}", f"--model_dir={ctx.version_dir}"],
+        300,
+    ),
+}
+DEFAULT_SERVERS = ("plain", "tessera-1", "tessera-2", "rayserve")
+
+
+def _version(dist: str) -> str:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def machine() -> dict[str, Any]:
+    cpu_model = "unknown"
+    for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu_model = line.split(":", 1)[1].strip()
+            break
+    mem_kb = next(
+        int(line.split()[1]) for line in pathlib.Path("/proc/meminfo").read_text().splitlines()
+        if line.startswith("MemTotal:")
+    )
+    return {
+        "nproc": os.cpu_count(),
+        "cpu_model": cpu_model,
+        "memory_gib": mem_kb / 1024 / 1024,
+        "platform": platform.platform(),
+    }
+
+
+def _loadavg() -> str:
+    return " ".join(pathlib.Path("/proc/loadavg").read_text().split()[:3])
+
+
+def _tessera_flags() -> set[str]:
+    """The flags this build's `tessera serve` accepts (batching is being added while we measure)."""
+    try:
+        text = subprocess.run(
+            [TESSERA, "serve", "--help"], capture_output=True, text=True, timeout=60, env=server_env()
+        ).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return set()
+    return {word.split("=")[0].strip("[],") for word in text.split() if word.startswith("--")}
+
+
+def bench_server(spec: Spec, ctx: Context, args: argparse.Namespace, payload: bytes) -> dict[str, Any]:
+    """Runs every level against one server; always stops it."""
+    entry: dict[str, Any] = {"name": spec.name, "label": spec.label, "config": spec.config(ctx),
+                             "levels": [], "loadavg_before": _loadavg()}
+    port = free_port()
+    server = ServerProcess(spec.name, spec.argv(ctx, port), port, args.logs / f"{spec.name}.log")
+    print(f"== {spec.label}: starting ({' '.join(server.argv[1:4])} ...)", flush=True)
+    try:
+        server.start()
+        server.wait_ready(spec.ready_timeout_s)
+        entry["ready_after_s"] = server.ready_after_s
+        print(f"   first correct answer after {server.ready_after_s:.1f}s", flush=True)
+        for c in args.levels:
+            result = loadgen.run_level(server.target, c, payload, args.duration, args.warmup)
+            entry["levels"].append(result.to_dict())
+            print("  " + loadgen.format_result(spec.name, result), flush=True)
+        entry["rss_mb"] = server.rss_mb()
+    except Exception as e:  # noqa: BLE001 - one broken server must not hide the others' numbers
+        entry["error"] = f"{type(e).__name__}: {e}"
+        print(f"   FAILED: {entry['error']}", flush=True)
+    finally:
+        server.stop()
+        entry["notes"] = server.notes
+    return entry
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--servers", nargs="+", choices=sorted(SPECS), default=list(DEFAULT_SERVERS))
+    parser.add_argument("--levels", type=int, nargs="+", default=list(loadgen.DEFAULT_LEVELS))
+    parser.add_argument("--duration", type=float, default=6.0, help="measured seconds per level")
+    parser.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds before each level")
+    parser.add_argument("--out", type=pathlib.Path, default=HERE, help="where results.{md,png,json} go")
+    parser.add_argument("--logs", type=pathlib.Path, default=None, help="server logs (default: a temp dir)")
+    parser.add_argument("--note", action="append", default=[], help="a line for the Notes section")
+    args = parser.parse_args()
+
+    started = time.monotonic()
+    scratch = pathlib.Path(tempfile.mkdtemp(prefix="tessera-bench-"))
+    args.logs = args.logs or scratch / "logs"
+    try:
+        base = scratch / "models" / model.MODEL_NAME
+        model.export(base)
+        ctx = Context(base=base, scratch=scratch, tessera_flags=_tessera_flags())
+        from benchmarks.wire import predict_request
+
+        payload = predict_request(batch=1, seed=0).SerializeToString()
+        servers = [bench_server(SPECS[name], ctx, args, payload) for name in args.servers]
+    finally:
+        if args.logs.is_relative_to(scratch):
+            shutil.rmtree(scratch, ignore_errors=True)
+    results = {
+        "meta": {
+            "date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
+            "model": "DNN 64→256→256→10 float32, relu, softmax",
+            "levels": args.levels,
+            "duration_s": args.duration,
+            "warmup_s": args.warmup,
+            "loadgen": (
+                "benchmarks/loadgen.py, up to nproc worker processes × threads with synchronous gRPC calls on "
+                "pre-serialized bytes (answers not parsed), one channel per process"
+            ),
+            "machine": machine(),
+            "versions": {
+                "python": platform.python_version(),
+                **{d: _version(d) for d in ("ray", "grpcio", "numpy", "protobuf")},
+            },
+            "notes": args.note,
+            "wall_s": time.monotonic() - started,
+        },
+        "servers": servers,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    report.write_all(results, args.out)
+    print(f"wrote {args.out / 'results.md'} and results.png in {time.monotonic() - started:.0f}s", flush=True)
+
+
+if __name__ == "__main__":
+    main()
