@@ -78,8 +78,11 @@ class ServeOptions:
     replica_num_cpus: float = 0.5
     ray_address: str | None = None
     rest_api_timeout_in_ms: int = 30000
+    # TF's --rest_api_enable_cors_support: CORS headers on REST replies, OPTIONS preflight allowed.
+    rest_api_enable_cors_support: bool = False
     monitoring_path: str | None = None
     max_num_load_retries: int = 5
     load_retry_interval_seconds: float = 60.0
     # TF's --enable_serialization_as_tensor_content: Predict outputs as raw tensor_content bytes.
     serialize_as_tensor_content: bool = False
+    log_format: str = "text"  # or "json": one JSON object per line

@@ -1,0 +1,278 @@
+"""TF Serving's REST bodies <-> the domain requests and results of `cluster.requests` (spec §8.4-8.7).
+
+The only REST code that knows the JSON shapes; `rest_server` handles URLs and HTTP, `rest_json`
+turns JSON values into typed arrays and back. Predict is two steps because TF types the JSON by
+the signature: `predict_body` checks the top level, then `predict_request` types the tensors with
+the signature of the version the server resolved (from `ServingAPI.model_metadata`).
+Classify/Regress bodies become serialized tf.Examples here, as the gRPC gateway receives them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+import numpy as np
+from google.protobuf import json_format
+
+from cluster.errors import FailedPrecondition, InvalidArgument
+from cluster.gateway import converters
+from cluster.gateway.rest_json import dumps, loads, shortest_floats, to_array, to_json
+from cluster.requests import (
+    ClassifyResult,
+    ExamplesRequest,
+    ModelMetadata,
+    ModelSpec,
+    PredictRequest,
+    PredictResult,
+    RegressResult,
+)
+from cluster.types import VersionRequest, VersionStatus
+from exporter.runtime import Signature
+from protos.tensorflow.core.example import example_pb2, feature_pb2
+from protos.tensorflow_serving.apis import model_pb2
+
+_INT64_MIN: Final = -(2**63)
+_INT64_MAX: Final = 2**63 - 1
+
+
+def _object(body: bytes) -> dict[str, Any]:
+    document = loads(body)
+    if not isinstance(document, dict):
+        raise InvalidArgument("JSON Parse error: the request body must be a JSON object")
+    return document
+
+
+def _signature_name(document: Mapping[str, Any]) -> str:
+    name = document.get("signature_name", "")
+    if not isinstance(name, str):
+        raise InvalidArgument("'signature_name' key must be a string value.")
+    return name
+
+
+# ---------------------------------------------------------------------------------------------
+# Predict
+
+
+@dataclass(frozen=True, slots=True)
+class PredictBody:
+    """A parsed Predict body: row (`instances`) or columnar (`inputs`), before the signature is known."""
+
+    signature_name: str
+    row_format: bool
+    payload: Any
+
+
+def predict_body(body: bytes) -> PredictBody:
+    """Checks the top level of a Predict body (spec §8.5); tensors wait for the signature's dtypes."""
+    document = _object(body)
+    signature_name = _signature_name(document)
+    has_instances, has_inputs = "instances" in document, "inputs" in document
+    if has_instances and has_inputs:
+        raise InvalidArgument("Not formatted correctly expecting only one of 'inputs' or 'instances' keys exclusively")
+    if not (has_instances or has_inputs):
+        raise InvalidArgument("Missing 'inputs' or 'instances' key")
+    key = "instances" if has_instances else "inputs"
+    return PredictBody(signature_name, has_instances, document[key])
+
+
+def predict_request(
+    body: PredictBody, name: str, metadata: ModelMetadata, deadline: float | None = None
+) -> PredictRequest:
+    """The domain request for the version `metadata` describes, inputs typed by its signature.
+
+    The spec names that exact version, so the tensors match the signature they were typed by even
+    if a newer version becomes the latest meanwhile.
+    """
+    spec = ModelSpec(name, VersionRequest.specific(metadata.spec.version), body.signature_name)
+    signature = metadata.signatures.get(spec.signature_key)
+    if signature is None:
+        raise FailedPrecondition(f'Serving signature key "{spec.signature_key}" not found.')
+    inputs = _rows(body.payload, signature) if body.row_format else _columns(body.payload, signature)
+    return PredictRequest(spec, inputs, (), deadline)
+
+
+def _rows(instances: Any, signature: Signature) -> dict[str, np.ndarray]:
+    if not isinstance(instances, list) or not instances:
+        raise InvalidArgument("'instances' must be a non-empty JSON array")
+    names = list(signature.inputs)
+    if isinstance(instances[0], dict):
+        expected = set(names)
+        for i, row in enumerate(instances):
+            if not isinstance(row, dict) or row.keys() != expected:
+                got = sorted(row) if isinstance(row, dict) else type(row).__name__
+                raise InvalidArgument(
+                    f"Expecting object with keys {sorted(expected)} at item {i} of 'instances', got {got}"
+                )
+        columns = {n: [row[n] for row in instances] for n in names}
+    elif len(names) == 1:
+        columns = {names[0]: instances}
+    else:
+        raise InvalidArgument(
+            f"Expecting object at item 0 of 'instances': the signature has several inputs {sorted(names)}"
+        )
+    return {n: to_array(v, signature.inputs[n].dtype, n, rows=True) for n, v in columns.items()}
+
+
+def _columns(inputs: Any, signature: Signature) -> dict[str, np.ndarray]:
+    names = list(signature.inputs)
+    if isinstance(inputs, dict):
+        for n in names:
+            if n not in inputs:
+                raise InvalidArgument(f"Missing named input: {n} in 'inputs' object.")
+        columns = {n: inputs[n] for n in names}  # other keys are ignored, as in TF
+    elif len(names) == 1:
+        columns = {names[0]: inputs}
+    else:
+        raise InvalidArgument(
+            f"'inputs' must be an object keyed by the signature's inputs {sorted(names)}"
+        )
+    return {n: to_array(v, signature.inputs[n].dtype, n) for n, v in columns.items()}
+
+
+def predict_response(result: PredictResult, row_format: bool) -> bytes:
+    """`{"predictions": ...}` for a row request, `{"outputs": ...}` for a columnar one (spec §8.6)."""
+    outputs = result.outputs
+    if not outputs:
+        raise InvalidArgument("Cannot convert an empty output map to JSON")
+    if not row_format:
+        columns = {alias: to_json(alias, array) for alias, array in outputs.items()}
+        value = next(iter(columns.values())) if len(columns) == 1 else columns
+        return dumps({"outputs": value})
+    batch: int | None = None
+    for alias, array in outputs.items():
+        if np.ndim(array) == 0:
+            raise InvalidArgument(f"Tensor name: {alias} has no shape information")
+        if batch is None:
+            batch = len(array)
+        elif len(array) != batch:
+            raise InvalidArgument(f"Tensor name: {alias} has inconsistent batch size: {len(array)} expecting: {batch}")
+    rows = {alias: to_json(alias, array) for alias, array in outputs.items()}
+    if len(rows) == 1:
+        return dumps({"predictions": next(iter(rows.values()))})
+    return dumps({"predictions": [{alias: rows[alias][i] for alias in rows} for i in range(batch or 0)]})
+
+
+# ---------------------------------------------------------------------------------------------
+# Classify / Regress
+
+
+def examples_request(
+    body: bytes, name: str, version: VersionRequest, deadline: float | None = None
+) -> ExamplesRequest:
+    """`{"signature_name"?, "context"?, "examples": [...]}` as serialized tf.Examples (spec §8.7).
+
+    A context is serialized once and prepended to each example: parsing the concatenation merges
+    the two, example features winning, which is what the gRPC gateway does for
+    `example_list_with_context`.
+    """
+    document = _object(body)
+    signature_name = _signature_name(document)
+    if "examples" not in document:
+        raise InvalidArgument("Invalid request: key 'examples' is expected and was not found")
+    examples = document["examples"]
+    if not isinstance(examples, list) or not examples:
+        raise InvalidArgument("'examples' must be a non-empty JSON array of objects")
+    context = b""
+    if "context" in document:
+        context = _example(document["context"], "'context'").SerializeToString()
+    serialized = [
+        context + _example(example, f"item {i} of 'examples'").SerializeToString()
+        for i, example in enumerate(examples)
+    ]
+    return ExamplesRequest(ModelSpec(name, version, signature_name), serialized, deadline)
+
+
+def _example(features: Any, where: str) -> example_pb2.Example:
+    if not isinstance(features, dict):
+        raise InvalidArgument(f"Expecting a JSON object of features at {where}")
+    example = example_pb2.Example()
+    feature_map = example.features.feature
+    for key, value in features.items():
+        _fill_feature(feature_map[key], value, key)
+    return example
+
+
+def _fill_feature(target: feature_pb2.Feature, value: Any, key: str) -> None:
+    """Typing per element (spec §8.7); all elements of one feature must land in the same list."""
+    items = value if isinstance(value, list) else [value]
+    kinds = set()
+    for item in items:
+        if isinstance(item, bool):
+            kinds.add("int64")
+        elif isinstance(item, int):
+            if not _INT64_MIN <= item <= _INT64_MAX:
+                raise InvalidArgument(f"Feature '{key}': {item} does not fit int64")
+            kinds.add("int64")
+        elif isinstance(item, float):
+            kinds.add("float")
+        elif isinstance(item, (str, bytes)):
+            kinds.add("bytes")
+        else:
+            what = "null" if item is None else "a nested array" if isinstance(item, list) else "an object"
+            raise InvalidArgument(f"Feature '{key}': {what} is not a feature value")
+    if len(kinds) > 1:
+        raise InvalidArgument(f"Feature '{key}' mixes value types: {sorted(kinds)}")
+    kind = kinds.pop() if kinds else None  # an empty list: a feature with no values
+    if kind == "float":
+        target.float_list.value.extend(items)
+    elif kind == "int64":
+        target.int64_list.value.extend(int(item) for item in items)
+    elif kind == "bytes":
+        target.bytes_list.value.extend(item.encode() if isinstance(item, str) else item for item in items)
+
+
+def classify_response(result: ClassifyResult) -> bytes:
+    """`{"results": [[[label, score], ...], ...]}`: one list per example, a pair per class."""
+    labels, scores = result.labels, result.scores
+    reference = labels if labels is not None else scores
+    if reference is None or np.size(reference) == 0:
+        raise InvalidArgument("Cannot convert empty ClassificationResults to JSON")
+    if np.ndim(reference) != 2 or (labels is not None and scores is not None and labels.shape != scores.shape):
+        raise InvalidArgument(f"Expected Tensor shape: [batch_size num_classes] but got {list(np.shape(reference))}")
+    rows, k = reference.shape
+    label_rows = to_json("classes", labels) if labels is not None else [[""] * k] * rows
+    score_rows = shortest_floats(scores).tolist() if scores is not None else [[0.0] * k] * rows
+    results = [[list(pair) for pair in zip(ls, ss, strict=True)] for ls, ss in zip(label_rows, score_rows, strict=True)]
+    return dumps({"results": results})
+
+
+def regress_response(result: RegressResult) -> bytes:
+    """`{"results": [v1, v2, ...]}` from values [n] or [n, 1]."""
+    values = np.asarray(result.values)
+    if values.size == 0:
+        raise InvalidArgument("Cannot convert empty RegressionResults to JSON")
+    if values.ndim not in (1, 2) or (values.ndim == 2 and values.shape[1] != 1):
+        raise InvalidArgument(
+            f"Expected output Tensor shape to be either [batch_size] or [batch_size, 1] but got {list(values.shape)}"
+        )
+    return dumps({"results": shortest_floats(values.ravel()).tolist()})
+
+
+# ---------------------------------------------------------------------------------------------
+# Status and metadata
+
+
+def _proto_json(message: Any) -> dict[str, Any]:
+    # TF prints these with the proto field names and every default (spec §8.4).
+    return json_format.MessageToDict(
+        message, always_print_fields_with_no_presence=True, preserving_proto_field_name=True
+    )
+
+
+def status_response(statuses: Iterable[VersionStatus]) -> bytes:
+    """`{"model_version_status": [{"version": "3", "state": "AVAILABLE", "status": {...}}, ...]}`."""
+    document = _proto_json(converters.status_response(statuses))
+    return dumps(document, indent=1)  # TF prints this one with 1-space indentation
+
+
+def metadata_response(metadata: ModelMetadata) -> bytes:
+    """`{"model_spec": {...}, "metadata": {"signature_def": <SignatureDefMap JSON>}}`."""
+    spec = model_pb2.ModelSpec(name=metadata.spec.name)
+    spec.version.value = metadata.spec.version
+    document = {
+        "model_spec": _proto_json(spec),
+        "metadata": {converters.SIGNATURE_DEF_FIELD: _proto_json(converters.signature_def_map(metadata.signatures))},
+    }
+    return dumps(document)
