@@ -21,10 +21,12 @@ import ray
 from cluster.config import BatchingConfig, ServeOptions, ServerConfig
 from cluster.controller.actor import ControllerActor
 from cluster.controller.controller import ControllerOptions
+from cluster.metrics import CONTENT_TYPE, MetricsExporter
 from cluster.routing.dispatcher import Dispatcher
 from cluster.serving.lifecycle import RetryPolicy
 
 log = logging.getLogger("tessera")
+DEFAULT_METRICS_PATH = "/monitoring/prometheus/metrics"
 
 
 def init_ray(options: ServeOptions, num_cpus: int | None = None) -> bool:
@@ -59,6 +61,7 @@ class TesseraServer:
         self._grpc: Any = None
         self._rest: Any = None
         self._config_poller: asyncio.Task[None] | None = None
+        self.metrics = MetricsExporter()  # one registry per server, injected, never a global
 
     @property
     def dispatcher(self) -> Dispatcher:
@@ -80,7 +83,7 @@ class TesseraServer:
         )
         batching = (opts.batching or BatchingConfig()) if opts.enable_batching else None
         self._controller = ControllerActor.options(max_concurrency=1000).remote(
-            controller_options, opts.replica_num_cpus, opts.enable_model_warmup, batching
+            controller_options, opts.replica_num_cpus, opts.enable_model_warmup, batching, opts.log_format
         )
         controller = self._controller
         await controller.set_config.remote(self.config)
@@ -88,7 +91,7 @@ class TesseraServer:
             poll_table=lambda epoch: controller.get_routing_table.remote(epoch, 10.0),
             reload=lambda config: controller.set_config.remote(config),
         )
-        self._grpc = GatewayServer(self._dispatcher, tensor_content=opts.serialize_as_tensor_content)
+        self._grpc = GatewayServer(self._instrumented("grpc"), tensor_content=opts.serialize_as_tensor_content)
         await self._dispatcher.start()
         self.grpc_port = await self._grpc.start(opts.host, opts.grpc_port)
         if opts.rest_port:
@@ -103,8 +106,28 @@ class TesseraServer:
         except ImportError:
             log.warning("REST API not available in this build; --rest_api_port=%s ignored", self.options.rest_port)
             return None
-        self._rest = RestServer(self.dispatcher, self.options)
+        self._rest = RestServer(self._instrumented("rest"), self.options)
+        self._rest.add_get_route(self.options.monitoring_path or DEFAULT_METRICS_PATH, self._scrape)
         return await self._rest.start(self.options.host, self.options.rest_port)
+
+    def _instrumented(self, entrypoint: str) -> Any:
+        from cluster.gateway.instrumented import InstrumentedAPI
+
+        dispatcher = self.dispatcher
+        return InstrumentedAPI(
+            dispatcher, self.metrics.gateway, entrypoint, lambda name: name in dispatcher.table.models
+        )
+
+    async def _scrape(self, request: Any) -> Any:
+        """Prometheus text for the whole cluster: this gateway's requests plus every replica."""
+        from aiohttp import web
+
+        try:
+            snapshot = await self._controller.cluster_stats.remote()
+        except Exception as exc:  # noqa: BLE001 - still serve this gateway's own metrics
+            log.warning("cluster metrics unavailable: %s", exc)
+            snapshot = None
+        return web.Response(body=self.metrics.render(snapshot), headers={"Content-Type": CONTENT_TYPE})
 
     async def wait_ready(self, timeout: float = 60.0) -> bool:
         """Waits until every configured model has an available version (and the gateway knows)."""

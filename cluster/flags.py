@@ -79,6 +79,7 @@ _OUR_FLAGS: tuple[tuple[str, type, object, str, str], ...] = (
     ),
     ("num_replicas", int, 1, "N", "replicas per model"),
     ("replica_num_cpus", float, 0.5, "CPUS", "CPUs reserved per replica actor"),
+    ("log_format", str, "text", "FORMAT", "text, or json for one JSON object per line"),
 )
 
 
@@ -115,6 +116,8 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     for flag in ("port", "rest_api_port"):
         if not 0 <= getattr(args, flag) <= 65535:
             parser.error(f"--{flag} must be in 0..65535, got {getattr(args, flag)}")
+    if args.log_format not in ("text", "json"):
+        parser.error(f"--log_format must be text or json, got {args.log_format!r}")
     if args.rest_api_port and args.rest_api_port == args.port:
         parser.error(f"--rest_api_port must differ from --port (both are {args.port})")
     minimums = {
@@ -170,6 +173,7 @@ def _options(args: argparse.Namespace) -> ServeOptions:
         max_num_load_retries=args.max_num_load_retries,
         load_retry_interval_seconds=args.load_retry_interval_micros / 1e6,
         serialize_as_tensor_content=args.enable_serialization_as_tensor_content,
+        log_format=args.log_format,
     )
 
 

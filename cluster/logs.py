@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from contextvars import ContextVar
 from typing import Any
 
 
@@ -24,6 +25,10 @@ class JsonFormatter(logging.Formatter):
 
 
 def configure_logging(options: Any) -> None:
+    """INFO lines of the `tessera` loggers to stderr, as text or JSON (`options.log_format`).
+
+    Called in the driver and in every actor process (Ray forwards actors' stderr to the driver).
+    """
     handler = logging.StreamHandler(sys.stderr)
     if getattr(options, "log_format", "text") == "json":
         handler.setFormatter(JsonFormatter())
@@ -33,3 +38,8 @@ def configure_logging(options: Any) -> None:
     root.handlers[:] = [handler]
     root.setLevel(logging.INFO)
     root.propagate = False
+
+
+# The request id of the request being handled (from the `x-request-id` header or gRPC metadata),
+# set by the gateway per request; asyncio gives every request task its own context.
+REQUEST_ID: ContextVar[str | None] = ContextVar("tessera_request_id", default=None)

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import uuid
+from types import SimpleNamespace
 from typing import Any
 
 import ray
 
 from cluster.config import BatchingConfig, ModelConfig, ServerConfig
 from cluster.controller.controller import Controller, ControllerOptions
+from cluster.logs import configure_logging
 from cluster.replica.actor import ReplicaActor
 from cluster.routing.table import RoutingTable
+from cluster.stats import ModelStats
 
 CONTROLLER_NAME = "tessera-controller"
 
@@ -32,11 +35,14 @@ class ControllerActor:
         replica_num_cpus: float,
         enable_warmup: bool,
         batching: BatchingConfig | None = None,
+        log_format: str = "text",
     ) -> None:
+        configure_logging(SimpleNamespace(log_format=log_format))
+
         def new_replica(model: ModelConfig, index: int) -> Any:
             replica_id = f"{model.name}-{index}-{uuid.uuid4().hex[:6]}"
             return ReplicaActor.options(num_cpus=replica_num_cpus, max_concurrency=1000).remote(
-                model.name, replica_id, enable_warmup, model.batching or batching
+                model.name, replica_id, enable_warmup, model.batching or batching, log_format
             )
 
         self._controller = Controller(options, new_replica, _kill)
@@ -49,6 +55,9 @@ class ControllerActor:
 
     async def wait_ready(self, timeout: float) -> bool:
         return await self._controller.wait_ready(timeout)
+
+    async def cluster_stats(self) -> list[ModelStats]:
+        return await self._controller.cluster_stats()
 
     async def replica_memory(self, name: str) -> list[dict[str, int]]:
         return await self._controller.replica_memory(name)

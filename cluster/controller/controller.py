@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from cluster import errors
+from cluster import errors, stats
 from cluster.config import ModelConfig, ServerConfig
 from cluster.routing.table import ModelRoute, RoutingTable
 from cluster.serving.lifecycle import ActionKind, RetryPolicy, ServableStream
@@ -53,6 +53,7 @@ class _Model:
     paths: dict[int, str] = field(default_factory=dict)
     signatures: dict[int, Mapping[str, Signature]] = field(default_factory=dict)
     source_error: str | None = None
+    load_seconds: stats.Histogram = field(default_factory=lambda: stats.Histogram(stats.LATENCY_BUCKETS))
 
 
 class Controller:
@@ -196,6 +197,7 @@ class Controller:
         else:
             model.signatures[version] = results[0]
             model.stream.load_succeeded(version)
+            model.load_seconds.observe(self._clock() - started)
             log.info("model %s version %d loaded in %.2fs", name, version, self._clock() - started)
         await self._publish()
         self._wake.set()  # the planner may now unload the version this one replaces
@@ -227,6 +229,7 @@ class Controller:
             except Exception as exc:  # noqa: BLE001
                 log.error("model %s replacement replica failed to load: %s", model.config.name, unwrap_error(exc))
             model.replicas[i] = fresh
+            log.info("model %s replica %d replaced", model.config.name, i)
             replaced = True
         return replaced
 
@@ -273,6 +276,24 @@ class Controller:
                 return False
             await self.get_routing_table(self._table.epoch, min(remaining, 1.0))
         return True
+
+    async def cluster_stats(self, timeout: float = 2.0) -> list[stats.ModelStats]:
+        """Every model's versions, load latency and replicas' statistics (for a metrics scrape).
+
+        A replica that does not answer within `timeout` is left out of this snapshot.
+        """
+        snapshot = []
+        for name, model in self._models.items():
+            calls = [asyncio.wait_for(r.stats.remote(), timeout) for r in model.replicas]
+            replies = await asyncio.gather(*calls, return_exceptions=True)
+            snapshot.append(stats.ModelStats(
+                model=name,
+                versions={s.version: int(s.state) for s in model.stream.statuses()},
+                load_seconds=model.load_seconds,
+                replicas=[r for r in replies if isinstance(r, stats.ReplicaStats)],
+                replica_count=len(model.replicas),
+            ))
+        return snapshot
 
     async def replica_memory(self, name: str) -> list[dict[str, int]]:
         model = self._models.get(name)

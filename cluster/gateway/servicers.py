@@ -18,6 +18,7 @@ import grpc
 
 from cluster.gateway import config_converters, converters
 from cluster.gateway.status import status_of
+from cluster.logs import REQUEST_ID
 from cluster.requests import ServingAPI
 from protos.tensorflow_serving.apis import (
     classification_pb2,
@@ -40,17 +41,25 @@ def _guarded(method: Handler[Response]) -> Handler[Response]:
 
     @functools.wraps(method)
     async def handler(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Response:
+        REQUEST_ID.set(_request_id(context))
         try:
             return await method(self, request, context)
         except Exception as exc:  # noqa: BLE001 - every error must become a status
             status = status_of(exc)
             if status.code is grpc.StatusCode.INTERNAL:
                 # Only bugs are logged (with the traceback); request errors are the client's news.
-                logger.exception("%s failed", method.__name__)
+                logger.exception("%s failed [request_id=%s]", method.__name__, REQUEST_ID.get())
             await context.abort(status.code, status.message)
             raise  # unreachable: abort raises
 
     return handler
+
+
+def _request_id(context: grpc.aio.ServicerContext) -> str | None:
+    for key, value in context.invocation_metadata() or ():
+        if key == "x-request-id":
+            return value if isinstance(value, str) else value.decode(errors="replace")
+    return None
 
 
 def _deadline(context: grpc.aio.ServicerContext) -> float | None:

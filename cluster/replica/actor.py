@@ -8,15 +8,22 @@ the next coalesced call while one runs.
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
 from collections.abc import Mapping, Sequence
+from types import SimpleNamespace
 
 import numpy as np
 import ray
 
 from cluster.config import BatchingConfig
+from cluster.logs import configure_logging
 from cluster.replica.batched import BatchedRunner
 from cluster.replica.replica import Replica, RunResult
+from cluster.stats import ReplicaStats
 from exporter.runtime import Signature
+
+log = logging.getLogger("tessera.replica")
 
 
 @ray.remote(num_cpus=0)
@@ -29,8 +36,12 @@ class ReplicaActor:
         replica_id: str,
         enable_warmup: bool = True,
         batching: BatchingConfig | None = None,
+        log_format: str = "text",
     ) -> None:
+        configure_logging(SimpleNamespace(log_format=log_format))
+        log.info("replica %s of model %s started (pid %d)", replica_id, model_name, os.getpid())
         self.replica_id = replica_id
+        self._in_flight = 0
         self._replica = Replica(model_name, enable_warmup=enable_warmup)
         # Without batching parameters, each call's requests (coalesced by the gateway) still run
         # as one merged batch; with them, a queue also merges across calls and gateways.
@@ -56,9 +67,23 @@ class ReplicaActor:
         timeouts: Sequence[float | None] | None = None,
     ) -> RunResult:
         """Runs coalesced requests; `timeouts` are each request's seconds left before its deadline."""
-        if self._batched is not None:
-            return await self._batched.run(version, signature_key, requests, output_filter, timeouts)
-        return await asyncio.to_thread(self._replica.run, version, signature_key, requests, output_filter)
+        self._in_flight += len(requests)
+        try:
+            if self._batched is not None:
+                return await self._batched.run(version, signature_key, requests, output_filter, timeouts)
+            return await asyncio.to_thread(self._replica.run, version, signature_key, requests, output_filter)
+        finally:
+            self._in_flight -= len(requests)
+
+    async def stats(self) -> ReplicaStats:
+        return ReplicaStats(
+            replica_id=self.replica_id,
+            model=self._replica.model_name,
+            in_flight=self._in_flight,
+            queued_rows=self._batched.queued_rows if self._batched is not None else 0,
+            batch_sizes=self._replica.batch_sizes,
+            warmup_seconds=self._replica.warmup_seconds,
+        )
 
     async def memory(self) -> dict[str, int]:
         return self._replica.memory()

@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from cluster import errors
+from cluster.batching import merge
 from cluster.batching.queue import BatchQueue
 from cluster.config import BatchingConfig
 from cluster.replica.replica import Replica, RunResult
@@ -48,6 +49,7 @@ class BatchedRunner:
             signature = runtime.signatures[signature_key]
 
             async def execute(inputs: dict[str, np.ndarray]) -> Mapping[str, np.ndarray]:
+                self._replica.batch_sizes.observe(merge.row_count(inputs))
                 try:
                     return await asyncio.to_thread(runtime.run, signature_key, inputs, output_filter or None)
                 except InvalidInputError as e:
@@ -91,6 +93,10 @@ class BatchedRunner:
                 outcome = outcome[0]
             results.append(_as_result(outcome))
         return results
+
+    @property
+    def queued_rows(self) -> int:
+        return sum(q.queued_rows for q in self._queues.values())
 
     async def unload(self, version: int) -> None:
         """Drains and closes the queues of a version before it is unloaded."""

@@ -11,12 +11,13 @@ import logging
 import os
 import pathlib
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from cluster import errors
+from cluster import errors, stats
 from cluster.batching import merge
 from exporter import bundle as bundle_io
 from exporter import tensor_codec
@@ -40,6 +41,8 @@ class Replica:
         self.cache_dir = cache_dir
         self._servables: dict[int, Runtime] = {}
         self._lock = threading.Lock()
+        self.batch_sizes = stats.Histogram(stats.BATCH_SIZE_BUCKETS)
+        self.warmup_seconds = stats.Histogram(stats.LATENCY_BUCKETS)
 
     # -- lifecycle ---------------------------------------------------------------------------
     def load(self, version: int, path: str) -> dict[str, Signature]:
@@ -51,7 +54,10 @@ class Replica:
         if self.enable_warmup and bundle.assets_extra_dir is not None:
             warmup_path = bundle.assets_extra_dir / WARMUP_FILE
             if warmup_path.exists():
-                replay_warmup(runtime, warmup_path)
+                started = time.perf_counter()
+                count = replay_warmup(runtime, warmup_path)
+                self.warmup_seconds.observe(time.perf_counter() - started)
+                log.info("model %s version %d: %d warmup records replayed", self.model_name, version, count)
         with self._lock:
             self._servables[version] = runtime
         return runtime.signatures
@@ -111,6 +117,7 @@ class Replica:
         results: RunResult,
     ) -> None:
         batch = merge.merge_inputs([requests[i] for i in members])
+        self.batch_sizes.observe(sum(batch.row_counts))
         try:
             outputs = runtime.run(signature_key, batch.inputs, output_filter or None)
             for i, out in zip(members, merge.split_outputs(outputs, batch.row_counts), strict=True):

@@ -1,0 +1,104 @@
+"""A ServingAPI wrapper that counts and times every call, and logs server-side failures.
+
+One per entrypoint (grpc, rest), around the same dispatcher. Per request: one perf_counter pair
+and one pre-bound counter/histogram child; no log line unless the server is at fault, and then
+with the request id from `x-request-id`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import grpc
+
+from cluster.config import ServerConfig
+from cluster.gateway.status import code_of
+from cluster.logs import REQUEST_ID
+from cluster.metrics import GatewayMetrics
+from cluster.requests import (
+    ClassifyResult,
+    ExamplesRequest,
+    ModelMetadata,
+    ModelSpec,
+    MultiInferenceRequest,
+    PredictRequest,
+    PredictResult,
+    RegressResult,
+    ServingAPI,
+)
+from cluster.types import VersionStatus
+
+log = logging.getLogger("tessera.gateway")
+T = TypeVar("T")
+
+# Failures that are ours, not the client's: worth a log line with the request id.
+_SERVER_SIDE = frozenset({
+    grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.DATA_LOSS, grpc.StatusCode.UNAVAILABLE,
+})
+
+
+class InstrumentedAPI:
+    """Implements ServingAPI by delegating to `api`, recording metrics for `entrypoint`."""
+
+    def __init__(
+        self,
+        api: ServingAPI,
+        metrics: GatewayMetrics,
+        entrypoint: str,
+        is_known_model: Callable[[str], bool] = lambda name: True,
+    ) -> None:
+        self._api = api
+        self._metrics = metrics
+        self._entrypoint = entrypoint
+        self._is_known = is_known_model
+
+    async def _observe(
+        self, method: str, spec: ModelSpec | None, call: Awaitable[T], *, per_signature: bool = True
+    ) -> T:
+        started = time.perf_counter()
+        status = "OK"
+        try:
+            return await call
+        except Exception as exc:
+            code = code_of(exc)
+            status = code.name
+            if code in _SERVER_SIDE:
+                log.error("%s %s failed: %s: %s [request_id=%s]", self._entrypoint, method,
+                          code.name, exc, REQUEST_ID.get())
+            raise
+        finally:
+            # Label values come from known models and, on success, real signatures only, so a
+            # client cannot blow up the number of series with made-up names.
+            model = spec.name if spec is not None and self._is_known(spec.name) else ""
+            signature = spec.signature_key if spec is not None and per_signature and status == "OK" else ""
+            self._metrics.observe(model, signature, method, status, self._entrypoint, time.perf_counter() - started)
+
+    async def predict(self, request: PredictRequest) -> PredictResult:
+        return await self._observe("predict", request.spec, self._api.predict(request))
+
+    async def classify(self, request: ExamplesRequest) -> ClassifyResult:
+        return await self._observe("classify", request.spec, self._api.classify(request))
+
+    async def regress(self, request: ExamplesRequest) -> RegressResult:
+        return await self._observe("regress", request.spec, self._api.regress(request))
+
+    async def multi_inference(self, request: MultiInferenceRequest) -> list[ClassifyResult | RegressResult]:
+        spec = request.tasks[0].spec if request.tasks else None
+        return await self._observe("multi_inference", spec, self._api.multi_inference(request))
+
+    async def model_metadata(self, spec: ModelSpec) -> ModelMetadata:
+        return await self._observe("metadata", spec, self._api.model_metadata(spec), per_signature=False)
+
+    async def model_status(self, name: str, version: int | None) -> list[VersionStatus]:
+        return await self._observe(
+            "status", ModelSpec(name), self._api.model_status(name, version), per_signature=False
+        )
+
+    async def reload_config(self, config: ServerConfig) -> None:
+        return await self._observe("reload_config", None, self._api.reload_config(config))
+
+    def is_ready(self) -> bool:
+        return self._api.is_ready()

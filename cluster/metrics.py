@@ -1,0 +1,125 @@
+"""Prometheus metrics, through an injected registry (never import-time globals).
+
+Gateway-side request metrics are recorded per request with pre-bound label children (one dict
+lookup, no label building). Cluster-wide metrics (replicas, queues, batch sizes, load and warmup
+latency, version states) come from a snapshot the controller gathers from every replica at scrape
+time, exposed by a custom collector.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from cluster import stats
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class GatewayMetrics:
+    """Requests by model, signature, method, status and entrypoint; request latency."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self._requests = Counter(
+            "tessera_requests",
+            "Requests answered by this gateway",
+            ("model", "signature", "method", "status", "entrypoint"),
+            registry=registry,
+        )
+        self._latency = Histogram(
+            "tessera_request_latency_seconds",
+            "Time from request received to response ready, in this gateway",
+            ("model", "method", "entrypoint"),
+            buckets=stats.LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self._children: dict[tuple[str, str, str, str, str], tuple[object, object]] = {}
+
+    def observe(self, model: str, signature: str, method: str, status: str, entrypoint: str, seconds: float) -> None:
+        key = (model, signature, method, status, entrypoint)
+        children = self._children.get(key)
+        if children is None:
+            children = self._children[key] = (
+                self._requests.labels(model, signature, method, status, entrypoint),
+                self._latency.labels(model, method, entrypoint),
+            )
+        counter, histogram = children
+        counter.inc()  # type: ignore[attr-defined]
+        histogram.observe(seconds)  # type: ignore[attr-defined]
+
+
+def _histogram_family(name: str, doc: str, labels: Sequence[str]) -> HistogramMetricFamily:
+    return HistogramMetricFamily(name, doc, labels=list(labels))
+
+
+def _add_histogram(family: HistogramMetricFamily, label_values: Sequence[str], h: stats.Histogram) -> None:
+    cumulative, buckets = 0, []
+    for bound, count in zip([*map(str, h.bounds), "+Inf"], h.counts, strict=True):
+        cumulative += count
+        buckets.append((bound, cumulative))
+    family.add_metric(list(label_values), buckets, h.total)
+
+
+class ClusterCollector(Collector):
+    """Exposes the latest cluster snapshot (set by `update`) as metric families."""
+
+    def __init__(self) -> None:
+        self._snapshot: list[stats.ModelStats] = []
+
+    def update(self, snapshot: list[stats.ModelStats]) -> None:
+        self._snapshot = snapshot
+
+    def collect(self) -> Iterator[Metric]:
+        replicas = GaugeMetricFamily("tessera_replicas", "Replica actors per model", labels=["model"])
+        state = GaugeMetricFamily(
+            "tessera_model_version_state",
+            "State of each known version (TF Serving's numbers: 10 START, 20 LOADING, 30 AVAILABLE, "
+            "40 UNLOADING, 50 END)",
+            labels=["model", "version"],
+        )
+        in_flight = GaugeMetricFamily(
+            "tessera_replica_in_flight_requests", "Requests inside each replica", labels=["model", "replica"]
+        )
+        queue = GaugeMetricFamily(
+            "tessera_replica_queue_depth", "Rows waiting in each replica's batch queues", labels=["model", "replica"]
+        )
+        load = _histogram_family("tessera_model_load_latency_seconds", "Time to load a version on all replicas",
+                                 ["model"])
+        warmup = _histogram_family("tessera_model_warmup_latency_seconds", "Time to replay a version's warmup file",
+                                   ["model"])
+        batch = _histogram_family("tessera_batch_size", "Rows per executed batch", ["model"])
+        for model in self._snapshot:
+            replicas.add_metric([model.model], model.replica_count)
+            for version, value in sorted(model.versions.items()):
+                state.add_metric([model.model, str(version)], value)
+            _add_histogram(load, [model.model], model.load_seconds)
+            batches = stats.Histogram(stats.BATCH_SIZE_BUCKETS)
+            warmups = stats.Histogram(stats.LATENCY_BUCKETS)
+            for replica in model.replicas:
+                in_flight.add_metric([model.model, replica.replica_id], replica.in_flight)
+                queue.add_metric([model.model, replica.replica_id], replica.queued_rows)
+                batches.merge(replica.batch_sizes)
+                warmups.merge(replica.warmup_seconds)
+            _add_histogram(batch, [model.model], batches)
+            _add_histogram(warmup, [model.model], warmups)
+        yield from (replicas, state, in_flight, queue, load, warmup, batch)
+
+
+class MetricsExporter:
+    """The registry a gateway exposes: its own request metrics plus the cluster snapshot."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry(auto_describe=False)
+        self.gateway = GatewayMetrics(self.registry)
+        self.cluster = ClusterCollector()
+        self.registry.register(self.cluster)
+
+    def render(self, snapshot: list[stats.ModelStats] | None = None) -> bytes:
+        """Prometheus text exposition; `snapshot` (if given) replaces the cluster metrics first."""
+        if snapshot is not None:
+            self.cluster.update(snapshot)
+        return generate_latest(self.registry)

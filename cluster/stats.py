@@ -1,0 +1,62 @@
+"""Plain, picklable statistics that replicas and the controller keep and send to the gateway.
+
+A leaf module (stdlib only): replicas and the controller record here, with no Prometheus objects
+in their processes; the gateway turns a cluster-wide snapshot into metrics at scrape time
+(cluster.metrics), so one scrape of one gateway shows every process.
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass, field
+
+LATENCY_BUCKETS: tuple[float, ...] = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+)
+BATCH_SIZE_BUCKETS: tuple[float, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
+
+
+@dataclass
+class Histogram:
+    """Cumulative-free bucket counts (counts[i] for values <= bounds[i]; the last for +Inf)."""
+
+    bounds: tuple[float, ...]
+    counts: list[int] = field(default_factory=list)
+    total: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not self.counts:
+            self.counts = [0] * (len(self.bounds) + 1)
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.total += value
+
+    def merge(self, other: Histogram) -> None:
+        if other.bounds != self.bounds:
+            raise ValueError("cannot merge histograms with different buckets")
+        self.counts = [a + b for a, b in zip(self.counts, other.counts, strict=True)]
+        self.total += other.total
+
+    @property
+    def count(self) -> int:
+        return sum(self.counts)
+
+
+@dataclass
+class ReplicaStats:
+    replica_id: str
+    model: str
+    in_flight: int = 0  # requests inside the replica now (all gateways)
+    queued_rows: int = 0  # rows waiting in its batch queues
+    batch_sizes: Histogram = field(default_factory=lambda: Histogram(BATCH_SIZE_BUCKETS))
+    warmup_seconds: Histogram = field(default_factory=lambda: Histogram(LATENCY_BUCKETS))
+
+
+@dataclass
+class ModelStats:
+    model: str
+    versions: dict[int, int] = field(default_factory=dict)  # version -> ServableState number
+    load_seconds: Histogram = field(default_factory=lambda: Histogram(LATENCY_BUCKETS))
+    replicas: list[ReplicaStats] = field(default_factory=list)
+    replica_count: int = 0
