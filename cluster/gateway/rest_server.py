@@ -33,12 +33,14 @@ from cluster.config import ServeOptions
 from cluster.gateway import rest_converters as convert
 from cluster.gateway.rest_json import dumps, error_body
 from cluster.gateway.status import status_of
-from cluster.requests import ModelSpec, ServingAPI
+from cluster.logs import REQUEST_ID
+from cluster.requests import ModelMetadata, ModelSpec, ServingAPI
 from cluster.types import VersionRequest
 
 logger = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+MetadataLookup = Callable[[ModelSpec], Awaitable[ModelMetadata]]
 DEFAULT_MAX_BODY_BYTES: Final = 256 * 1024 * 1024
 JSON: Final = "application/json"
 LIVENESS_PATH: Final = "/healthz"
@@ -105,13 +107,23 @@ class RestServer:
     Every `/v1/` reply is JSON; errors are `{ "error": "<message>" }` with the HTTP status of the
     status table. `options.rest_api_timeout_in_ms` (<= 0: none) is each request's deadline;
     request bodies over `max_body_bytes` (after gzip decompression) get a 413.
+
+    Predict types its JSON by the signature, so it first looks the version's signatures up with
+    `metadata_lookup` (default `api.model_metadata`). Pass the uninstrumented service's method
+    when `api` counts requests, or every REST Predict would also count as a metadata request.
     """
 
     def __init__(
-        self, api: ServingAPI, options: ServeOptions | None = None, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+        self,
+        api: ServingAPI,
+        options: ServeOptions | None = None,
+        *,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        metadata_lookup: MetadataLookup | None = None,
     ) -> None:
         options = options or ServeOptions()
         self._api = api
+        self._metadata = metadata_lookup or api.model_metadata
         timeout_ms = options.rest_api_timeout_in_ms
         self._timeout = timeout_ms / 1000.0 if timeout_ms > 0 else None
         self._cors = options.rest_api_enable_cors_support
@@ -163,6 +175,8 @@ class RestServer:
             raise web.HTTPNotFound()  # TF answers libevent's plain 404 page here, not JSON
         if request.method == "OPTIONS" and self._cors:
             return self._preflight(request)
+        # Set on every /v1 request (None without the header): nothing carries over to the next one.
+        REQUEST_ID.set(request.headers.get("x-request-id"))
         try:
             route = parse_route(request.method, path)
             deadline = None if self._timeout is None else time.monotonic() + self._timeout
@@ -183,7 +197,7 @@ class RestServer:
         api, name, version = self._api, route.name, route.version
         if route.verb == "predict":
             parsed = convert.predict_body(body)
-            metadata = await api.model_metadata(ModelSpec(name, version, parsed.signature_name))
+            metadata = await self._metadata(ModelSpec(name, version, parsed.signature_name))
             request = convert.predict_request(parsed, name, metadata, deadline)
             return convert.predict_response(await api.predict(request), parsed.row_format)
         if route.verb == "classify":
@@ -216,7 +230,7 @@ class RestServer:
         status = status_of(exc)
         if status.http_status == 500 and not isinstance(exc, errors.ServingError):
             # Only bugs are logged (with the traceback); request errors are the client's news.
-            logger.error("REST request failed", exc_info=exc)
+            logger.error("REST request failed [request_id=%s]", REQUEST_ID.get(), exc_info=exc)
         return self._reply(status.http_status, error_body(status.message))
 
     def _reply(self, status: int, body: bytes) -> web.Response:

@@ -24,6 +24,7 @@ from aiohttp import web
 from cluster import errors
 from cluster.config import ServeOptions, ServerConfig
 from cluster.gateway.rest_server import RestServer, parse_route
+from cluster.logs import REQUEST_ID
 from cluster.requests import (
     ClassifyResult,
     ExamplesRequest,
@@ -496,3 +497,31 @@ def test_stop_closes_the_port() -> None:
             writer.close()
 
     asyncio.run(main())
+
+
+def test_metadata_lookup_is_injectable_and_request_id_is_set() -> None:
+    looked_up: list[ModelSpec] = []
+    request_ids: list[str | None] = []
+
+    class Counting(FakeAPI):
+        async def model_metadata(self, spec: ModelSpec) -> ModelMetadata:
+            raise AssertionError("predict must use the injected lookup")
+
+        async def predict(self, request: PredictRequest) -> PredictResult:
+            request_ids.append(REQUEST_ID.get())
+            return await super().predict(request)
+
+    plain = FakeAPI()
+
+    async def lookup(spec: ModelSpec) -> ModelMetadata:
+        looked_up.append(spec)
+        return await plain.model_metadata(spec)
+
+    async def test(c: Client) -> None:
+        reply = await c.call("POST", "/v1/models/half:predict", {"instances": [1]}, headers={"x-request-id": "r-1"})
+        assert reply.status == 200, reply.text
+        assert looked_up == [ModelSpec("half", VersionRequest.latest(), "")]
+        await c.call("POST", "/v1/models/half:predict", {"instances": [1]})
+        assert request_ids == ["r-1", None]
+
+    run(test, Counting(), metadata_lookup=lookup)
