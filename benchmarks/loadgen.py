@@ -23,6 +23,7 @@ import os
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -133,8 +134,13 @@ def run_level(
     warmup: float = 1.0,
     processes: int | None = None,
     method: str | None = None,
+    on_window: Callable[[str], None] | None = None,
 ) -> LevelResult:
-    """Drives `target` at `concurrency` for warmup + duration seconds; returns the window's stats."""
+    """Drives `target` at `concurrency` for warmup + duration seconds; returns the window's stats.
+
+    `on_window("start")` and `on_window("end")` are called (in this process, which is idle while
+    the workers run) when the measured window opens and closes: for sampling the server's CPU.
+    """
     from benchmarks.wire import PREDICT_METHOD
 
     _check_loopback(target)
@@ -163,6 +169,10 @@ def run_level(
         now = time.monotonic()
         window[0], window[1] = now + warmup, now + warmup + duration
         go.set()
+        if on_window is not None:
+            for edge, at in (("start", window[0]), ("end", window[1])):
+                time.sleep(max(0.0, at - time.monotonic()))
+                on_window(edge)
         deadline = now + warmup + duration + CALL_TIMEOUT_S + 20
         results = [out.get(timeout=max(1.0, deadline - time.monotonic())) for _ in workers]
     finally:

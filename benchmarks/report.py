@@ -111,6 +111,17 @@ def render_markdown(results: dict[str, Any]) -> str:
         ready = f"{s['ready_after_s']:.1f} s" if s.get("ready_after_s") is not None else "—"
         rss = f"{s['rss_mb']:.0f} MiB" if s.get("rss_mb") else "—"
         out.append(f"| {s['label']} | {s['config']} | {ready} | {rss} | {'; '.join(s.get('notes', [])) or ''} |")
+    out += ["", f"## Where the CPU goes (measured window, % of one core; {results['meta']['machine']['nproc']} cores = "
+            f"{100 * results['meta']['machine']['nproc']}%)", "",
+            "| server | concurrency | server processes (≥ 1%) | server total | load generator |",
+            "|---|---:|---|---:|---:|"]
+    for s in results["servers"]:
+        for lv in s.get("levels", []):
+            cpu = lv.get("server_cpu_pct")
+            if not cpu or lv["concurrency"] not in (1, TARGET_C):
+                continue
+            parts = ", ".join(f"{name} {pct:.0f}" for name, pct in cpu.items() if pct >= 1)
+            out.append(f"| {s['label']} | {lv['concurrency']} | {parts} | {sum(cpu.values()):.0f} | {lv['client_cpu_pct']:.0f} |")
     m = meta["machine"]
     out += ["", "## Machine and versions", "",
             f"- {m['nproc']} CPUs ({m['cpu_model']}), {m['memory_gib']:.1f} GiB memory, {m['platform']}",

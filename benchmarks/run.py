@@ -27,7 +27,7 @@ from typing import Any
 
 from benchmarks import loadgen, model, report
 from benchmarks.ray_serve_peer import BATCH_WAIT_TIMEOUT_S, MAX_BATCH_SIZE, MAX_ONGOING_REQUESTS
-from benchmarks.servers import ServerProcess, free_port, server_env
+from benchmarks.servers import ServerProcess, cpu_breakdown, free_port, server_env
 
 HERE = pathlib.Path(__file__).resolve().parent
 PY = sys.executable
@@ -174,8 +174,18 @@ def bench_server(spec: Spec, ctx: Context, args: argparse.Namespace, payload: by
         entry["ready_after_s"] = server.ready_after_s
         print(f"   first correct answer after {server.ready_after_s:.1f}s", flush=True)
         for c in args.levels:
-            result = loadgen.run_level(server.target, c, payload, args.duration, args.warmup)
-            entry["levels"].append(result.to_dict())
+            # CPU per server process over the measured window: where the time goes.
+            samples: dict[str, tuple[float, dict[int, tuple[str, int]]]] = {}
+
+            def sample(edge: str, server: ServerProcess = server, samples: dict = samples) -> None:
+                samples[edge] = (time.monotonic(), server.cpu_ticks())
+
+            result = loadgen.run_level(server.target, c, payload, args.duration, args.warmup, on_window=sample)
+            level = result.to_dict()
+            if len(samples) == 2:
+                (t0, before), (t1, after) = samples["start"], samples["end"]
+                level["server_cpu_pct"] = cpu_breakdown(before, after, t1 - t0)
+            entry["levels"].append(level)
             print("  " + loadgen.format_result(spec.name, result), flush=True)
         entry["rss_mb"] = server.rss_mb()
     except Exception as e:  # noqa: BLE001 - one broken server must not hide the others' numbers

@@ -128,6 +128,9 @@ class ServerProcess:
                 time.sleep(0.5)
         raise TimeoutError(f"{self.name} not ready after {timeout:.0f}s ({last_error}); see {self.log_path}")
 
+    def cpu_ticks(self) -> dict[int, tuple[str, int]]:
+        return session_cpu_ticks(self.proc.pid) if self.proc is not None else {}
+
     def rss_mb(self) -> float:
         return session_rss_mb(self.proc.pid) if self.proc is not None else 0.0
 
@@ -162,3 +165,51 @@ class ServerProcess:
         if self.proc.poll() is None:
             self.proc.wait(timeout=10)
         self.proc = None
+
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _label(pid: int) -> str:
+    """A readable name for a process: `ray::ReplicaActor`, `raylet`, `tessera`, `benchmarks.plain_server`."""
+    try:
+        argv = pathlib.Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return "?"
+    args = [a.decode(errors="replace") for a in argv if a]
+    if not args:
+        return "?"
+    if args[0].startswith("ray::"):
+        return args[0].split(".")[0]  # drop the method an actor is running right now
+    if "python" in os.path.basename(args[0]) and len(args) > 1:
+        if args[1] == "-m" and len(args) > 2:
+            return args[2]
+        if args[1] == "-u" and len(args) > 2:
+            return os.path.basename(args[2])
+        return os.path.basename(args[1])
+    return os.path.basename(args[0])
+
+
+def session_cpu_ticks(sid: int) -> dict[int, tuple[str, int]]:
+    """pid -> (label, user+system clock ticks so far) for every process in session `sid`."""
+    out = {}
+    for pid in session_pids(sid):
+        try:
+            stat = pathlib.Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        out[pid] = (_label(pid), int(fields[11]) + int(fields[12]))
+    return out
+
+
+def cpu_breakdown(before: dict[int, tuple[str, int]], after: dict[int, tuple[str, int]], seconds: float) -> dict[str, float]:
+    """% of one core per process label between two snapshots (processes of one label summed)."""
+    by_label: dict[str, float] = {}
+    counts: dict[str, int] = {}
+    for pid, (label, ticks) in after.items():
+        used = ticks - before.get(pid, (label, 0))[1]
+        by_label[label] = by_label.get(label, 0.0) + 100.0 * used / _TICK / seconds
+        counts[label] = counts.get(label, 0) + 1
+    named = {(f"{k} ×{counts[k]}" if counts[k] > 1 else k): v for k, v in by_label.items()}
+    return dict(sorted(named.items(), key=lambda kv: -kv[1]))
