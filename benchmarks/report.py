@@ -48,7 +48,7 @@ def ratios(results: dict[str, Any]) -> list[dict[str, Any]]:
         return lv["p50_ms"] if lv else None
 
     rows = []
-    for name in ("tessera-1", "tessera-2"):
+    for name in ("tessera-1", "tessera-2", "tessera-1-nobatch"):
         if name not in servers:
             continue
         label = servers[name]["label"]
@@ -128,6 +128,7 @@ def render_markdown(results: dict[str, Any]) -> str:
             "- load average before each server: "
             + ", ".join(f"{s['label']} {s.get('loadavg_before', '—')}" for s in results["servers"]),
             "- " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()),
+            f"- code measured: {meta.get('code', 'unknown')}",
             "", "## Notes", ""]
     out += [f"- {n}" for n in meta.get("notes", [])]
     out += ["", "![throughput and p99 against concurrency](results.png)", ""]
@@ -140,6 +141,7 @@ def write_plot(results: dict[str, Any], path: pathlib.Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     fig, (ax_rps, ax_p99) = plt.subplots(1, 2, figsize=(12, 4.8), constrained_layout=True)
     levels = results["meta"]["levels"]
@@ -159,6 +161,7 @@ def write_plot(results: dict[str, Any], path: pathlib.Path) -> None:
         ax.grid(True, which="both", alpha=0.3)
     ax_rps.set_ylim(bottom=0)
     ax_p99.set_yscale("log")
+    ax_p99.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
     ax_rps.legend(loc="best")
     m = results["meta"]["machine"]
     fig.suptitle(f"DNN 64-256-256-10 over gRPC Predict, {m['nproc']} CPUs ({m['cpu_model']}), {results['meta']['date']}")

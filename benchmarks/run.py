@@ -103,10 +103,10 @@ SPECS: dict[str, Spec] = {
         lambda ctx, port: [PY, "-m", "benchmarks.plain_server", f"--port={port}", f"--model_dir={ctx.version_dir}"],
         60,
     ),
-    "tessera-1": Spec("tessera-1", "Tessera 1 replica", _tessera_config(1, True), _tessera_argv(1, True), 240),
-    "tessera-2": Spec("tessera-2", "Tessera 2 replicas", _tessera_config(2, True), _tessera_argv(2, True), 240),
+    "tessera-1": Spec("tessera-1", "Tessera 1 replica", _tessera_config(1, True), _tessera_argv(1, True), 120),
+    "tessera-2": Spec("tessera-2", "Tessera 2 replicas", _tessera_config(2, True), _tessera_argv(2, True), 120),
     "tessera-1-nobatch": Spec(
-        "tessera-1-nobatch", "Tessera 1 replica, no batching", _tessera_config(1, False), _tessera_argv(1, False), 240
+        "tessera-1-nobatch", "Tessera 1 replica, no batching", _tessera_config(1, False), _tessera_argv(1, False), 120
     ),
     "rayserve": Spec(
         "rayserve", "Ray Serve",
@@ -118,7 +118,7 @@ SPECS: dict[str, Spec] = {
         300,
     ),
 }
-DEFAULT_SERVERS = ("plain", "tessera-1", "tessera-2", "rayserve")
+DEFAULT_SERVERS = ("plain", "tessera-1", "tessera-2", "tessera-1-nobatch", "rayserve")
 
 
 def _version(dist: str) -> str:
@@ -144,6 +144,20 @@ def machine() -> dict[str, Any]:
         "memory_gib": mem_kb / 1024 / 1024,
         "platform": platform.platform(),
     }
+
+
+def code_state() -> str:
+    """The commit measured, and whether the server's packages had uncommitted edits at the time."""
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", *args], capture_output=True, text=True, cwd=HERE.parent, timeout=30).stdout.strip()
+        except (OSError, subprocess.TimeoutExpired):
+            return ""
+
+    head = git("rev-parse", "--short", "HEAD") or "unknown"
+    dirty = git("status", "--porcelain", "--", "cluster", "exporter", "protos")
+    return f"git {head}" + (f", with uncommitted changes to {len(dirty.splitlines())} file(s) in cluster/exporter/protos"
+                           if dirty else ", clean")
 
 
 def _loadavg() -> str:
@@ -214,6 +228,7 @@ def main() -> None:
     try:
         base = scratch / "models" / model.MODEL_NAME
         model.export(base)
+        code = code_state()  # before the run: what the servers load
         ctx = Context(base=base, scratch=scratch, tessera_flags=_tessera_flags())
         from benchmarks.wire import predict_request
 
@@ -239,6 +254,7 @@ def main() -> None:
                 **{d: _version(d) for d in ("ray", "grpcio", "numpy", "protobuf")},
             },
             "notes": args.note,
+            "code": code,
             "wall_s": time.monotonic() - started,
         },
         "servers": servers,
