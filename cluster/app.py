@@ -106,7 +106,10 @@ class TesseraServer:
         except ImportError:
             log.warning("REST API not available in this build; --rest_api_port=%s ignored", self.options.rest_port)
             return None
-        self._rest = RestServer(self._instrumented("rest"), self.options)
+        # The signature lookup that types a JSON body is not a request of its own: not counted.
+        self._rest = RestServer(
+            self._instrumented("rest"), self.options, metadata_lookup=self.dispatcher.model_metadata
+        )
         self._rest.add_get_route(self.options.monitoring_path or DEFAULT_METRICS_PATH, self._scrape)
         return await self._rest.start(self.options.host, self.options.rest_port)
 

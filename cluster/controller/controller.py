@@ -18,7 +18,7 @@ from typing import Any
 
 from cluster import errors, stats
 from cluster.config import ModelConfig, ServerConfig
-from cluster.routing.table import ModelRoute, RoutingTable
+from cluster.routing.table import ModelRoute, ReplicaRef, RoutingTable
 from cluster.serving.lifecycle import ActionKind, RetryPolicy, ServableStream
 from cluster.serving.source import FileSystemSource
 from exporter.runtime import Signature
@@ -50,6 +50,7 @@ class _Model:
     source: FileSystemSource
     stream: ServableStream
     replicas: list[Any]
+    addresses: list[tuple[str, int] | None] = field(default_factory=list)  # data plane, per replica
     paths: dict[int, str] = field(default_factory=dict)
     signatures: dict[int, Mapping[str, Signature]] = field(default_factory=dict)
     source_error: str | None = None
@@ -120,6 +121,7 @@ class Controller:
             source=FileSystemSource(model.name, model.base_path, model.version_policy),
             stream=ServableStream(model.name, self._options.retry),
             replicas=replicas,
+            addresses=[None] * len(replicas),
         )
         log.info("model %s added: base path %s, %d replica(s)", model.name, model.base_path, count)
 
@@ -229,6 +231,7 @@ class Controller:
             except Exception as exc:  # noqa: BLE001
                 log.error("model %s replacement replica failed to load: %s", model.config.name, unwrap_error(exc))
             model.replicas[i] = fresh
+            model.addresses[i] = None
             log.info("model %s replica %d replaced", model.config.name, i)
             replaced = True
         return replaced
@@ -249,12 +252,29 @@ class Controller:
                 name=name,
                 available=available,
                 labels=model.config.label_map(),
-                replicas=tuple(model.replicas),
+                replicas=await self._replica_refs(model),
                 statuses=tuple(model.stream.statuses()),
             )
         async with self._changed:
             self._table = RoutingTable(self._table.epoch + 1, models)
             self._changed.notify_all()
+
+    async def _replica_refs(self, model: _Model) -> tuple[ReplicaRef, ...]:
+        """The replicas with their data-plane addresses; one that cannot say its address is left out."""
+        for i, handle in enumerate(model.replicas):
+            if model.addresses[i] is None:
+                try:
+                    host, port = await asyncio.wait_for(
+                        handle.data_address.remote(), self._options.health_check_timeout
+                    )
+                    model.addresses[i] = (host, port)
+                except Exception as exc:  # noqa: BLE001 - dead or hung: the health check replaces it
+                    log.warning("model %s replica %d has no data-plane address: %s", model.config.name, i, exc)
+        return tuple(
+            ReplicaRef(handle, address)
+            for handle, address in zip(model.replicas, model.addresses, strict=True)
+            if address is not None
+        )
 
     async def get_routing_table(self, known_epoch: int = -1, timeout: float = 10.0) -> RoutingTable:
         """Long-poll: returns as soon as the table is newer than `known_epoch`, or after `timeout`."""

@@ -19,7 +19,8 @@ import ray
 from cluster.config import BatchingConfig
 from cluster.logs import configure_logging
 from cluster.replica.batched import BatchedRunner
-from cluster.replica.replica import Replica, RunResult
+from cluster.replica.data_plane import DataPlaneServer
+from cluster.replica.replica import Replica, RunResult, is_small
 from cluster.stats import ReplicaStats
 from exporter.runtime import Signature
 
@@ -46,6 +47,7 @@ class ReplicaActor:
         # Without batching parameters, each call's requests (coalesced by the gateway) still run
         # as one merged batch; with them, a queue also merges across calls and gateways.
         self._batched = BatchedRunner(self._replica, batching) if batching is not None else None
+        self._data_plane = DataPlaneServer(self.run)
 
     async def load(self, version: int, path: str) -> dict[str, Signature]:
         return await asyncio.to_thread(self._replica.load, version, path)
@@ -71,6 +73,8 @@ class ReplicaActor:
         try:
             if self._batched is not None:
                 return await self._batched.run(version, signature_key, requests, output_filter, timeouts)
+            if is_small(*requests):
+                return self._replica.run(version, signature_key, requests, output_filter)
             return await asyncio.to_thread(self._replica.run, version, signature_key, requests, output_filter)
         finally:
             self._in_flight -= len(requests)
@@ -84,6 +88,10 @@ class ReplicaActor:
             batch_sizes=self._replica.batch_sizes,
             warmup_seconds=self._replica.warmup_seconds,
         )
+
+    async def data_address(self) -> tuple[str, int]:
+        """Where gateways send requests (the data plane); starts its server on first use."""
+        return await self._data_plane.start(ray.util.get_node_ip_address())
 
     async def memory(self) -> dict[str, int]:
         return self._replica.memory()

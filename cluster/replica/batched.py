@@ -19,7 +19,7 @@ from cluster import errors
 from cluster.batching import merge
 from cluster.batching.queue import BatchQueue
 from cluster.config import BatchingConfig
-from cluster.replica.replica import Replica, RunResult
+from cluster.replica.replica import Replica, RunResult, is_small
 from exporter.errors import InvalidInputError
 from exporter.runtime import Runtime, check_feeds
 
@@ -51,6 +51,8 @@ class BatchedRunner:
             async def execute(inputs: dict[str, np.ndarray]) -> Mapping[str, np.ndarray]:
                 self._replica.batch_sizes.observe(merge.row_count(inputs))
                 try:
+                    if is_small(inputs):
+                        return runtime.run(signature_key, inputs, output_filter or None)
                     return await asyncio.to_thread(runtime.run, signature_key, inputs, output_filter or None)
                 except InvalidInputError as e:
                     raise _BatchFailed(e) from None

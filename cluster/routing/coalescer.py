@@ -1,10 +1,13 @@
 """Gateway-side coalescing: concurrent requests bound for the same replica, version, signature
-and output filter leave the gateway as ONE Ray call, and their outputs are split back.
+and output filter leave the gateway as ONE call to the replica, and their outputs are split back.
+
+A replica target is anything with `async run(version, signature, requests, output_filter,
+timeouts) -> [outputs | error, ...]`: in production a `ReplicaChannel` (the data plane).
 
 No timer: while fewer than `max_calls_in_flight` calls to a key are running, a request leaves at
 once (no added latency when idle); requests that arrive while the calls are busy wait and leave
-together in the next call. Under load, batches therefore grow by themselves, and one Ray call
-(1–2 ms of overhead on a small machine) is paid per batch instead of per request.
+together in the next call. Under load, batches therefore grow by themselves, and one call's fixed
+overhead is paid per batch instead of per request.
 """
 
 from __future__ import annotations
@@ -84,7 +87,7 @@ class Coalescer:
                 # Seconds left, not deadlines: clocks of other hosts are not ours.
                 timeouts = [None if r.deadline is None else r.deadline - now for r in live]
                 try:
-                    results = await lane.handle.run.remote(
+                    results = await lane.handle.run(
                         lane.version, lane.signature, [r.feeds for r in live], lane.output_filter,
                         timeouts if any(t is not None for t in timeouts) else None,
                     )

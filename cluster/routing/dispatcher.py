@@ -30,9 +30,10 @@ from cluster.requests import (
     RegressResult,
     ResolvedSpec,
 )
+from cluster.routing.channel import ReplicaChannel
 from cluster.routing.coalescer import Coalescer
 from cluster.routing.router import Router
-from cluster.routing.table import ModelRoute, RoutingTable
+from cluster.routing.table import ModelRoute, ReplicaRef, RoutingTable
 from cluster.routing.validation import (
     check_classify_signature,
     check_predict_request,
@@ -62,6 +63,7 @@ class Dispatcher:
         max_in_flight_per_replica: int = 1024,
         coalescer: Coalescer | None = None,
         on_table: Callable[[RoutingTable], None] | None = None,
+        connect: Callable[[ReplicaRef], Any] = lambda ref: ReplicaChannel(ref.address),
     ) -> None:
         self._poll_table = poll_table
         self._reload = reload
@@ -69,7 +71,9 @@ class Dispatcher:
         self._coalescer = coalescer or Coalescer()
         self._on_table = on_table
         self._table = RoutingTable()
-        self._routers: dict[str, Router[Any]] = {}
+        self._routers: dict[str, Router[ReplicaRef]] = {}
+        self._connect = connect
+        self._channels: dict[ReplicaRef, Any] = {}  # one data-plane connection per replica
         self._poll_task: asyncio.Task[None] | None = None
 
     # -- routing table -------------------------------------------------------------------------
@@ -80,6 +84,8 @@ class Dispatcher:
     async def stop(self) -> None:
         if self._poll_task is not None:
             self._poll_task.cancel()
+        channels, self._channels = list(self._channels.values()), {}
+        await asyncio.gather(*(c.close() for c in channels if hasattr(c, "close")))
 
     async def _follow_table(self) -> None:
         while True:
@@ -101,6 +107,11 @@ class Dispatcher:
             router.set_replicas(route.replicas)
         for name in set(self._routers) - set(table.models):
             del self._routers[name]
+        live = {ref for route in table.models.values() for ref in route.replicas}
+        for ref in set(self._channels) - live:
+            channel = self._channels.pop(ref)
+            if hasattr(channel, "close"):
+                asyncio.get_running_loop().create_task(channel.close())
         self._table = table
         if self._on_table is not None:
             self._on_table(table)
@@ -149,7 +160,7 @@ class Dispatcher:
 
     async def _await(
         self,
-        replica: Any,
+        replica: ReplicaRef,
         version: int,
         signature: str,
         feeds: Mapping[str, np.ndarray],
@@ -157,7 +168,10 @@ class Dispatcher:
         deadline: float | None,
         timeout: float | None,
     ) -> Mapping[str, np.ndarray]:
-        future = self._coalescer.submit(replica, version, signature, feeds, output_filter, deadline)
+        channel = self._channels.get(replica)
+        if channel is None:
+            channel = self._channels[replica] = self._connect(replica)
+        future = self._coalescer.submit(channel, version, signature, feeds, output_filter, deadline)
         try:
             return await asyncio.wait_for(future, timeout)
         except TimeoutError:

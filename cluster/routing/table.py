@@ -16,13 +16,21 @@ from exporter.runtime import Signature
 
 
 @dataclass(frozen=True)
+class ReplicaRef:
+    """A replica as gateways see it: its Ray actor handle (control) and data-plane address."""
+
+    handle: Any = field(compare=False, hash=False)
+    address: tuple[str, int] = ("", 0)
+
+
+@dataclass(frozen=True)
 class ModelRoute:
     """One model: its versions taking traffic (with their signatures), labels and replicas."""
 
     name: str
     available: Mapping[int, Mapping[str, Signature]]
     labels: Mapping[str, int]
-    replicas: tuple[Any, ...]  # replica actor handles; every replica holds every available version
+    replicas: tuple[ReplicaRef, ...]  # every replica holds every available version
     statuses: tuple[VersionStatus, ...]  # all known versions, highest first (GetModelStatus)
 
 

@@ -15,17 +15,9 @@ from cluster.replica.replica import Replica
 from cluster.requests import ExamplesRequest, InferenceTask, ModelSpec, MultiInferenceRequest, PredictRequest
 from cluster.routing.coalescer import Coalescer
 from cluster.routing.dispatcher import Dispatcher
-from cluster.routing.table import ModelRoute, RoutingTable
+from cluster.routing.table import ModelRoute, ReplicaRef, RoutingTable
 from cluster.types import ServableState, VersionRequest, VersionStatus
 from tests.integration.models import write_version
-
-
-class _Method:
-    def __init__(self, fn: Any) -> None:
-        self._fn = fn
-
-    def remote(self, *args: Any) -> Any:
-        return self._fn(*args)
 
 
 class FakeReplica:
@@ -36,9 +28,8 @@ class FakeReplica:
         self._replica = replica
         self._delay = delay
         self._fail = fail
-        self.run = _Method(self._run)
 
-    async def _run(self, version: int, signature: str, requests: list, output_filter: tuple, timeouts: Any) -> list:
+    async def run(self, version: int, signature: str, requests: list, output_filter: tuple, timeouts: Any) -> list:
         self.calls.append(len(requests))
         await asyncio.sleep(self._delay)
         if self._fail:
@@ -62,7 +53,7 @@ def _table(replicas: list[Any], signatures: Any) -> RoutingTable:
         name="m",
         available={1: signatures, 2: signatures},
         labels={"stable": 1},
-        replicas=tuple(replicas),
+        replicas=tuple(ReplicaRef(r, ("fake", i)) for i, r in enumerate(replicas)),
         statuses=(VersionStatus(2, ServableState.AVAILABLE), VersionStatus(1, ServableState.AVAILABLE)),
     )
     return RoutingTable(epoch=1, models={"m": route})
@@ -79,7 +70,7 @@ async def _dispatcher(replicas: list[Any], replica: Replica, **kwargs: Any) -> D
     async def reload(config: ServerConfig) -> None:
         raise errors.FailedPrecondition("no reloads here")
 
-    d = Dispatcher(poll, reload, **kwargs)
+    d = Dispatcher(poll, reload, connect=lambda ref: ref.handle, **kwargs)
     await d.start()
     return d
 
@@ -188,10 +179,9 @@ def test_deadline_and_overload_shedding(replica: Replica) -> None:
 def test_coalescer_keeps_lanes_apart() -> None:
     class Echo:
         def __init__(self) -> None:
-            self.run = _Method(self._run)
             self.calls: list[tuple] = []
 
-        async def _run(self, version: int, sig: str, requests: list, output_filter: tuple, timeouts: Any) -> list:
+        async def run(self, version: int, sig: str, requests: list, output_filter: tuple, timeouts: Any) -> list:
             self.calls.append((version, sig, len(requests)))
             await asyncio.sleep(0.01)
             return [{"v": np.array([version])} for _ in requests]

@@ -1,0 +1,136 @@
+"""The data plane's wire format: requests and results between a gateway and a replica.
+
+Each message is one frame: `u32 length | u64 call id | u32 header length | JSON header | payload`.
+The header lists every tensor (alias, dtype, shape, byte length); the payload holds their bytes
+back to back, so numeric arrays are written and read with one copy and no pickle: nothing a peer
+sends is ever executed. DT_STRING tensors (object arrays of bytes) travel as u32-length-prefixed
+items. Errors travel as (class name, message) and come back as `cluster.errors` instances.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from cluster import errors
+
+FRAME = struct.Struct("<IQI")  # total length after this field, call id, header length
+FRAME_LENGTH = struct.Struct("<I")
+_U32 = struct.Struct("<I")
+MAX_FRAME = 2**31 - 1
+Tensors = Mapping[str, np.ndarray]
+
+
+def _encode_tensors(tensors: Tensors, chunks: list[bytes | memoryview]) -> list[list[Any]]:
+    specs = []
+    for alias, array in tensors.items():
+        if array.dtype == object:
+            items = [bytes(v) for v in array.reshape(-1)]
+            blob = b"".join(_U32.pack(len(v)) + v for v in items)
+            specs.append([alias, "O", list(array.shape), len(blob)])
+            chunks.append(blob)
+        else:
+            data = np.ascontiguousarray(array)
+            specs.append([alias, data.dtype.str, list(data.shape), data.nbytes])
+            chunks.append(memoryview(data).cast("B") if data.nbytes else b"")
+    return specs
+
+
+def _decode_tensors(specs: list[list[Any]], payload: memoryview, offset: int) -> tuple[dict[str, np.ndarray], int]:
+    out: dict[str, np.ndarray] = {}
+    for alias, dtype, shape, nbytes in specs:
+        raw = payload[offset : offset + nbytes]
+        offset += nbytes
+        if dtype == "O":
+            items, pos = [], 0
+            while pos < nbytes:
+                (size,) = _U32.unpack_from(raw, pos)
+                items.append(bytes(raw[pos + 4 : pos + 4 + size]))
+                pos += 4 + size
+            array = np.empty(len(items), dtype=object)
+            array[:] = items
+            out[alias] = array.reshape(shape)
+        else:
+            out[alias] = np.frombuffer(raw, dtype=np.dtype(dtype)).reshape(shape)
+    return out, offset
+
+
+def _frame(call_id: int, header: dict[str, Any], chunks: list[bytes | memoryview]) -> list[bytes | memoryview]:
+    head = json.dumps(header, separators=(",", ":")).encode()
+    total = FRAME.size - 4 + len(head) + sum(len(c) for c in chunks)
+    if total > MAX_FRAME:
+        raise errors.ResourceExhausted(f"message of {total} bytes is larger than the limit of {MAX_FRAME}")
+    return [FRAME.pack(total, call_id, len(head)), head, *chunks]
+
+
+def encode_call(
+    call_id: int,
+    version: int,
+    signature: str,
+    requests: Sequence[Tensors],
+    output_filter: Sequence[str],
+    timeouts: Sequence[float | None] | None,
+) -> list[bytes | memoryview]:
+    chunks: list[bytes | memoryview] = []
+    header = {
+        "version": version,
+        "signature": signature,
+        "output_filter": list(output_filter),
+        "timeouts": None if timeouts is None else list(timeouts),
+        "requests": [_encode_tensors(r, chunks) for r in requests],
+    }
+    return _frame(call_id, header, chunks)
+
+
+def decode_call(header: dict[str, Any], payload: memoryview) -> tuple[int, str, list[dict[str, np.ndarray]], tuple[str, ...], list[float | None] | None]:
+    requests, offset = [], 0
+    for specs in header["requests"]:
+        tensors, offset = _decode_tensors(specs, payload, offset)
+        requests.append(tensors)
+    return header["version"], header["signature"], requests, tuple(header["output_filter"]), header["timeouts"]
+
+
+def encode_results(call_id: int, results: Sequence[Tensors | BaseException]) -> list[bytes | memoryview]:
+    chunks: list[bytes | memoryview] = []
+    entries: list[Any] = []
+    for result in results:
+        if isinstance(result, BaseException):
+            kind = type(result).__name__ if isinstance(result, errors.ServingError) else "Internal"
+            entries.append({"error": [kind, str(result)]})
+        else:
+            entries.append({"tensors": _encode_tensors(result, chunks)})
+    return _frame(call_id, {"results": entries}, chunks)
+
+
+def decode_results(header: dict[str, Any], payload: memoryview) -> list[dict[str, np.ndarray] | errors.ServingError]:
+    results: list[dict[str, np.ndarray] | errors.ServingError] = []
+    offset = 0
+    for entry in header["results"]:
+        if "error" in entry:
+            kind, message = entry["error"]
+            cls = getattr(errors, kind, None)
+            if not (isinstance(cls, type) and issubclass(cls, errors.ServingError)):
+                cls = errors.Internal
+            results.append(cls(message))
+        else:
+            tensors, offset = _decode_tensors(entry["tensors"], payload, offset)
+            results.append(tensors)
+    return results
+
+
+def encode_failure(call_id: int, error: BaseException) -> list[bytes | memoryview]:
+    """A whole call refused (e.g. a frame that does not decode): the gateway fails every request."""
+    kind = type(error).__name__ if isinstance(error, errors.ServingError) else "Internal"
+    return _frame(call_id, {"failure": [kind, str(error)]}, [])
+
+
+def split_frame(body: memoryview) -> tuple[int, dict[str, Any], memoryview]:
+    """A frame's body (after the length field) -> call id, header, payload."""
+    call_id, header_len = struct.unpack_from("<QI", body, 0)
+    start = 12
+    header = json.loads(bytes(body[start : start + header_len]))
+    return call_id, header, body[start + header_len :]
