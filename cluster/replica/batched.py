@@ -75,9 +75,7 @@ class BatchedRunner:
         timeouts: Sequence[float | None] | None = None,
     ) -> RunResult:
         try:
-            runtime = self._replica.runtime(version)
-            if signature_key not in runtime.signatures:
-                raise errors.FailedPrecondition(f'Serving signature key "{signature_key}" not found.')
+            runtime, _ = self._replica.resolve(version, signature_key)
         except errors.ServingError as e:
             return [e] * len(requests)
         queue = self._queue(runtime, (version, signature_key, tuple(output_filter)))

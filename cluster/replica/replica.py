@@ -86,6 +86,14 @@ class Replica:
             raise errors.NotFound(f"Servable not found for request: Specific({self.model_name}, {version})")
         return runtime
 
+    def resolve(self, version: int, signature_key: str) -> tuple[Runtime, Signature]:
+        """The runtime and signature a request names, or NotFound / FailedPrecondition."""
+        runtime = self.runtime(version)
+        signature = runtime.signatures.get(signature_key)
+        if signature is None:
+            raise errors.FailedPrecondition(f'Serving signature key "{signature_key}" not found.')
+        return runtime, signature
+
     def run(
         self,
         version: int,
@@ -95,10 +103,7 @@ class Replica:
     ) -> RunResult:
         """Runs every request; returns, per request, its outputs or the error that refused it."""
         try:
-            runtime = self.runtime(version)
-            signature = runtime.signatures.get(signature_key)
-            if signature is None:
-                raise errors.FailedPrecondition(f'Serving signature key "{signature_key}" not found.')
+            runtime, signature = self.resolve(version, signature_key)
         except errors.ServingError as e:
             return [e] * len(requests)
         results: RunResult = [errors.Internal("request was not run")] * len(requests)
