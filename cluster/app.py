@@ -29,6 +29,19 @@ log = logging.getLogger("tessera")
 DEFAULT_METRICS_PATH = "/monitoring/prometheus/metrics"
 
 
+def keep_ray_on_loopback() -> None:
+    """Makes an embedded Ray bind and talk on 127.0.0.1 instead of the host's network address.
+
+    Ray picks the address of the default route even for a single-node cluster; for the embedded
+    cluster nothing should leave loopback. Ray reads this switch from the environment in every
+    process it starts, and from a module constant in this one (already imported), so set both.
+    """
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    from ray._private import ray_constants
+
+    ray_constants.ENABLE_RAY_CLUSTER = os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] not in ("0", "false", "False")
+
+
 def init_ray(options: ServeOptions, num_cpus: int | None = None) -> bool:
     """Connects to `--ray_address`, or starts an embedded local Ray. True if we started it."""
     if ray.is_initialized():
@@ -38,12 +51,12 @@ def init_ray(options: ServeOptions, num_cpus: int | None = None) -> bool:
         return True
     # The embedded cluster is ours alone, on loopback: token auth would only get in the way.
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    keep_ray_on_loopback()
     ray.init(
         num_cpus=num_cpus or max(2, os.cpu_count() or 2),
         include_dashboard=False,
         logging_level=logging.WARNING,
         object_store_memory=512 * 1024 * 1024,
-        _node_ip_address="127.0.0.1",
     )
     return True
 

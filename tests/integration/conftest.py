@@ -16,9 +16,12 @@ import pytest
 @pytest.fixture(scope="module")
 def local_ray() -> Iterator[None]:
     ray = pytest.importorskip("ray")
+    from cluster.app import keep_ray_on_loopback
+
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    keep_ray_on_loopback()
     ray.init(num_cpus=2, include_dashboard=False, object_store_memory=256 * 1024 * 1024,
-             _node_ip_address="127.0.0.1", logging_level="WARNING")
+             logging_level="WARNING")
     try:
         yield
     finally:

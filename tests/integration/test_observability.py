@@ -118,3 +118,11 @@ def test_one_scrape_shows_the_whole_cluster(server: TesseraServer) -> None:
     replicas = {labels for (name, labels) in samples if name == "tessera_replica_queue_depth"}
     assert len(replicas) == 2
     assert value("tessera_model_load_latency_seconds_count", model="m") >= 1
+
+
+def test_the_embedded_cluster_stays_on_loopback(server: TesseraServer) -> None:
+    import ray
+
+    assert ray.util.get_node_ip_address() == "127.0.0.1"
+    addresses = {ref.address[0] for route in server.dispatcher.table.models.values() for ref in route.replicas}
+    assert addresses == {"127.0.0.1"}
