@@ -319,7 +319,8 @@ class Controller:
         model = self._models.get(name)
         if model is None:
             raise errors.NotFound(f"no model {name}")
-        return list(await asyncio.gather(*(r.memory.remote() for r in model.replicas)))
+        replies = await asyncio.gather(*(r.memory.remote() for r in model.replicas), return_exceptions=True)
+        return [r for r in replies if isinstance(r, dict)]  # a dead replica has no memory to report
 
     async def shutdown(self) -> None:
         """Stops polling and kills every replica (their versions unload with them)."""

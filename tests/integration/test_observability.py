@@ -126,3 +126,51 @@ def test_the_embedded_cluster_stays_on_loopback(server: TesseraServer) -> None:
     assert ray.util.get_node_ip_address() == "127.0.0.1"
     addresses = {ref.address[0] for route in server.dispatcher.table.models.values() for ref in route.replicas}
     assert addresses == {"127.0.0.1"}
+
+
+def test_a_killed_replica_is_replaced_and_no_request_fails(server: TesseraServer) -> None:
+    import os
+    import signal
+    import threading
+
+    import ray
+
+    before = ray.get(server.controller.replica_memory.remote("m"))
+    errors: list[Exception] = []
+    done = threading.Event()
+    sent = [0]
+
+    def stream() -> None:
+        with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+            stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+            request = predict_pb2.PredictRequest()
+            request.model_spec.name = "m"
+            request.inputs["x"].CopyFrom(make_tensor_proto(np.ones((1, 2), np.float32)))
+            while not done.is_set():
+                try:
+                    stub.Predict(request, timeout=30)
+                    sent[0] += 1
+                except grpc.RpcError as exc:
+                    errors.append(exc)
+
+    threads = [threading.Thread(target=stream) for _ in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(0.5)
+        os.kill(before[0]["pid"], signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while True:
+            after = ray.get(server.controller.replica_memory.remote("m"))
+            if len(after) == 2 and before[0]["pid"] not in {a["pid"] for a in after}:
+                break
+            assert time.monotonic() < deadline, "the dead replica was not replaced"
+            time.sleep(0.2)
+        count = sent[0]
+        time.sleep(1.0)
+        assert sent[0] > count  # still serving on the new pair
+    finally:
+        done.set()
+        for t in threads:
+            t.join(30)
+    assert not errors, errors[:3]
