@@ -92,7 +92,7 @@ def render_markdown(results: dict[str, Any]) -> str:
     ]
     for row in ratios(results):
         met = "" if row["ok"] is None else ("yes" if row["ok"] else "**no**")
-        out.append(f"| {row['what']} | {_fmt(row['value'])} | {row['target']} | {met} |")
+        out.append(f"| {row['what']} | {_fmt(row['value'], 3)} | {row['target']} | {met} |")
     out += ["", "## Results", "",
             "| server | concurrency | req/s | p50 ms | p90 ms | p99 ms | errors | loadgen CPU % |",
             "|---|---:|---:|---:|---:|---:|---:|---:|"]
@@ -144,7 +144,7 @@ def write_plot(results: dict[str, Any], path: pathlib.Path) -> None:
     import matplotlib.pyplot as plt
     import matplotlib.ticker
 
-    fig, (ax_rps, ax_p99) = plt.subplots(1, 2, figsize=(12, 4.8), constrained_layout=True)
+    fig, (ax_rps, ax_p99) = plt.subplots(1, 2, figsize=(12, 5.6), constrained_layout=True)
     levels = results["meta"]["levels"]
     for s in results["servers"]:
         if s.get("error") or not s.get("levels"):
@@ -153,7 +153,8 @@ def write_plot(results: dict[str, Any], path: pathlib.Path) -> None:
         cs = [lv["concurrency"] for lv in s["levels"]]
         ax_rps.plot(cs, [lv["rps"] for lv in s["levels"]], marker=marker, color=colour, label=s["label"])
         ax_p99.plot(cs, [lv["p99_ms"] for lv in s["levels"]], marker=marker, color=colour, label=s["label"])
-    for ax, title, ylabel in ((ax_rps, "Throughput", "requests / s"), (ax_p99, "p99 latency", "ms (log scale)")):
+    for ax, title, ylabel in ((ax_rps, "Throughput (higher is better)", "requests / s"),
+                              (ax_p99, "p99 latency (lower is better)", "ms (log scale)")):
         ax.set_xscale("log", base=2)
         ax.set_xticks(levels, [str(c) for c in levels])
         ax.set_xlabel("concurrency (closed loop, batch-1 requests)")
@@ -163,7 +164,9 @@ def write_plot(results: dict[str, Any], path: pathlib.Path) -> None:
     ax_rps.set_ylim(bottom=0)
     ax_p99.set_yscale("log")
     ax_p99.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
-    ax_rps.legend(loc="best")
+    # One legend under both panels: inside a panel it hides points.
+    handles, labels = ax_rps.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=3, frameon=False)
     m = results["meta"]["machine"]
     fig.suptitle(f"DNN 64-256-256-10 over gRPC Predict, {m['nproc']} CPUs ({m['cpu_model']}), {results['meta']['date']}")
     fig.savefig(path, dpi=110)
