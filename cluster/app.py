@@ -93,16 +93,22 @@ class TesseraServer:
             poll_seconds=opts.file_system_poll_wait_seconds,
             num_replicas=opts.num_replicas,
             retry=RetryPolicy(opts.max_num_load_retries, opts.load_retry_interval_seconds),
+            max_replicas=opts.max_replicas,
+            target_ongoing_requests=opts.target_ongoing_requests,
+            upscale_delay_s=opts.upscale_delay_s,
+            downscale_delay_s=opts.downscale_delay_s,
         )
         batching = (opts.batching or BatchingConfig()) if opts.enable_batching else None
         self._controller = ControllerActor.options(max_concurrency=1000).remote(
             controller_options, opts.replica_num_cpus, opts.enable_model_warmup, batching, opts.log_format
         )
         controller = self._controller
+        gateway_id = f"gateway-{os.getpid()}-{id(self):x}"
         await controller.set_config.remote(self.config)
         self._dispatcher = Dispatcher(
             poll_table=lambda epoch: controller.get_routing_table.remote(epoch, 10.0),
             reload=lambda config: controller.set_config.remote(config),
+            report_load=lambda loads: controller.report_load.remote(gateway_id, loads),
         )
         self._grpc = GatewayServer(self._instrumented("grpc"), tensor_content=opts.serialize_as_tensor_content)
         await self._dispatcher.start()

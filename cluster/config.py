@@ -86,3 +86,8 @@ class ServeOptions:
     # TF's --enable_serialization_as_tensor_content: Predict outputs as raw tensor_content bytes.
     serialize_as_tensor_content: bool = False
     log_format: str = "text"  # or "json": one JSON object per line
+    # Autoscaling between num_replicas and max_replicas (None: fixed at num_replicas).
+    max_replicas: int | None = None
+    target_ongoing_requests: float = 8.0
+    upscale_delay_s: float = 3.0
+    downscale_delay_s: float = 30.0

@@ -77,7 +77,11 @@ _OUR_FLAGS: tuple[tuple[str, type, object, str, str], ...] = (
         "ADDRESS",
         "Ray cluster to join, e.g. auto or ray://head:10001 (default: start a local Ray)",
     ),
-    ("num_replicas", int, 1, "N", "replicas per model"),
+    ("num_replicas", int, 1, "N", "replicas per model (the minimum, with autoscaling)"),
+    ("max_replicas", int, None, "N", "autoscale each model up to this many replicas (default: no autoscaling)"),
+    ("target_ongoing_requests", float, 8.0, "N", "autoscaling target: requests in flight per replica"),
+    ("upscale_delay_s", float, 3.0, "S", "autoscaling: least time between a change and a scale-up"),
+    ("downscale_delay_s", float, 30.0, "S", "autoscaling: least time between a change and a scale-down"),
     ("replica_num_cpus", float, 0.5, "CPUS", "CPUs reserved per replica actor"),
     ("log_format", str, "text", "FORMAT", "text, or json for one JSON object per line"),
 )
@@ -116,6 +120,10 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     for flag in ("port", "rest_api_port"):
         if not 0 <= getattr(args, flag) <= 65535:
             parser.error(f"--{flag} must be in 0..65535, got {getattr(args, flag)}")
+    if args.max_replicas is not None and args.max_replicas < args.num_replicas:
+        parser.error(f"--max_replicas ({args.max_replicas}) must be at least --num_replicas ({args.num_replicas})")
+    if args.target_ongoing_requests <= 0:
+        parser.error("--target_ongoing_requests must be positive")
     if args.log_format not in ("text", "json"):
         parser.error(f"--log_format must be text or json, got {args.log_format!r}")
     if args.rest_api_port and args.rest_api_port == args.port:
@@ -174,6 +182,10 @@ def _options(args: argparse.Namespace) -> ServeOptions:
         load_retry_interval_seconds=args.load_retry_interval_micros / 1e6,
         serialize_as_tensor_content=args.enable_serialization_as_tensor_content,
         log_format=args.log_format,
+        max_replicas=args.max_replicas,
+        target_ongoing_requests=args.target_ongoing_requests,
+        upscale_delay_s=args.upscale_delay_s,
+        downscale_delay_s=args.downscale_delay_s,
     )
 
 

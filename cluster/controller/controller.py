@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cluster import errors, stats
+from cluster.autoscaler.scaler import AutoscalingConfig, ModelScaler
 from cluster.config import ModelConfig, ServerConfig
 from cluster.routing.table import ModelRoute, ReplicaRef, RoutingTable
 from cluster.serving.lifecycle import ActionKind, RetryPolicy, ServableStream
@@ -36,6 +37,13 @@ class ControllerOptions:
     num_replicas: int = 1  # per model, unless its config says otherwise
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     health_check_timeout: float = 10.0
+    # Autoscaling: between the model's replica count and max_replicas (None or <= count: off),
+    # aiming at target_ongoing_requests in flight per replica, as gateways report them.
+    max_replicas: int | None = None
+    target_ongoing_requests: float = 8.0
+    upscale_delay_s: float = 3.0
+    downscale_delay_s: float = 30.0
+    load_report_ttl_s: float = 5.0  # a gateway that has not reported for this long counts as gone
 
 
 def unwrap_error(exc: BaseException) -> BaseException:
@@ -55,6 +63,8 @@ class _Model:
     signatures: dict[int, Mapping[str, Signature]] = field(default_factory=dict)
     source_error: str | None = None
     load_seconds: stats.Histogram = field(default_factory=lambda: stats.Histogram(stats.LATENCY_BUCKETS))
+    scaler: ModelScaler | None = None
+    scaling: bool = False  # a scale-up or -down is under way
 
 
 class Controller:
@@ -77,6 +87,7 @@ class Controller:
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loop_task: asyncio.Task[None] | None = None
+        self._loads: dict[str, tuple[float, Mapping[str, float]]] = {}  # gateway -> (when, model -> in flight)
 
     # -- desired state -------------------------------------------------------------------------
     async def set_config(self, config: ServerConfig) -> None:
@@ -116,12 +127,20 @@ class Controller:
     def _add_model(self, model: ModelConfig) -> None:
         count = model.num_replicas or self._options.num_replicas
         replicas = [self._new_replica(model, i) for i in range(count)]
+        scaling = AutoscalingConfig(
+            min_replicas=count,
+            max_replicas=max(count, self._options.max_replicas or count),
+            target_ongoing_requests=self._options.target_ongoing_requests,
+            upscale_delay_s=self._options.upscale_delay_s,
+            downscale_delay_s=self._options.downscale_delay_s,
+        )
         self._models[model.name] = _Model(
             config=model,
             source=FileSystemSource(model.name, model.base_path, model.version_policy),
             stream=ServableStream(model.name, self._options.retry),
             replicas=replicas,
             addresses=[None] * len(replicas),
+            scaler=ModelScaler(scaling, self._clock()) if scaling.enabled else None,
         )
         log.info("model %s added: base path %s, %d replica(s)", model.name, model.base_path, count)
 
@@ -164,7 +183,9 @@ class Controller:
         """One tick: poll sources, replace dead replicas, start the planned loads and unloads."""
         changed = False
         for model in list(self._models.values()):
-            changed |= await self._check_replicas(model)
+            if not model.scaling:
+                changed |= await self._check_replicas(model)
+                self._autoscale(model)
             report = await asyncio.to_thread(model.source.poll_once)
             if report.aspired is None:
                 if model.source_error != report.error:
@@ -235,6 +256,54 @@ class Controller:
             log.info("model %s replica %d replaced", model.config.name, i)
             replaced = True
         return replaced
+
+    # -- autoscaling --------------------------------------------------------------------------
+    def report_load(self, gateway: str, in_flight: Mapping[str, float]) -> None:
+        """A gateway's requests in flight per model (sent about once a second)."""
+        self._loads[gateway] = (self._clock(), dict(in_flight))
+
+    def _autoscale(self, model: _Model) -> None:
+        if model.scaler is None:
+            return
+        now = self._clock()
+        ttl = self._options.load_report_ttl_s
+        self._loads = {g: r for g, r in self._loads.items() if now - r[0] <= ttl}
+        model.scaler.observe(now, sum(loads.get(model.config.name, 0.0) for _, loads in self._loads.values()))
+        current = len(model.replicas)
+        desired = model.scaler.decide(now, current)
+        if desired == current:
+            return
+        model.scaler.changed(now, current, desired)
+        model.scaling = True
+        self._spawn(self._scale(model, current, desired))
+
+    async def _scale(self, model: _Model, current: int, desired: int) -> None:
+        name = model.config.name
+        try:
+            if desired > current:
+                fresh = [self._new_replica(model.config, i) for i in range(current, desired)]
+                loaded: set[int] = set()
+                try:
+                    # Versions may become available while the new replicas load: catch up on them.
+                    while missing := model.stream.available_versions() - loaded:
+                        await asyncio.gather(*(r.load.remote(v, model.paths[v]) for r in fresh for v in missing))
+                        loaded |= missing
+                except Exception as exc:  # noqa: BLE001 - keep serving on what we have
+                    log.error("model %s: scale-up failed to load: %s", name, unwrap_error(exc))
+                    for handle in fresh:
+                        self._kill_replica(handle)
+                    return
+                model.replicas.extend(fresh)
+                model.addresses.extend([None] * len(fresh))
+            else:
+                retired = model.replicas[desired:]
+                del model.replicas[desired:], model.addresses[desired:]
+                self._spawn(self._retire_replicas(retired))  # after the table no longer names them
+            log.info("model %s scaled from %d to %d replicas (load %.1f in flight)",
+                     name, current, desired, model.scaler.smoothed_load() if model.scaler else 0.0)
+            await self._publish()
+        finally:
+            model.scaling = False
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)

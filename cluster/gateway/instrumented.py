@@ -1,22 +1,18 @@
-"""A ServingAPI wrapper that counts and times every call, and logs server-side failures.
+"""A ServingAPI wrapper that counts and times every call.
 
 One per entrypoint (grpc, rest), around the same dispatcher. Per request: one perf_counter pair
-and one pre-bound counter/histogram child; no log line unless the server is at fault, and then
-with the request id from `x-request-id`.
+and one pre-bound counter/histogram child. (Failures are logged at the transport edges, which
+know the request id.)
 """
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-import grpc
-
 from cluster.config import ServerConfig
 from cluster.gateway.status import code_of
-from cluster.logs import REQUEST_ID
 from cluster.metrics import GatewayMetrics
 from cluster.requests import (
     ClassifyResult,
@@ -31,14 +27,7 @@ from cluster.requests import (
 )
 from cluster.types import VersionStatus
 
-log = logging.getLogger("tessera.gateway")
 T = TypeVar("T")
-
-# Failures that are ours, not the client's: worth a log line with the request id.
-_SERVER_SIDE = frozenset({
-    grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.DATA_LOSS, grpc.StatusCode.UNAVAILABLE,
-})
-
 
 class InstrumentedAPI:
     """Implements ServingAPI by delegating to `api`, recording metrics for `entrypoint`."""
@@ -63,11 +52,7 @@ class InstrumentedAPI:
         try:
             return await call
         except Exception as exc:
-            code = code_of(exc)
-            status = code.name
-            if code in _SERVER_SIDE:
-                log.error("%s %s failed: %s: %s [request_id=%s]", self._entrypoint, method,
-                          code.name, exc, REQUEST_ID.get())
+            status = code_of(exc).name
             raise
         finally:
             # Label values come from known models and, on success, real signatures only, so a

@@ -32,7 +32,7 @@ from cluster import errors
 from cluster.config import ServeOptions
 from cluster.gateway import rest_converters as convert
 from cluster.gateway.rest_json import dumps, error_body
-from cluster.gateway.status import status_of
+from cluster.gateway.status import log_failure, status_of
 from cluster.logs import REQUEST_ID
 from cluster.requests import ModelMetadata, ModelSpec, ServingAPI
 from cluster.types import VersionRequest
@@ -228,9 +228,7 @@ class RestServer:
 
     def _error(self, exc: BaseException) -> web.Response:
         status = status_of(exc)
-        if status.http_status == 500 and not isinstance(exc, errors.ServingError):
-            # Only bugs are logged (with the traceback); request errors are the client's news.
-            logger.error("REST request failed [request_id=%s]", REQUEST_ID.get(), exc_info=exc)
+        log_failure(logger, "REST request", exc, status, REQUEST_ID.get())
         return self._reply(status.http_status, error_body(status.message))
 
     def _reply(self, status: int, body: bytes) -> web.Response:

@@ -17,8 +17,7 @@ from typing import Any, TypeVar
 import grpc
 
 from cluster.gateway import config_converters, converters
-from cluster.gateway.status import status_of
-from cluster.logs import REQUEST_ID
+from cluster.gateway.status import log_failure, status_of
 from cluster.requests import ServingAPI
 from protos.tensorflow_serving.apis import (
     classification_pb2,
@@ -41,14 +40,12 @@ def _guarded(method: Handler[Response]) -> Handler[Response]:
 
     @functools.wraps(method)
     async def handler(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Response:
-        REQUEST_ID.set(_request_id(context))
         try:
             return await method(self, request, context)
         except Exception as exc:  # noqa: BLE001 - every error must become a status
             status = status_of(exc)
-            if status.code is grpc.StatusCode.INTERNAL:
-                # Only bugs are logged (with the traceback); request errors are the client's news.
-                logger.exception("%s failed [request_id=%s]", method.__name__, REQUEST_ID.get())
+            # The metadata is read only on failure: it costs time on every request otherwise.
+            log_failure(logger, method.__name__, exc, status, _request_id(context))
             await context.abort(status.code, status.message)
             raise  # unreachable: abort raises
 

@@ -7,6 +7,7 @@ serves the gRPC status, the `StatusProto.error_code` of ModelService replies and
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Final
 
@@ -106,3 +107,20 @@ def truncate(message: str) -> str:
     if len(message) <= MAX_MESSAGE_CHARS:
         return message
     return message[:MAX_MESSAGE_CHARS] + TRUNCATED_SUFFIX
+
+
+_SERVER_FAULTS: Final = frozenset({
+    grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.DATA_LOSS, grpc.StatusCode.UNAVAILABLE,
+})
+
+
+def log_failure(logger: logging.Logger, where: str, exc: BaseException, status: Status, request_id: str | None) -> None:
+    """One error line, with the request id, for failures that are ours; nothing for the client's.
+
+    Bugs (an exception that is not one of our errors) get their traceback.
+    """
+    if status.code not in _SERVER_FAULTS:
+        return
+    bug = not isinstance(exc, errors.ServingError)
+    logger.error("%s failed: %s: %s [request_id=%s]", where, status.code.name, status.message, request_id,
+                 exc_info=exc if bug else None)

@@ -64,6 +64,8 @@ class Dispatcher:
         coalescer: Coalescer | None = None,
         on_table: Callable[[RoutingTable], None] | None = None,
         connect: Callable[[ReplicaRef], Any] = lambda ref: ReplicaChannel(ref.address),
+        report_load: Callable[[dict[str, float]], Awaitable[Any]] | None = None,
+        report_interval_s: float = 1.0,
     ) -> None:
         self._poll_table = poll_table
         self._reload = reload
@@ -75,15 +77,21 @@ class Dispatcher:
         self._connect = connect
         self._channels: dict[ReplicaRef, Any] = {}  # one data-plane connection per replica
         self._poll_task: asyncio.Task[None] | None = None
+        self._report_load = report_load
+        self._report_interval = report_interval_s
+        self._report_task: asyncio.Task[None] | None = None
 
     # -- routing table -------------------------------------------------------------------------
     async def start(self) -> None:
         self._apply(await self._poll_table(-1))
         self._poll_task = asyncio.get_running_loop().create_task(self._follow_table())
+        if self._report_load is not None:
+            self._report_task = asyncio.get_running_loop().create_task(self._report_loads())
 
     async def stop(self) -> None:
-        if self._poll_task is not None:
-            self._poll_task.cancel()
+        for task in (self._poll_task, self._report_task):
+            if task is not None:
+                task.cancel()
         channels, self._channels = list(self._channels.values()), {}
         await asyncio.gather(*(c.close() for c in channels if hasattr(c, "close")))
 
@@ -96,6 +104,18 @@ class Dispatcher:
             except Exception as exc:  # noqa: BLE001 - controller restarting: keep the last table
                 log.warning("routing table poll failed: %s", exc)
                 await asyncio.sleep(1.0)
+
+    async def _report_loads(self) -> None:
+        """Tells the controller this gateway's requests in flight per model (for autoscaling)."""
+        assert self._report_load is not None
+        while True:
+            await asyncio.sleep(self._report_interval)
+            try:
+                await self._report_load({name: float(r.total_in_flight()) for name, r in self._routers.items()})
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the controller may be restarting
+                log.debug("load report failed: %s", exc)
 
     def _apply(self, table: RoutingTable) -> None:
         if table.epoch == self._table.epoch and table.epoch != 0:
