@@ -34,6 +34,8 @@ def server_env() -> dict[str, str]:
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
     env["RAY_AUTH_MODE"] = "disabled"  # local peers on loopback (Ray 2.60 enables token auth by default)
     env["RAY_USAGE_STATS_ENABLED"] = "0"  # loopback only: no usage report leaves the machine
+    # Ray otherwise binds and talks on the default route's address even on one node.
+    env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     env.pop("RAY_ADDRESS", None)  # always an embedded Ray of our own
     return env
 
