@@ -62,7 +62,6 @@ class Dispatcher:
         *,
         max_in_flight_per_replica: int = 1024,
         coalescer: Coalescer | None = None,
-        on_table: Callable[[RoutingTable], None] | None = None,
         connect: Callable[[ReplicaRef], Any] = lambda ref: ReplicaChannel(ref.address),
         report_load: Callable[[dict[str, float]], Awaitable[Any]] | None = None,
         report_interval_s: float = 1.0,
@@ -71,7 +70,6 @@ class Dispatcher:
         self._reload = reload
         self._max_in_flight = max_in_flight_per_replica
         self._coalescer = coalescer or Coalescer()
-        self._on_table = on_table
         self._table = RoutingTable()
         self._routers: dict[str, Router[ReplicaRef]] = {}
         self._connect = connect
@@ -133,8 +131,6 @@ class Dispatcher:
             if hasattr(channel, "close"):
                 asyncio.get_running_loop().create_task(channel.close())
         self._table = table
-        if self._on_table is not None:
-            self._on_table(table)
 
     @property
     def table(self) -> RoutingTable:
@@ -192,10 +188,14 @@ class Dispatcher:
         if channel is None:
             channel = self._channels[replica] = self._connect(replica)
         future = self._coalescer.submit(channel, version, signature, feeds, output_filter, deadline)
+        if timeout is None:
+            return await future
+        # A timer on the future itself: asyncio.wait_for would wrap every request in a task.
+        timer = asyncio.get_running_loop().call_later(timeout, _expire, future)
         try:
-            return await asyncio.wait_for(future, timeout)
-        except TimeoutError:
-            raise errors.DeadlineExceeded("Deadline exceeded while the request was queued or run") from None
+            return await future
+        finally:
+            timer.cancel()
 
     # -- ServingAPI ----------------------------------------------------------------------------
     async def predict(self, request: PredictRequest) -> PredictResult:
@@ -259,6 +259,11 @@ class Dispatcher:
 
     async def reload_config(self, config: ServerConfig) -> None:
         await self._reload(config)
+
+
+def _expire(future: asyncio.Future[Any]) -> None:
+    if not future.done():
+        future.set_exception(errors.DeadlineExceeded("Deadline exceeded while the request was queued or run"))
 
 
 def _examples(alias: str, examples: Any) -> dict[str, np.ndarray]:
