@@ -19,7 +19,7 @@ _STYLE = {
     "tessera-1": ("#1f77b4", "o"),
     "tessera-2": ("#2ca02c", "D"),
     "tessera-1-nobatch": ("#17becf", "v"),
-    "tessera-1-t0": ("#9467bd", "P"),
+    "tessera-1-t2ms": ("#9467bd", "P"),
     "rayserve": ("#d62728", "^"),
 }
 
@@ -49,7 +49,7 @@ def ratios(results: dict[str, Any]) -> list[dict[str, Any]]:
         return lv["p50_ms"] if lv else None
 
     rows = []
-    for name in ("tessera-1", "tessera-2", "tessera-1-t0", "tessera-1-nobatch"):
+    for name in ("tessera-1", "tessera-2", "tessera-1-t2ms", "tessera-1-nobatch"):
         if name not in servers:
             continue
         label = servers[name]["label"]
