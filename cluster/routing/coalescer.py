@@ -1,28 +1,31 @@
-"""Gateway-side coalescing: concurrent requests bound for the same replica, version, signature
-and output filter leave the gateway as ONE call to the replica, and their outputs are split back.
+"""Gateway-side coalescing: concurrent requests for the same model, version, signature and output
+filter leave the gateway together, as one call to one replica, and their outputs are split back.
 
-A replica target is anything with `async run(version, signature, requests, output_filter,
-timeouts) -> [outputs | error, ...]`: in production a `ReplicaChannel` (the data plane).
+No timer: a lane sends at once while fewer calls than it has replicas are running (no added
+latency when idle); requests that arrive meanwhile wait and leave together in the next call. So,
+under load, batches grow by themselves and a call's fixed cost is paid per batch. The replica of
+each call is chosen by power of two choices on the rows each replica has in flight, per *batch*:
+two replicas run two batches at once, each as large as one replica alone would get.
 
-No timer: while fewer than `max_calls_in_flight` calls to a key are running, a request leaves at
-once (no added latency when idle); requests that arrive while the calls are busy wait and leave
-together in the next call. Under load, batches therefore grow by themselves, and one call's fixed
-overhead is paid per batch instead of per request.
+A replica target (from `connect`) is anything with `async run(version, signature, requests,
+output_filter, timeouts) -> [outputs | error, ...]`: in production a `ReplicaChannel`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Hashable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from cluster import errors
+from cluster.routing.router import Router
 
 Outputs = Mapping[str, np.ndarray]
+Connect = Callable[[Any], Any]  # replica ref -> its call target
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,26 +37,29 @@ class _Request:
 
 @dataclass
 class _Lane:
-    handle: Any
+    router: Router[Any]
+    connect: Connect
     version: int
     signature: str
     output_filter: tuple[str, ...]
     pending: list[_Request] = field(default_factory=list)
-    in_flight: int = 0
+    in_flight: int = 0  # calls running
 
 
 class Coalescer:
-    """Merges concurrent requests per (replica, version, signature, output filter) into one call."""
+    """Merges concurrent requests per (model, version, signature, output filter) into calls."""
 
-    def __init__(self, *, max_calls_in_flight: int = 2, max_requests_per_call: int = 256) -> None:
-        self._max_calls = max_calls_in_flight
+    def __init__(self, *, max_calls_per_replica: int = 1, max_requests_per_call: int = 256) -> None:
+        self._max_calls = max_calls_per_replica
         self._max_requests = max_requests_per_call
         self._lanes: dict[Hashable, _Lane] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
     def submit(
         self,
-        handle: Any,
+        model: str,
+        router: Router[Any],
+        connect: Connect,
         version: int,
         signature: str,
         feeds: Mapping[str, np.ndarray],
@@ -61,19 +67,26 @@ class Coalescer:
         deadline: float | None = None,
     ) -> asyncio.Future[Outputs]:
         """Queues one request; the future resolves to its outputs or fails with its own error."""
-        key = (handle, version, signature, output_filter)
+        key = (model, version, signature, output_filter)
         lane = self._lanes.get(key)
         if lane is None:
-            lane = self._lanes[key] = _Lane(handle, version, signature, output_filter)
+            lane = self._lanes[key] = _Lane(router, connect, version, signature, output_filter)
+        lane.router, lane.connect = router, connect  # the latest routing table's
         future: asyncio.Future[Outputs] = asyncio.get_running_loop().create_future()
         lane.pending.append(_Request(feeds, deadline, future))
-        if lane.in_flight < self._max_calls:
+        if lane.in_flight < self._max_calls * max(len(router.replicas), 1):
             self._send(key, lane)
         return future
 
     def _send(self, key: Hashable, lane: _Lane) -> None:
-        batch = lane.pending[: self._max_requests]
+        batch = [r for r in lane.pending[: self._max_requests] if not r.future.done()]
         del lane.pending[: self._max_requests]
+        if not batch:
+            if lane.pending:
+                self._send(key, lane)
+            elif lane.in_flight == 0:
+                self._lanes.pop(key, None)
+            return
         lane.in_flight += 1
         task = asyncio.get_running_loop().create_task(self._call(key, lane, batch))
         self._tasks.add(task)
@@ -81,35 +94,52 @@ class Coalescer:
 
     async def _call(self, key: Hashable, lane: _Lane, batch: list[_Request]) -> None:
         try:
-            live = [r for r in batch if not r.future.done()]  # cancelled or timed out: skip
-            if live:
-                now = time.monotonic()
-                # Seconds left, not deadlines: clocks of other hosts are not ours.
-                timeouts = [None if r.deadline is None else r.deadline - now for r in live]
-                try:
-                    results = await lane.handle.run(
-                        lane.version, lane.signature, [r.feeds for r in live], lane.output_filter,
-                        timeouts if any(t is not None for t in timeouts) else None,
-                    )
-                except Exception as exc:  # noqa: BLE001 - the replica died or the call broke
-                    failure = errors.Unavailable(f"replica call failed: {type(exc).__name__}: {exc}")
-                    for r in live:
-                        if not r.future.done():
-                            r.future.set_exception(failure)
+            results = await self._run_with_retry(lane, batch)
+        except errors.ServingError as exc:
+            for r in batch:
+                if not r.future.done():
+                    r.future.set_exception(exc)
+        else:
+            for r, result in zip(batch, results, strict=True):
+                if r.future.done():
+                    continue
+                if isinstance(result, BaseException):
+                    r.future.set_exception(result)
                 else:
-                    for fut, result in zip((r.future for r in live), results, strict=True):
-                        if fut.done():
-                            continue
-                        if isinstance(result, BaseException):
-                            fut.set_exception(result)
-                        else:
-                            fut.set_result(result)
+                    r.future.set_result(result)
         finally:
             lane.in_flight -= 1
             if lane.pending:
                 self._send(key, lane)
             elif lane.in_flight == 0:
                 self._lanes.pop(key, None)
+
+    async def _run_with_retry(self, lane: _Lane, batch: list[_Request]) -> list[Any]:
+        """Runs the batch on a replica; if that replica is gone, once more on another one."""
+        failed: Any = None
+        while True:
+            with lane.router.acquire(len(batch), exclude=failed) as replica:
+                try:
+                    return await self._run_on(lane, replica, batch)
+                except errors.Unavailable:
+                    if failed is not None or len(lane.router.replicas) < 2:
+                        raise
+                    failed = replica  # the controller replaces it; meanwhile, another one
+
+    @staticmethod
+    async def _run_on(lane: _Lane, replica: Any, batch: list[_Request]) -> list[Any]:
+        now = time.monotonic()
+        # Seconds left, not deadlines: clocks of other hosts are not ours.
+        timeouts = [None if r.deadline is None else r.deadline - now for r in batch]
+        try:
+            return await lane.connect(replica).run(
+                lane.version, lane.signature, [r.feeds for r in batch], lane.output_filter,
+                timeouts if any(t is not None for t in timeouts) else None,
+            )
+        except errors.ServingError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the call broke: treat as the replica being gone
+            raise errors.Unavailable(f"replica call failed: {type(exc).__name__}: {exc}") from None
 
     def queued(self) -> int:
         """Requests waiting for a call (not counting those in calls already sent)."""

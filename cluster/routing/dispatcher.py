@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
@@ -74,6 +73,7 @@ class Dispatcher:
         self._routers: dict[str, Router[ReplicaRef]] = {}
         self._connect = connect
         self._channels: dict[ReplicaRef, Any] = {}  # one data-plane connection per replica
+        self._in_flight: dict[str, int] = {}  # requests per model, from arrival to answer
         self._poll_task: asyncio.Task[None] | None = None
         self._report_load = report_load
         self._report_interval = report_interval_s
@@ -109,7 +109,7 @@ class Dispatcher:
         while True:
             await asyncio.sleep(self._report_interval)
             try:
-                await self._report_load({name: float(r.total_in_flight()) for name, r in self._routers.items()})
+                await self._report_load({name: float(self._in_flight.get(name, 0)) for name in self._routers})
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - the controller may be restarting
@@ -147,6 +147,12 @@ class Dispatcher:
         version = resolve_version(spec.version, route.available.keys(), route.labels, model_name=spec.name)
         return route, version, route.available[version]
 
+    def _channel(self, replica: ReplicaRef) -> Any:
+        channel = self._channels.get(replica)
+        if channel is None:
+            channel = self._channels[replica] = self._connect(replica)
+        return channel
+
     async def _run(
         self,
         route: ModelRoute,
@@ -156,46 +162,28 @@ class Dispatcher:
         output_filter: tuple[str, ...],
         deadline: float | None,
     ) -> Mapping[str, np.ndarray]:
-        router = self._routers[route.name]
-        if router.total_in_flight() >= self._max_in_flight * max(len(route.replicas), 1):
-            raise errors.ResourceExhausted(f"Too many requests in flight for model {route.name}; retry later")
+        name = route.name
+        in_flight = self._in_flight.get(name, 0)
+        if in_flight >= self._max_in_flight * max(len(route.replicas), 1):
+            raise errors.ResourceExhausted(f"Too many requests in flight for model {name}; retry later")
         timeout = None if deadline is None else deadline - time.monotonic()
         if timeout is not None and timeout <= 0:
             raise errors.DeadlineExceeded("Deadline exceeded before the request was run")
-        with router.acquire() as replica:
-            try:
-                return await self._await(replica, version, signature, feeds, output_filter, deadline, timeout)
-            except errors.Unavailable:
-                others = [r for r in route.replicas if r != replica]
-                if not others:
-                    raise
-        # The replica died (the controller is replacing it): one retry on another replica.
-        timeout = None if deadline is None else deadline - time.monotonic()
-        fallback = random.choice(others)
-        return await self._await(fallback, version, signature, feeds, output_filter, deadline, timeout)
-
-    async def _await(
-        self,
-        replica: ReplicaRef,
-        version: int,
-        signature: str,
-        feeds: Mapping[str, np.ndarray],
-        output_filter: tuple[str, ...],
-        deadline: float | None,
-        timeout: float | None,
-    ) -> Mapping[str, np.ndarray]:
-        channel = self._channels.get(replica)
-        if channel is None:
-            channel = self._channels[replica] = self._connect(replica)
-        future = self._coalescer.submit(channel, version, signature, feeds, output_filter, deadline)
-        if timeout is None:
-            return await future
-        # A timer on the future itself: asyncio.wait_for would wrap every request in a task.
-        timer = asyncio.get_running_loop().call_later(timeout, _expire, future)
+        self._in_flight[name] = in_flight + 1
         try:
-            return await future
+            future = self._coalescer.submit(
+                name, self._routers[name], self._channel, version, signature, feeds, output_filter, deadline
+            )
+            if timeout is None:
+                return await future
+            # A timer on the future itself: asyncio.wait_for would wrap every request in a task.
+            timer = asyncio.get_running_loop().call_later(timeout, _expire, future)
+            try:
+                return await future
+            finally:
+                timer.cancel()
         finally:
-            timer.cancel()
+            self._in_flight[name] -= 1
 
     # -- ServingAPI ----------------------------------------------------------------------------
     async def predict(self, request: PredictRequest) -> PredictResult:

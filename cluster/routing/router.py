@@ -64,13 +64,13 @@ class Router(Generic[H]):
         return sum(slot.in_flight for slot in self._slots)
 
     @contextmanager
-    def acquire(self, weight: int = 1) -> Iterator[H]:
+    def acquire(self, weight: int = 1, *, exclude: H | None = None) -> Iterator[H]:
         """Choose a replica and count `weight` requests in flight on it until the block exits.
 
-        `weight` lets a coalesced call of several requests count as what it is.
-        Raises Unavailable when there is no replica.
+        `weight` lets a coalesced call of several requests count as what it is; `exclude` skips a
+        replica (one that just failed). Raises Unavailable when there is no replica to choose.
         """
-        slots = self._slots
+        slots = self._slots if exclude is None else [s for s in self._slots if s.handle != exclude]
         if not slots:
             raise Unavailable("No replica is available to serve this model")
         slot = slots[choose_replica(_counts(slots), self._rng)] if len(slots) > 1 else slots[0]

@@ -15,6 +15,7 @@ from cluster.replica.replica import Replica
 from cluster.requests import ExamplesRequest, InferenceTask, ModelSpec, MultiInferenceRequest, PredictRequest
 from cluster.routing.coalescer import Coalescer
 from cluster.routing.dispatcher import Dispatcher
+from cluster.routing.router import Router
 from cluster.routing.table import ModelRoute, ReplicaRef, RoutingTable
 from cluster.types import ServableState, VersionRequest, VersionStatus
 from tests.integration.models import write_version
@@ -189,10 +190,27 @@ def test_coalescer_keeps_lanes_apart() -> None:
     echo = Echo()
 
     async def main() -> list:
-        c = Coalescer(max_calls_in_flight=1)
-        futures = [c.submit(echo, 1 + i % 2, "s", {"x": np.zeros(1)}) for i in range(10)]
+        c = Coalescer(max_calls_per_replica=1)
+        router = Router([ReplicaRef(echo, ("echo", 0))])
+        futures = [
+            c.submit("m", router, lambda ref: ref.handle, 1 + i % 2, "s", {"x": np.zeros(1)}) for i in range(10)
+        ]
         return await asyncio.gather(*futures)
 
     results = asyncio.run(main())
     assert [int(r["v"][0]) for r in results] == [1 + i % 2 for i in range(10)]
     assert sum(n for _, _, n in echo.calls) == 10 and len(echo.calls) == 4
+
+
+def test_two_replicas_each_take_whole_batches(replica: Replica) -> None:
+    first, second = FakeReplica(replica), FakeReplica(replica)
+
+    async def main() -> None:
+        d = await _dispatcher([first, second], replica)
+        await asyncio.gather(*(d.predict(PredictRequest(ModelSpec("m"), _x(i))) for i in range(60)))
+        await d.stop()
+
+    asyncio.run(main())
+    assert first.calls and second.calls  # both replicas worked ...
+    assert len(first.calls) + len(second.calls) < 12  # ... on batches, not on single requests
+    assert sum(first.calls) + sum(second.calls) == 60
