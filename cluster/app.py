@@ -47,12 +47,13 @@ def init_ray(options: ServeOptions, num_cpus: int | None = None) -> bool:
     if ray.is_initialized():
         return False
     if options.ray_address:
-        ray.init(address=options.ray_address, include_dashboard=False, logging_level=logging.WARNING)
+        ray.init(address=options.ray_address, namespace="tessera", logging_level=logging.WARNING)
         return True
     # The embedded cluster is ours alone, on loopback: token auth would only get in the way.
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     keep_ray_on_loopback()
     ray.init(
+        namespace="tessera",  # detached replicas need a named namespace
         num_cpus=num_cpus or max(2, os.cpu_count() or 2),
         include_dashboard=False,
         logging_level=logging.WARNING,
@@ -99,16 +100,20 @@ class TesseraServer:
             downscale_delay_s=opts.downscale_delay_s,
         )
         batching = (opts.batching or BatchingConfig()) if opts.enable_batching else None
-        self._controller = ControllerActor.options(max_concurrency=1000).remote(
-            controller_options, opts.replica_num_cpus, opts.enable_model_warmup, batching, opts.log_format
+        # Restarted by Ray if its process dies; its replicas (detached, named) survive and are
+        # adopted again, and the dispatcher sends it the config again.
+        self._controller = ControllerActor.options(max_concurrency=1000, max_restarts=-1).remote(
+            controller_options, opts.replica_num_cpus, opts.enable_model_warmup, batching, opts.log_format,
+            f"tessera-{os.getpid()}-{id(self):x}",
         )
         controller = self._controller
         gateway_id = f"gateway-{os.getpid()}-{id(self):x}"
         await controller.set_config.remote(self.config)
         self._dispatcher = Dispatcher(
-            poll_table=lambda epoch: controller.get_routing_table.remote(epoch, 10.0),
-            reload=lambda config: controller.set_config.remote(config),
+            poll_table=lambda epoch, incarnation: controller.get_routing_table.remote(epoch, 10.0, incarnation),
+            reload=self._reload,
             report_load=lambda loads: controller.report_load.remote(gateway_id, loads),
+            on_controller_restart=lambda: controller.set_config.remote(self.config),
         )
         self._grpc = GatewayServer(self._instrumented("grpc"), tensor_content=opts.serialize_as_tensor_content)
         await self._dispatcher.start()
@@ -118,6 +123,12 @@ class TesseraServer:
         if opts.model_config_file and opts.model_config_file_poll_wait_seconds > 0:
             self._config_poller = asyncio.get_running_loop().create_task(self._poll_config_file())
         log.info("gRPC gateway listening on %s:%s", opts.host, self.grpc_port)
+
+    async def _reload(self, config: ServerConfig) -> None:
+        """A new model config (RPC or file): the controller applies it; we remember it for a
+        controller that restarts."""
+        await self._controller.set_config.remote(config)
+        self.config = config
 
     async def _start_rest(self) -> int | None:
         try:
@@ -171,8 +182,7 @@ class TesseraServer:
                 text = await asyncio.to_thread(read_text_file, path)
                 if text == last:
                     continue
-                config = server_config_from_text(text)
-                await self._controller.set_config.remote(config)
+                await self._reload(server_config_from_text(text))
                 last = text
                 log.info("model config reloaded from %s", path)
             except Exception as exc:  # noqa: BLE001 - a bad edit must not stop the server

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import uuid
+import os
 from types import SimpleNamespace
 from typing import Any
 
@@ -36,22 +36,28 @@ class ControllerActor:
         enable_warmup: bool,
         batching: BatchingConfig | None = None,
         log_format: str = "text",
+        server_id: str = "tessera",
     ) -> None:
         configure_logging(SimpleNamespace(log_format=log_format))
 
         def new_replica(model: ModelConfig, index: int) -> Any:
-            replica_id = f"{model.name}-{index}-{uuid.uuid4().hex[:6]}"
-            return ReplicaActor.options(num_cpus=replica_num_cpus, max_concurrency=1000).remote(
-                model.name, replica_id, enable_warmup, model.batching or batching, log_format
-            )
+            # Named and detached: replicas outlive a controller that crashes, and the restarted
+            # controller (same arguments, so same names) adopts them with their versions loaded.
+            replica_id = f"{server_id}:{model.name}:{index}"
+            return ReplicaActor.options(
+                name=replica_id, get_if_exists=True, lifetime="detached",
+                num_cpus=replica_num_cpus, max_concurrency=1000,
+            ).remote(model.name, replica_id, enable_warmup, model.batching or batching, log_format)
 
         self._controller = Controller(options, new_replica, _kill)
 
     async def set_config(self, config: ServerConfig) -> None:
         await self._controller.set_config(config)
 
-    async def get_routing_table(self, known_epoch: int = -1, timeout: float = 10.0) -> RoutingTable:
-        return await self._controller.get_routing_table(known_epoch, timeout)
+    async def get_routing_table(
+        self, known_epoch: int = -1, timeout: float = 10.0, incarnation: str = ""
+    ) -> RoutingTable:
+        return await self._controller.get_routing_table(known_epoch, timeout, incarnation)
 
     async def wait_ready(self, timeout: float) -> bool:
         return await self._controller.wait_ready(timeout)
@@ -64,6 +70,9 @@ class ControllerActor:
 
     async def replica_memory(self, name: str) -> list[dict[str, int]]:
         return await self._controller.replica_memory(name)
+
+    async def pid(self) -> int:
+        return os.getpid()
 
     async def shutdown(self) -> None:
         await self._controller.shutdown()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -82,7 +83,8 @@ class Controller:
         self._kill_replica = replica_killer
         self._clock = clock
         self._models: dict[str, _Model] = {}
-        self._table = RoutingTable()
+        self._incarnation = uuid.uuid4().hex
+        self._table = RoutingTable(incarnation=self._incarnation)
         self._changed = asyncio.Condition()
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -325,7 +327,7 @@ class Controller:
                 statuses=tuple(model.stream.statuses()),
             )
         async with self._changed:
-            self._table = RoutingTable(self._table.epoch + 1, models)
+            self._table = RoutingTable(self._table.epoch + 1, models, self._incarnation)
             self._changed.notify_all()
 
     async def _replica_refs(self, model: _Model) -> tuple[ReplicaRef, ...]:
@@ -345,10 +347,15 @@ class Controller:
             if address is not None
         )
 
-    async def get_routing_table(self, known_epoch: int = -1, timeout: float = 10.0) -> RoutingTable:
-        """Long-poll: returns as soon as the table is newer than `known_epoch`, or after `timeout`."""
+    async def get_routing_table(
+        self, known_epoch: int = -1, timeout: float = 10.0, incarnation: str = ""
+    ) -> RoutingTable:
+        """Long-poll: returns as soon as the table is newer than `known_epoch`, or after `timeout`.
+
+        A caller that knows another incarnation (this controller restarted) gets the table at once.
+        """
         async with self._changed:
-            if self._table.epoch <= known_epoch:
+            if self._table.epoch <= known_epoch and incarnation in ("", self._incarnation):
                 try:
                     await asyncio.wait_for(
                         self._changed.wait_for(lambda: self._table.epoch > known_epoch), timeout

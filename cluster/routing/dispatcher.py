@@ -47,7 +47,8 @@ from exporter.runtime import Signature
 
 log = logging.getLogger("tessera.gateway")
 
-TablePoll = Callable[[int], Awaitable[RoutingTable]]  # known epoch -> a newer (or same) table
+# (known epoch, known controller incarnation) -> a newer (or the same) table
+TablePoll = Callable[[int, str], Awaitable[RoutingTable]]
 Reload = Callable[[ServerConfig], Awaitable[None]]
 
 
@@ -64,6 +65,7 @@ class Dispatcher:
         connect: Callable[[ReplicaRef], Any] = lambda ref: ReplicaChannel(ref.address),
         report_load: Callable[[dict[str, float]], Awaitable[Any]] | None = None,
         report_interval_s: float = 1.0,
+        on_controller_restart: Callable[[], Awaitable[Any]] | None = None,
     ) -> None:
         self._poll_table = poll_table
         self._reload = reload
@@ -78,10 +80,13 @@ class Dispatcher:
         self._report_load = report_load
         self._report_interval = report_interval_s
         self._report_task: asyncio.Task[None] | None = None
+        self._on_controller_restart = on_controller_restart
+        self._seen: tuple[str, int] = ("", -1)  # the newest table received: (incarnation, epoch)
+        self._restarting = False
 
     # -- routing table -------------------------------------------------------------------------
     async def start(self) -> None:
-        self._apply(await self._poll_table(-1))
+        self._receive(await self._poll_table(-1, ""))
         self._poll_task = asyncio.get_running_loop().create_task(self._follow_table())
         if self._report_load is not None:
             self._report_task = asyncio.get_running_loop().create_task(self._report_loads())
@@ -96,7 +101,8 @@ class Dispatcher:
     async def _follow_table(self) -> None:
         while True:
             try:
-                self._apply(await self._poll_table(self._table.epoch))
+                incarnation, epoch = self._seen
+                self._receive(await self._poll_table(epoch, incarnation))
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - controller restarting: keep the last table
@@ -115,9 +121,24 @@ class Dispatcher:
             except Exception as exc:  # noqa: BLE001 - the controller may be restarting
                 log.debug("load report failed: %s", exc)
 
-    def _apply(self, table: RoutingTable) -> None:
-        if table.epoch == self._table.epoch and table.epoch != 0:
+    def _receive(self, table: RoutingTable) -> None:
+        incarnation, epoch = self._seen
+        if (table.incarnation, table.epoch) == (incarnation, epoch):
             return
+        if incarnation and table.incarnation != incarnation:
+            # The controller restarted and knows no models until the config is sent again; its
+            # replicas survived it. Keep routing on the last table until it has caught up.
+            log.warning("the controller restarted; sending it the model config again")
+            self._restarting = True
+            if self._on_controller_restart is not None:
+                asyncio.ensure_future(self._on_controller_restart())  # an ObjectRef is awaitable
+        self._seen = (table.incarnation, table.epoch)
+        if self._restarting and not (table.models and table.ready()):
+            return
+        self._restarting = False
+        self._apply(table)
+
+    def _apply(self, table: RoutingTable) -> None:
         for name, route in table.models.items():
             router = self._routers.get(name)
             if router is None:

@@ -38,6 +38,7 @@ class ModelRoute:
 class RoutingTable:
     epoch: int = 0
     models: Mapping[str, ModelRoute] = field(default_factory=dict)
+    incarnation: str = ""  # which controller process published it; epochs restart with it
 
     def ready(self) -> bool:
         """Every configured model has at least one available version."""

@@ -174,3 +174,45 @@ def test_a_killed_replica_is_replaced_and_no_request_fails(server: TesseraServer
         for t in threads:
             t.join(30)
     assert not errors, errors[:3]
+
+
+def test_a_killed_controller_restarts_adopts_its_replicas_and_no_request_fails(server: TesseraServer) -> None:
+    import os
+    import signal
+    import threading
+
+    import ray
+
+    replica_pids = {m["pid"] for m in ray.get(server.controller.replica_memory.remote("m"))}
+    old_incarnation = server.dispatcher.table.incarnation
+    errors: list[Exception] = []
+    done = threading.Event()
+
+    def stream() -> None:
+        with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+            stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+            request = predict_pb2.PredictRequest()
+            request.model_spec.name = "m"
+            request.inputs["x"].CopyFrom(make_tensor_proto(np.ones((1, 2), np.float32)))
+            while not done.is_set():
+                try:
+                    stub.Predict(request, timeout=30)
+                except grpc.RpcError as exc:
+                    errors.append(exc)
+
+    threads = [threading.Thread(target=stream) for _ in range(2)]
+    for t in threads:
+        t.start()
+    try:
+        os.kill(ray.get(server.controller.pid.remote()), signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while server.dispatcher.table.incarnation in ("", old_incarnation):
+            assert time.monotonic() < deadline, "the restarted controller's table never arrived"
+            time.sleep(0.2)
+    finally:
+        done.set()
+        for t in threads:
+            t.join(30)
+    assert not errors, errors[:3]
+    assert set(server.dispatcher.table.models) == {"m"}
+    assert {m["pid"] for m in ray.get(server.controller.replica_memory.remote("m"))} == replica_pids
