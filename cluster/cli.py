@@ -25,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     exporter_cli.add_commands(subparsers)
     # `serve` is dispatched in main() before this parser runs; listed here for --help.
     subparsers.add_parser("serve", help="serve models over TF Serving's gRPC and REST APIs (tessera serve --help)")
+    subparsers.add_parser("batch-predict", help="run a bundle over Parquet/CSV/JSON files on Ray Data")
     return parser
 
 
@@ -36,6 +37,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from cluster import app
 
         return app.main(argv[1:])
+    if argv[:1] == ["batch-predict"]:
+        from cluster.batch import predict
+
+        return predict.main(argv[1:])
     args = build_parser().parse_args(argv)
     return exporter_cli.dispatch(args)
 

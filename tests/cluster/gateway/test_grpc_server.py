@@ -237,7 +237,7 @@ def test_predict_with_version_label_and_deadline() -> None:
         assert response.model_spec.signature_name == "serving_default"
         assert not response.model_spec.version_label
         remaining = api.seen[-1].deadline - time.monotonic()
-        assert 0 < remaining <= 20
+        assert 0 < remaining <= 20.5  # grpc and time.monotonic read different clocks
 
         request = _predict_request(x, version={"value": 2})
         request.output_filter.append("version")
