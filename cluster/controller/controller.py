@@ -13,14 +13,15 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from cluster import errors, stats
 from cluster.autoscaler.scaler import AutoscalingConfig, ModelScaler
 from cluster.config import ModelConfig, ServerConfig
-from cluster.routing.table import ModelRoute, ReplicaRef, RoutingTable
+from cluster.controller.replica_set import ReplicaSet, unwrap_error
+from cluster.routing.table import ModelRoute, RoutingTable
 from cluster.serving.lifecycle import ActionKind, RetryPolicy, ServableStream
 from cluster.serving.source import FileSystemSource
 from exporter.runtime import Signature
@@ -47,19 +48,12 @@ class ControllerOptions:
     load_report_ttl_s: float = 5.0  # a gateway that has not reported for this long counts as gone
 
 
-def unwrap_error(exc: BaseException) -> BaseException:
-    """The exception a replica raised, without Ray's task-error wrapping."""
-    cause = getattr(exc, "cause", None)
-    return cause if isinstance(cause, BaseException) else exc
-
-
 @dataclass
 class _Model:
     config: ModelConfig
     source: FileSystemSource
     stream: ServableStream
-    replicas: list[Any]
-    addresses: list[tuple[str, int] | None] = field(default_factory=list)  # data plane, per replica
+    replicas: ReplicaSet
     paths: dict[int, str] = field(default_factory=dict)
     signatures: dict[int, Mapping[str, Signature]] = field(default_factory=dict)
     source_error: str | None = None
@@ -128,7 +122,12 @@ class Controller:
 
     def _add_model(self, model: ModelConfig) -> None:
         count = model.num_replicas or self._options.num_replicas
-        replicas = [self._new_replica(model, i) for i in range(count)]
+
+        def start(index: int, initial: ModelConfig = model) -> Any:
+            current = self._models.get(initial.name)  # new replicas follow config updates
+            return self._new_replica(current.config if current else initial, index)
+
+        replicas = ReplicaSet(model.name, count, start, self._kill_replica, self._options.health_check_timeout)
         scaling = AutoscalingConfig(
             min_replicas=count,
             max_replicas=max(count, self._options.max_replicas or count),
@@ -141,7 +140,6 @@ class Controller:
             source=FileSystemSource(model.name, model.base_path, model.version_policy),
             stream=ServableStream(model.name, self._options.retry),
             replicas=replicas,
-            addresses=[None] * len(replicas),
             scaler=ModelScaler(scaling, self._clock()) if scaling.enabled else None,
         )
         log.info("model %s added: base path %s, %d replica(s)", model.name, model.base_path, count)
@@ -155,7 +153,7 @@ class Controller:
     def _remove_model(self, name: str) -> None:
         model = self._models.pop(name)
         log.info("model %s removed: unloading %d replica(s)", name, len(model.replicas))
-        self._spawn(self._retire_replicas(model.replicas))
+        self._spawn(self._retire_replicas(list(model.replicas.handles)))
 
     async def _retire_replicas(self, replicas: list[Any]) -> None:
         await asyncio.sleep(self._options.drain_seconds)  # gateways stop routing to them first
@@ -186,7 +184,7 @@ class Controller:
         changed = False
         for model in list(self._models.values()):
             if not model.scaling:
-                changed |= await self._check_replicas(model)
+                changed |= await model.replicas.replace_dead(lambda fresh, m=model: self._bring_up(m, fresh))
                 self._autoscale(model)
             report = await asyncio.to_thread(model.source.poll_once)
             if report.aspired is None:
@@ -211,16 +209,14 @@ class Controller:
     async def _load(self, model: _Model, version: int) -> None:
         name, path = model.config.name, model.paths[version]
         started = self._clock()
-        replicas = list(model.replicas)
         try:
-            results = await asyncio.gather(*(r.load.remote(version, path) for r in replicas))
+            signatures = await model.replicas.load(version, path)
         except Exception as exc:  # noqa: BLE001 - any failure fails this version's load
             error = unwrap_error(exc)
-            await asyncio.gather(*(r.unload.remote(version) for r in replicas), return_exceptions=True)
             model.stream.load_failed(version, error, self._clock())
             log.error("model %s version %d failed to load: %s", name, version, error)
         else:
-            model.signatures[version] = results[0]
+            model.signatures[version] = signatures
             model.stream.load_succeeded(version)
             model.load_seconds.observe(self._clock() - started)
             log.info("model %s version %d loaded in %.2fs", name, version, self._clock() - started)
@@ -230,34 +226,18 @@ class Controller:
     async def _unload(self, model: _Model, version: int) -> None:
         await self._publish()  # out of the routing table first ...
         await asyncio.sleep(self._options.drain_seconds)  # ... then in-flight requests drain
-        results = await asyncio.gather(*(r.unload.remote(version) for r in model.replicas), return_exceptions=True)
-        failure = next((unwrap_error(r) for r in results if isinstance(r, BaseException)), None)
-        model.stream.unloaded(version, failure)
+        model.stream.unloaded(version, await model.replicas.unload(version))
         model.signatures.pop(version, None)
         log.info("model %s version %d unloaded", model.config.name, version)
         await self._publish()
 
-    async def _check_replicas(self, model: _Model) -> bool:
-        """Replaces replicas that do not answer a ping; the new one loads every available version."""
-        replaced = False
-        for i, handle in enumerate(list(model.replicas)):
-            try:
-                await asyncio.wait_for(handle.ping.remote(), self._options.health_check_timeout)
-                continue
-            except Exception as exc:  # noqa: BLE001 - dead or hung: replace it
-                log.error("model %s replica %d died (%s); starting a new one", model.config.name, i, exc)
-            self._kill_replica(handle)
-            fresh = self._new_replica(model.config, i)
-            available = sorted(model.stream.available_versions())
-            try:
-                await asyncio.gather(*(fresh.load.remote(v, model.paths[v]) for v in available))
-            except Exception as exc:  # noqa: BLE001
-                log.error("model %s replacement replica failed to load: %s", model.config.name, unwrap_error(exc))
-            model.replicas[i] = fresh
-            model.addresses[i] = None
-            log.info("model %s replica %d replaced", model.config.name, i)
-            replaced = True
-        return replaced
+    async def _bring_up(self, model: _Model, fresh: Sequence[Any]) -> None:
+        """Loads every available version on new replicas, catching up on versions that become
+        available meanwhile."""
+        loaded: set[int] = set()
+        while missing := model.stream.available_versions() - loaded:
+            await asyncio.gather(*(r.load.remote(v, model.paths[v]) for r in fresh for v in missing))
+            loaded |= missing
 
     # -- autoscaling --------------------------------------------------------------------------
     def report_load(self, gateway: str, in_flight: Mapping[str, float]) -> None:
@@ -280,29 +260,15 @@ class Controller:
         self._spawn(self._scale(model, current, desired))
 
     async def _scale(self, model: _Model, current: int, desired: int) -> None:
-        name = model.config.name
         try:
             if desired > current:
-                fresh = [self._new_replica(model.config, i) for i in range(current, desired)]
-                loaded: set[int] = set()
-                try:
-                    # Versions may become available while the new replicas load: catch up on them.
-                    while missing := model.stream.available_versions() - loaded:
-                        await asyncio.gather(*(r.load.remote(v, model.paths[v]) for r in fresh for v in missing))
-                        loaded |= missing
-                except Exception as exc:  # noqa: BLE001 - keep serving on what we have
-                    log.error("model %s: scale-up failed to load: %s", name, unwrap_error(exc))
-                    for handle in fresh:
-                        self._kill_replica(handle)
+                if not await model.replicas.grow(desired, lambda fresh: self._bring_up(model, fresh)):
                     return
-                model.replicas.extend(fresh)
-                model.addresses.extend([None] * len(fresh))
             else:
-                retired = model.replicas[desired:]
-                del model.replicas[desired:], model.addresses[desired:]
-                self._spawn(self._retire_replicas(retired))  # after the table no longer names them
-            log.info("model %s scaled from %d to %d replicas (load %.1f in flight)",
-                     name, current, desired, model.scaler.smoothed_load() if model.scaler else 0.0)
+                # Out of the routing table first (the publish below), then drained and stopped.
+                self._spawn(self._retire_replicas(model.replicas.shrink(desired)))
+            log.info("model %s scaled from %d to %d replicas (load %.1f in flight)", model.config.name,
+                     current, desired, model.scaler.smoothed_load() if model.scaler else 0.0)
             await self._publish()
         finally:
             model.scaling = False
@@ -323,29 +289,12 @@ class Controller:
                 name=name,
                 available=available,
                 labels=model.config.label_map(),
-                replicas=await self._replica_refs(model),
+                replicas=await model.replicas.refs(),
                 statuses=tuple(model.stream.statuses()),
             )
         async with self._changed:
             self._table = RoutingTable(self._table.epoch + 1, models, self._incarnation)
             self._changed.notify_all()
-
-    async def _replica_refs(self, model: _Model) -> tuple[ReplicaRef, ...]:
-        """The replicas with their data-plane addresses; one that cannot say its address is left out."""
-        for i, handle in enumerate(model.replicas):
-            if model.addresses[i] is None:
-                try:
-                    host, port = await asyncio.wait_for(
-                        handle.data_address.remote(), self._options.health_check_timeout
-                    )
-                    model.addresses[i] = (host, port)
-                except Exception as exc:  # noqa: BLE001 - dead or hung: the health check replaces it
-                    log.warning("model %s replica %d has no data-plane address: %s", model.config.name, i, exc)
-        return tuple(
-            ReplicaRef(handle, address)
-            for handle, address in zip(model.replicas, model.addresses, strict=True)
-            if address is not None
-        )
 
     async def get_routing_table(
         self, known_epoch: int = -1, timeout: float = 10.0, incarnation: str = ""
@@ -380,7 +329,7 @@ class Controller:
         """
         snapshot = []
         for name, model in self._models.items():
-            calls = [asyncio.wait_for(r.stats.remote(), timeout) for r in model.replicas]
+            calls = [asyncio.wait_for(r.stats.remote(), timeout) for r in model.replicas.handles]
             replies = await asyncio.gather(*calls, return_exceptions=True)
             snapshot.append(stats.ModelStats(
                 model=name,
@@ -395,7 +344,7 @@ class Controller:
         model = self._models.get(name)
         if model is None:
             raise errors.NotFound(f"no model {name}")
-        replies = await asyncio.gather(*(r.memory.remote() for r in model.replicas), return_exceptions=True)
+        replies = await asyncio.gather(*(r.memory.remote() for r in model.replicas.handles), return_exceptions=True)
         return [r for r in replies if isinstance(r, dict)]  # a dead replica has no memory to report
 
     async def shutdown(self) -> None:
@@ -405,7 +354,6 @@ class Controller:
         for task in list(self._tasks):
             task.cancel()
         for model in self._models.values():
-            for handle in model.replicas:
-                self._kill_replica(handle)
+            model.replicas.kill_all()
         self._models.clear()
         await self._publish()
