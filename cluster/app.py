@@ -115,7 +115,15 @@ class TesseraServer:
             report_load=lambda loads: controller.report_load.remote(gateway_id, loads),
             on_controller_restart=lambda: controller.set_config.remote(self.config),
         )
-        self._grpc = GatewayServer(self._instrumented("grpc"), tensor_content=opts.serialize_as_tensor_content)
+        credentials = None
+        if opts.ssl_config_file:
+            from cluster.gateway.config_converters import read_text_file, ssl_credentials_from_text
+
+            credentials = ssl_credentials_from_text(read_text_file(opts.ssl_config_file))
+        self._grpc = GatewayServer(
+            self._instrumented("grpc"), tensor_content=opts.serialize_as_tensor_content,
+            credentials=credentials, socket_path=opts.grpc_socket_path,
+        )
         await self._dispatcher.start()
         self.grpc_port = await self._grpc.start(opts.host, opts.grpc_port)
         if opts.rest_port:

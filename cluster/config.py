@@ -86,6 +86,8 @@ class ServeOptions:
     # TF's --enable_serialization_as_tensor_content: Predict outputs as raw tensor_content bytes.
     serialize_as_tensor_content: bool = False
     log_format: str = "text"  # or "json": one JSON object per line
+    ssl_config_file: str = ""  # TF's SSLConfig text: TLS on the gRPC port
+    grpc_socket_path: str = ""  # also serve gRPC on this UNIX socket
     # Autoscaling between num_replicas and max_replicas (None: fixed at num_replicas).
     max_replicas: int | None = None
     target_ongoing_requests: float = 8.0

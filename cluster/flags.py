@@ -60,6 +60,8 @@ _TF_FLAGS: tuple[tuple[str, type, object, str, str], ...] = (
     ("batching_parameters_file", str, "", "PATH", "text-format BatchingParameters (needs --enable_batching)"),
     ("monitoring_config_file", str, "", "PATH", "text-format MonitoringConfig (Prometheus)"),
     ("max_num_load_retries", int, 5, "N", "retries after a failed load"),
+    ("ssl_config_file", str, "", "PATH", "text-format SSLConfig: serve gRPC over TLS"),
+    ("grpc_socket_path", str, "", "PATH", "also serve gRPC on this UNIX socket"),
     ("load_retry_interval_micros", int, 60_000_000, "US", "wait between load retries"),
 )
 _TF_BOOLS: tuple[tuple[str, bool, str], ...] = (
@@ -159,6 +161,8 @@ def _options(args: argparse.Namespace) -> ServeOptions:
             if args.batching_parameters_file
             else BatchingConfig()
         )
+    if args.ssl_config_file:  # fail at start with a usage error, not later with a traceback
+        config_converters.ssl_credentials_from_text(config_converters.read_text_file(args.ssl_config_file))
     monitoring_path = None
     if args.monitoring_config_file:
         text = config_converters.read_text_file(args.monitoring_config_file)
@@ -182,6 +186,8 @@ def _options(args: argparse.Namespace) -> ServeOptions:
         load_retry_interval_seconds=args.load_retry_interval_micros / 1e6,
         serialize_as_tensor_content=args.enable_serialization_as_tensor_content,
         log_format=args.log_format,
+        ssl_config_file=args.ssl_config_file,
+        grpc_socket_path=args.grpc_socket_path,
         max_replicas=args.max_replicas,
         target_ongoing_requests=args.target_ongoing_requests,
         upscale_delay_s=args.upscale_delay_s,

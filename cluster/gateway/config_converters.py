@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import os
 
+import grpc
 from google.protobuf import text_format
 
 from cluster.config import BatchingConfig, ModelConfig, ServerConfig, VersionPolicy
 from cluster.errors import InvalidArgument
 from exporter import storage
-from protos.tensorflow_serving.config import model_server_config_pb2, monitoring_config_pb2
+from protos.tensorflow_serving.config import model_server_config_pb2, monitoring_config_pb2, ssl_config_pb2
 from protos.tensorflow_serving.servables.tensorflow import session_bundle_config_pb2
 
 DEFAULT_PLATFORM = "tensorflow"
@@ -231,3 +232,22 @@ def monitoring_path_from_text(text: str) -> str | None:
     if not prometheus.enable:
         return None
     return prometheus.path or DEFAULT_PROMETHEUS_PATH
+
+
+def ssl_credentials_from_text(text: str) -> grpc.ServerCredentials:
+    """TF Serving's SSLConfig (text format) as gRPC server credentials.
+
+    `server_key`/`server_cert` are PEM; `custom_ca` (PEM roots) verifies client certificates,
+    which `client_verify` requires.
+    """
+    config = ssl_config_pb2.SSLConfig()
+    _parse_text(text, config, "SSLConfig")
+    if not config.server_key or not config.server_cert:
+        raise InvalidArgument("SSLConfig needs server_key and server_cert (PEM)")
+    if config.client_verify and not config.custom_ca:
+        raise InvalidArgument("SSLConfig.client_verify needs custom_ca to verify client certificates")
+    return grpc.ssl_server_credentials(
+        [(config.server_key.encode(), config.server_cert.encode())],
+        root_certificates=config.custom_ca.encode() or None,
+        require_client_auth=config.client_verify,
+    )

@@ -96,6 +96,8 @@ class GatewayServer:
         tensor_content: bool = False,
         options: Sequence[tuple[str, Any]] = (),
         readiness_poll_seconds: float = READINESS_POLL_SECONDS,
+        credentials: grpc.ServerCredentials | None = None,
+        socket_path: str = "",
     ) -> None:
         self._api = api
         self._tensor_content = tensor_content
@@ -105,6 +107,8 @@ class GatewayServer:
             *options,
         ]
         self._poll_seconds = readiness_poll_seconds
+        self._credentials = credentials  # TF's --ssl_config_file; None: plaintext
+        self._socket_path = socket_path  # TF's --grpc_socket_path: also listen on a UNIX socket
         self._server: grpc.aio.Server | None = None
         self._health: health.aio.HealthServicer | None = None
         self._watcher: asyncio.Task[None] | None = None
@@ -131,14 +135,21 @@ class GatewayServer:
             (PREDICTION_SERVICE, MODEL_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server
         )
         address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        bound = server.add_insecure_port(address)
+        bound = self._listen(server, address)
         if bound == 0:
             raise OSError(f"could not bind the gRPC gateway to {address}")
+        if self._socket_path and not self._listen(server, f"unix:{self._socket_path}"):
+            raise OSError(f"could not bind the gRPC gateway to unix:{self._socket_path}")
         await self._publish(self._api.is_ready())
         await server.start()
         self._server = server
         self._watcher = asyncio.create_task(self._watch_readiness(), name="gateway-readiness")
         return bound
+
+    def _listen(self, server: grpc.aio.Server, address: str) -> int:
+        if self._credentials is None:
+            return server.add_insecure_port(address)
+        return server.add_secure_port(address, self._credentials)
 
     @staticmethod
     def _register(server: grpc.aio.Server, service: str, handlers: dict[str, grpc.RpcMethodHandler]) -> None:

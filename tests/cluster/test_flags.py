@@ -186,3 +186,14 @@ def test_bad_config_files_exit_2(tmp_path: pathlib.Path, capsys: pytest.CaptureF
         ["--model_base_path=/m", "--enable_batching", f"--batching_parameters_file={batching}"], capsys
     )
     assert "Last entry in allowed_batch_sizes must match max_batch_size" in err
+
+
+def test_tls_and_socket_flags(tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:
+    options, _ = parse_serve_args(["--model_base_path=/m", "--grpc_socket_path=/tmp/t.sock"])
+    assert options.grpc_socket_path == "/tmp/t.sock" and options.ssl_config_file == ""
+    bad = tmp_path / "ssl.config"
+    bad.write_text('server_cert: "only a cert"')
+    with pytest.raises(SystemExit) as exit_info:
+        parse_serve_args(["--model_base_path=/m", f"--ssl_config_file={bad}"])
+    assert exit_info.value.code == 2
+    assert "server_key and server_cert" in capsys.readouterr().err
