@@ -23,7 +23,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final, TypeVar
 from urllib.parse import unquote
 
 from aiohttp import web
@@ -99,6 +99,14 @@ def _version(version: str | None, label: str | None) -> VersionRequest:
     if label is not None:
         return VersionRequest.labelled(unquote(label))
     return VersionRequest.latest()
+
+
+OFFLOAD_BYTES: Final = 256 * 1024
+T = TypeVar("T")
+
+
+async def _inline(fn: Callable[..., T], *args: Any) -> T:
+    return fn(*args)
 
 
 class RestServer:
@@ -195,15 +203,19 @@ class RestServer:
     async def _serve(self, route: Route, body: bytes, deadline: float | None) -> bytes:
         """One REST call: convert, await the api, convert back."""
         api, name, version = self._api, route.name, route.version
+        # JSON work on a big body would hold the event loop (and every gRPC call) for a while:
+        # off to a worker thread above a size where the thread hop is cheap by comparison.
+        cpu = _inline if len(body) < OFFLOAD_BYTES else asyncio.to_thread
         if route.verb == "predict":
-            parsed = convert.predict_body(body)
+            parsed = await cpu(convert.predict_body, body)
             metadata = await self._metadata(ModelSpec(name, version, parsed.signature_name))
-            request = convert.predict_request(parsed, name, metadata, deadline)
-            return convert.predict_response(await api.predict(request), parsed.row_format)
-        if route.verb == "classify":
-            return convert.classify_response(await api.classify(convert.examples_request(body, name, version, deadline)))
-        if route.verb == "regress":
-            return convert.regress_response(await api.regress(convert.examples_request(body, name, version, deadline)))
+            request = await cpu(convert.predict_request, parsed, name, metadata, deadline)
+            return await cpu(convert.predict_response, await api.predict(request), parsed.row_format)
+        if route.verb in ("classify", "regress"):
+            request = await cpu(convert.examples_request, body, name, version, deadline)
+            if route.verb == "classify":
+                return convert.classify_response(await api.classify(request))
+            return convert.regress_response(await api.regress(request))
         if route.verb == "metadata":
             return convert.metadata_response(await api.model_metadata(ModelSpec(name, version)))
         # A version label is ignored by GetModelStatus, as in TF (spec §7.5).

@@ -525,3 +525,17 @@ def test_metadata_lookup_is_injectable_and_request_id_is_set() -> None:
         assert request_ids == ["r-1", None]
 
     run(test, Counting(), metadata_lookup=lookup)
+
+
+def test_a_large_body_is_converted_off_the_event_loop_with_the_same_answer() -> None:
+    from cluster.gateway.rest_server import OFFLOAD_BYTES
+
+    async def test(c: Client) -> None:
+        values = [float(i % 97) / 4 for i in range(120_000)]
+        body = json.dumps({"inputs": values}).encode()
+        assert len(body) > OFFLOAD_BYTES
+        reply = await c.call("POST", "/v1/models/half:predict", raw=body)
+        assert reply.status == 200, reply.text[:200]
+        assert reply.json["outputs"] == [v * 2 for v in values]
+
+    run(test)
