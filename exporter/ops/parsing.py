@@ -1,7 +1,7 @@
 """The ParseExample op: a batch of serialized tf.Examples -> dense and sparse feature tensors.
 
 Input: one DT_STRING tensor [batch] of serialized `tensorflow.Example`s.
-Attributes: the feature spec, encoded by `exporter.features.spec_to_attrs`.
+Attributes: the feature spec, encoded by `exporter.feature_attrs.spec_to_attrs`.
 Outputs, in `exporter.features.output_layout` order: feature names sorted; a FixedLenFeature gives
 one dense tensor [batch, *shape]; a VarLenFeature or SparseFeature gives three tensors: indices
 int64 [n, 2], values [n], dense_shape int64 [2].
@@ -18,13 +18,12 @@ import numpy as np
 
 from exporter import dtypes
 from exporter.errors import GraphError
+from exporter.feature_attrs import spec_from_attrs, spec_to_attrs
 from exporter.features import (
     FeatureSpec,
     FixedLenFeature,
     SparseTensor,
     output_layout,
-    spec_from_attrs,
-    spec_to_attrs,
 )
 from exporter.features import parse_example as parse_example_arrays
 from exporter.ops.registry import LoadContext, TensorType, register_op

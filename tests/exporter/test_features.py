@@ -13,6 +13,7 @@ import pytest
 from exporter import attrs as attr_codec
 from exporter import dtypes
 from exporter.errors import GraphError, InvalidInputError
+from exporter.feature_attrs import spec_from_attrs, spec_to_attrs
 from exporter.features import (
     FixedLenFeature,
     SparseFeature,
@@ -20,8 +21,6 @@ from exporter.features import (
     VarLenFeature,
     output_layout,
     parse_example,
-    spec_from_attrs,
-    spec_to_attrs,
 )
 from exporter.ops.registry import LoadContext, TensorType, get_op
 from protos.tessera import example_pb2
