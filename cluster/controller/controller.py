@@ -23,7 +23,7 @@ from cluster.config import ModelConfig, ServerConfig
 from cluster.controller.replica_set import ReplicaSet, unwrap_error
 from cluster.routing.table import ModelRoute, RoutingTable
 from cluster.serving.lifecycle import ActionKind, RetryPolicy, ServableStream
-from cluster.serving.source import FileSystemSource
+from cluster.serving.source import FileSystemSource, SourceReport
 from exporter.runtime import Signature
 
 log = logging.getLogger("tessera.controller")
@@ -46,6 +46,7 @@ class ControllerOptions:
     upscale_delay_s: float = 3.0
     downscale_delay_s: float = 30.0
     load_report_ttl_s: float = 5.0  # a gateway that has not reported for this long counts as gone
+    tick_seconds: float = 2.0  # health checks and autoscaling, whatever the storage poll interval
 
 
 @dataclass
@@ -60,6 +61,7 @@ class _Model:
     load_seconds: stats.Histogram = field(default_factory=lambda: stats.Histogram(stats.LATENCY_BUCKETS))
     scaler: ModelScaler | None = None
     scaling: bool = False  # a scale-up or -down is under way
+    last_poll: float | None = None  # when the source was last listed
 
 
 class Controller:
@@ -147,6 +149,7 @@ class Controller:
     def _update_model(self, current: _Model, model: ModelConfig) -> None:
         if (current.config.base_path, current.config.version_policy) != (model.base_path, model.version_policy):
             current.source = FileSystemSource(model.name, model.base_path, model.version_policy)
+            current.last_poll = None  # list the new base path at the next tick
         current.config = model
         log.info("model %s config updated", model.name)
 
@@ -168,11 +171,12 @@ class Controller:
             except Exception:  # one bad tick must not stop the controller
                 log.exception("controller tick failed")
             poll = self._options.poll_seconds
-            timeout = poll if poll > 0 else None
+            # Health checks and autoscaling tick even when storage is polled only once.
+            timeout = min(poll, self._options.tick_seconds) if poll > 0 else self._options.tick_seconds
             retry_at = [t for m in self._models.values() if (t := m.stream.next_retry_at()) is not None]
             if retry_at:
                 until_retry = max(0.0, min(retry_at) - self._clock())
-                timeout = until_retry if timeout is None else min(timeout, until_retry)
+                timeout = min(timeout, until_retry)
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout)
             except TimeoutError:
@@ -186,15 +190,9 @@ class Controller:
             if not model.scaling:
                 changed |= await model.replicas.replace_dead(lambda fresh, m=model: self._bring_up(m, fresh))
                 self._autoscale(model)
-            report = await asyncio.to_thread(model.source.poll_once)
-            if report.aspired is None:
-                if model.source_error != report.error:
-                    log.warning("model %s: %s", model.config.name, report.error)
-                model.source_error = report.error
-            else:
-                model.source_error = None
-                model.paths.update(report.aspired)
-                model.stream.set_aspired(report.aspired)
+            if self._source_due(model):
+                model.last_poll = self._clock()
+                self._take_report(model, await asyncio.to_thread(model.source.poll_once))
             for action in model.stream.plan(self._clock()):
                 if action.kind is ActionKind.LOAD:
                     model.stream.load_started(action.version)
@@ -205,6 +203,24 @@ class Controller:
                 changed = True
         if changed:
             await self._publish()
+
+    @staticmethod
+    def _take_report(model: _Model, report: SourceReport) -> None:
+        if report.aspired is None:  # listing failed: keep what is loaded
+            if model.source_error != report.error:
+                log.warning("model %s: %s", model.config.name, report.error)
+            model.source_error = report.error
+            return
+        model.source_error = None
+        model.paths.update(report.aspired)
+        model.stream.set_aspired(report.aspired)
+
+    def _source_due(self, model: _Model) -> bool:
+        """--file_system_poll_wait_seconds: > 0 polls that often, otherwise once (and on reloads)."""
+        if model.last_poll is None:
+            return True
+        poll = self._options.poll_seconds
+        return poll > 0 and self._clock() - model.last_poll >= poll * 0.999
 
     async def _load(self, model: _Model, version: int) -> None:
         name, path = model.config.name, model.paths[version]
