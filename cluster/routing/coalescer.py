@@ -140,7 +140,3 @@ class Coalescer:
             raise
         except Exception as exc:  # noqa: BLE001 - the call broke: treat as the replica being gone
             raise errors.Unavailable(f"replica call failed: {type(exc).__name__}: {exc}") from None
-
-    def queued(self) -> int:
-        """Requests waiting for a call (not counting those in calls already sent)."""
-        return sum(len(lane.pending) for lane in self._lanes.values())
