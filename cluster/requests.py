@@ -13,15 +13,12 @@ from typing import TYPE_CHECKING, Literal, Protocol
 import numpy as np
 
 from cluster.types import VersionRequest, VersionStatus
+from exporter.signature import DEFAULT_SERVING_SIGNATURE
 
 if TYPE_CHECKING:
     from cluster.config import ServerConfig
-    from exporter.runtime import Signature
+    from exporter.signature import Signature
 
-DEFAULT_SIGNATURE = "serving_default"
-PREDICT_METHOD = "tensorflow/serving/predict"
-CLASSIFY_METHOD = "tensorflow/serving/classify"
-REGRESS_METHOD = "tensorflow/serving/regress"
 
 Method = Literal["classify", "regress"]
 
@@ -36,7 +33,7 @@ class ModelSpec:
 
     @property
     def signature_key(self) -> str:
-        return self.signature_name or DEFAULT_SIGNATURE
+        return self.signature_name or DEFAULT_SERVING_SIGNATURE
 
 
 @dataclass(frozen=True, slots=True)

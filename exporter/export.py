@@ -33,9 +33,10 @@ from typing import Any
 from exporter import bundle, storage, warmup
 from exporter.errors import BundleError, ExportError, GraphError
 from exporter.graph import GraphBuilder
-from exporter.outputs import DEFAULT_SERVING_SIGNATURE, ExportOutput
+from exporter.outputs import ExportOutput
 from exporter.receivers import ReceiverFn, ServingInputReceiver
 from exporter.runtime import Runtime
+from exporter.signature import DEFAULT_SERVING_SIGNATURE
 from protos.tessera import bundle_pb2, wire_pb2
 
 ModelFn = Callable[[GraphBuilder, Mapping[str, Any]], Mapping[str, ExportOutput]]

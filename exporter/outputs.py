@@ -17,12 +17,8 @@ from dataclasses import dataclass
 from exporter import dtypes
 from exporter.errors import ExportError
 from exporter.graph import Tensor
+from exporter.signature import CLASSIFY_METHOD, PREDICT_METHOD, REGRESS_METHOD
 from protos.tessera import bundle_pb2
-
-PREDICT_METHOD = "tensorflow/serving/predict"
-CLASSIFY_METHOD = "tensorflow/serving/classify"
-REGRESS_METHOD = "tensorflow/serving/regress"
-DEFAULT_SERVING_SIGNATURE = "serving_default"
 
 
 def tensor_spec(t: Tensor) -> bundle_pb2.TensorSpec:

@@ -17,30 +17,13 @@ import numpy as np
 
 from exporter import attrs as attr_codec
 from exporter import dtypes
-from exporter.dtypes import DType
 from exporter.errors import GraphError, InvalidInputError
-from exporter.ops.registry import KernelFn, LoadContext, Shape, TensorType, get_op
+from exporter.ops.registry import KernelFn, LoadContext, TensorType, get_op
+from exporter.signature import Shape, Signature, TensorInfo, Tensors, check_feeds
 from protos.tessera import bundle_pb2
 
 if TYPE_CHECKING:
     from exporter.bundle import Bundle
-
-
-@dataclass(frozen=True)
-class TensorInfo:
-    """A signature input or output: graph tensor name, dtype and static shape."""
-
-    name: str
-    dtype: DType
-    shape: Shape
-
-
-@dataclass(frozen=True)
-class Signature:
-    key: str
-    method_name: str
-    inputs: Mapping[str, TensorInfo]
-    outputs: Mapping[str, TensorInfo]
 
 
 @dataclass(frozen=True)
@@ -83,9 +66,11 @@ class Runtime:
         meta_graph: bundle_pb2.MetaGraph,
         variables: Mapping[str, np.ndarray] | None = None,
         assets_dir: pathlib.Path | None = None,
+        assets_extra_dir: pathlib.Path | None = None,
     ) -> None:
         ctx = LoadContext(variables=dict(variables or {}), assets_dir=assets_dir)
         self.variables: Mapping[str, np.ndarray] = ctx.variables
+        self.assets_extra_dir = assets_extra_dir
         self._nodes: dict[str, bundle_pb2.NodeDef] = {}
         for node in meta_graph.graph.nodes:
             if node.name in self._nodes:
@@ -210,7 +195,15 @@ class Runtime:
     # -- running -------------------------------------------------------------------------------
     @classmethod
     def from_bundle(cls, bundle: Bundle) -> Runtime:
-        return cls(bundle.meta_graph, bundle.variables, bundle.assets_dir)
+        return cls(bundle.meta_graph, bundle.variables, bundle.assets_dir, bundle.assets_extra_dir)
+
+    @property
+    def resident_bytes(self) -> int:
+        """The variables' bytes (memory-mapped: shared by every process that maps the same files)."""
+        return sum(int(a.nbytes) for a in self.variables.values())
+
+    def close(self) -> None:
+        """Nothing to release beyond references: the maps close when the arrays are collected."""
 
     def _plan(self, key: str, output_filter: Sequence[str] | None) -> _Plan:
         sig = self.signatures.get(key)
@@ -233,7 +226,7 @@ class Runtime:
         signature_key: str,
         feeds: Mapping[str, np.ndarray],
         output_filter: Sequence[str] | None = None,
-    ) -> dict[str, np.ndarray]:
+    ) -> Tensors:
         """Runs a signature on `feeds` (alias -> array); returns its outputs (alias -> array)."""
         plan = self._plan(signature_key, output_filter)
         sig = self.signatures[signature_key]
@@ -250,37 +243,3 @@ class Runtime:
                 raise InvalidInputError(f"node {step.node!r}: {e}") from None
             values[step.out_slot : step.out_slot + len(outs)] = outs
         return {alias: values[slot] for alias, slot in plan.fetches}
-
-
-def check_feeds(sig: Signature, feeds: Mapping[str, np.ndarray]) -> None:
-    """Raises InvalidInputError unless `feeds` has exactly the signature's inputs, typed and shaped."""
-    if feeds.keys() != sig.inputs.keys():
-        extra = sorted(set(feeds) - set(sig.inputs))
-        missing = sorted(set(sig.inputs) - set(feeds))
-        raise InvalidInputError(
-            "input size does not match signature: "
-            f"{len(feeds)}!={len(sig.inputs)} len({{{', '.join(sorted(feeds))}}}) != "
-            f"len({{{', '.join(sorted(sig.inputs))}}}). Sent extra: {{{', '.join(extra)}}}. "
-            f"Missing but required: {{{', '.join(missing)}}}."
-        )
-    for alias, info in sig.inputs.items():
-        array = feeds[alias]
-        expected = dtypes.to_numpy(info.dtype)
-        if array.dtype != expected:
-            raise InvalidInputError(
-                f"Expects arg {alias!r} to be {dtypes.name(info.dtype)} but "
-                f"{_dtype_name(array.dtype)} is provided"
-            )
-        shape = info.shape
-        if shape is None:
-            continue
-        if array.ndim != len(shape) or any(d is not None and d != s for d, s in zip(shape, array.shape, strict=True)):
-            want = [-1 if d is None else d for d in shape]
-            raise InvalidInputError(f"input {alias!r}: expected shape {want}, got {list(array.shape)}")
-
-
-def _dtype_name(dtype: np.dtype) -> str:
-    try:
-        return dtypes.name(dtypes.from_numpy(dtype))
-    except ValueError:
-        return str(dtype)

@@ -16,7 +16,7 @@ import numpy as np
 
 from exporter import dtypes
 from exporter.errors import InvalidInputError
-from exporter.runtime import Signature
+from exporter.signature import Signature
 from protos.tessera import example_pb2
 
 Batch = Mapping[str, np.ndarray]

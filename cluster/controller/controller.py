@@ -24,7 +24,7 @@ from cluster.controller.replica_set import ReplicaSet, unwrap_error
 from cluster.routing.table import ModelRoute, RoutingTable
 from cluster.serving.lifecycle import ActionKind, RetryPolicy, ServableStream
 from cluster.serving.source import FileSystemSource, SourceReport
-from exporter.runtime import Signature
+from exporter.signature import Signature
 
 log = logging.getLogger("tessera.controller")
 

@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from cluster.routing.table import ReplicaRef
-from exporter.runtime import Signature
+from exporter.signature import Signature
 
 log = logging.getLogger("tessera.controller")
 

@@ -35,7 +35,7 @@ from cluster.requests import (
 )
 from cluster.types import VersionRequest, VersionStatus
 from exporter.errors import InvalidInputError
-from exporter.runtime import Signature, TensorInfo
+from exporter.signature import Signature, TensorInfo
 from exporter.tensor_codec import array_to_proto, proto_to_array
 from protos.tensorflow.core.protobuf import meta_graph_pb2
 from protos.tensorflow_serving.apis import (

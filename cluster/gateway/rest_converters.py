@@ -29,7 +29,7 @@ from cluster.requests import (
     RegressResult,
 )
 from cluster.types import VersionRequest, VersionStatus
-from exporter.runtime import Signature
+from exporter.signature import Signature
 from protos.tensorflow.core.example import example_pb2, feature_pb2
 from protos.tensorflow_serving.apis import model_pb2
 

@@ -22,7 +22,7 @@ from cluster.replica.batched import BatchedRunner
 from cluster.replica.data_plane import DataPlaneServer
 from cluster.replica.replica import Replica, RunResult, is_small
 from cluster.stats import ReplicaStats
-from exporter.runtime import Signature
+from exporter.signature import Signature
 
 log = logging.getLogger("tessera.replica")
 

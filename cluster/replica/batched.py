@@ -21,7 +21,8 @@ from cluster.batching.queue import BatchQueue
 from cluster.config import BatchingConfig
 from cluster.replica.replica import Replica, RunResult, is_small
 from exporter.errors import InvalidInputError
-from exporter.runtime import Runtime, check_feeds
+from exporter.runtime import Runtime
+from exporter.signature import check_feeds
 
 QueueKey = tuple[int, str, tuple[str, ...]]
 

@@ -22,12 +22,12 @@ from cluster.batching import merge
 from exporter import bundle as bundle_io
 from exporter import tensor_codec
 from exporter.errors import InvalidInputError
-from exporter.runtime import Runtime, Signature, check_feeds
-from exporter.warmup import read_warmup
+from exporter.runtime import Runtime
+from exporter.signature import DEFAULT_SERVING_SIGNATURE, Signature, check_feeds
+from exporter.warmup import WARMUP_FILE, read_warmup
 
 log = logging.getLogger(__name__)
 
-WARMUP_FILE = "tf_serving_warmup_requests"
 # Batches up to this many input elements run on the actor's event loop, not in a worker thread:
 # the hop to a thread costs about as much as a small model's whole computation (measured ~0.9 ms
 # on 2 busy cores, against ~1.3 ms for the whole Ray call).
@@ -180,17 +180,17 @@ def replay_warmup(runtime: Runtime, path: pathlib.Path, iterations: int = 1) -> 
             if kind == "predict_log":
                 request = record.predict_log.request
                 feeds = {alias: tensor_codec.proto_to_array(t) for alias, t in request.inputs.items()}
-                key = request.model_spec.signature_name or "serving_default"
+                key = request.model_spec.signature_name or DEFAULT_SERVING_SIGNATURE
                 runtime.run(key, feeds, list(request.output_filter) or None)
             elif kind in ("classify_log", "regress_log"):
                 request = getattr(record, kind).request
-                key = request.model_spec.signature_name or "serving_default"
+                key = request.model_spec.signature_name or DEFAULT_SERVING_SIGNATURE
                 runtime.run(key, {"inputs": serialized_examples(request.input)})
             elif kind == "multi_inference_log":
                 request = record.multi_inference_log.request
                 examples = serialized_examples(request.input)
                 for task in request.tasks:
-                    runtime.run(task.model_spec.signature_name or "serving_default", {"inputs": examples})
+                    runtime.run(task.model_spec.signature_name or DEFAULT_SERVING_SIGNATURE, {"inputs": examples})
             else:
                 raise errors.Unimplemented(f"Unsupported log_type for warmup: {kind}")
     return len(logs)

@@ -43,7 +43,7 @@ from cluster.routing.validation import (
 )
 from cluster.serving.lifecycle import resolve_version
 from cluster.types import VersionStatus
-from exporter.runtime import Signature
+from exporter.signature import Signature
 
 log = logging.getLogger("tessera.gateway")
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cluster.types import VersionStatus
-from exporter.runtime import Signature
+from exporter.signature import Signature
 
 
 @dataclass(frozen=True)

@@ -11,10 +11,10 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from cluster import errors
-from cluster.requests import CLASSIFY_METHOD, REGRESS_METHOD, InferenceTask
+from cluster.requests import InferenceTask
 from exporter import dtypes
 from exporter.errors import InvalidInputError
-from exporter.runtime import Signature, check_feeds
+from exporter.signature import CLASSIFY_METHOD, REGRESS_METHOD, Signature, check_feeds
 
 
 def _set(names: object) -> str:

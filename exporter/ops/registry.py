@@ -21,8 +21,7 @@ import numpy as np
 
 from exporter.dtypes import DType
 from exporter.errors import GraphError
-
-Shape = tuple[int | None, ...] | None  # None: unknown rank; a None dim: unknown size
+from exporter.signature import Shape
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,8 @@ import pytest
 from examples import export_models
 from exporter import storage, warmup
 from exporter.bundle import read_bundle
-from exporter.runtime import Runtime, Signature
+from exporter.runtime import Runtime
+from exporter.signature import Signature
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 TOL = {"rtol": 1e-5, "atol": 1e-5}

@@ -43,8 +43,8 @@ def _built(overlay: pathlib.Path) -> list[dict[str, Any]]:
 
 
 @pytest.fixture(scope="module")
-def raycluster_schema(testdata_dir: pathlib.Path) -> dict[str, Any]:
-    crd = yaml.safe_load((testdata_dir.parent / "k8s" / "ray.io_rayclusters.yaml").read_text())
+def raycluster_schema(kuberay_crds_dir: pathlib.Path) -> dict[str, Any]:
+    crd = yaml.safe_load((kuberay_crds_dir / "ray.io_rayclusters.yaml").read_text())
     (v1,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1"]
     return v1["schema"]["openAPIV3Schema"]
 

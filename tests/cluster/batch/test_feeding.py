@@ -9,7 +9,7 @@ from cluster.batch.feeding import as_column, feeds_for, serialize_rows, takes_ex
 from exporter import dtypes
 from exporter.errors import InvalidInputError
 from exporter.features import FixedLenFeature, VarLenFeature, parse_example
-from exporter.runtime import Signature, TensorInfo
+from exporter.signature import Signature, TensorInfo
 
 
 def _sig(**inputs: TensorInfo) -> Signature:

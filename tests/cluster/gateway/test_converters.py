@@ -10,7 +10,7 @@ from cluster.gateway import converters
 from cluster.requests import ClassifyResult, ModelMetadata, PredictResult, RegressResult, ResolvedSpec
 from cluster.types import ServableState, VersionChoice, VersionRequest, VersionStatus
 from exporter import dtypes
-from exporter.runtime import Signature, TensorInfo
+from exporter.signature import Signature, TensorInfo
 from protos.tensorflow.core.example import example_pb2
 from protos.tensorflow.core.framework import tensor_pb2
 from protos.tensorflow_serving.apis import (

@@ -15,7 +15,7 @@ from cluster.gateway import rest_json
 from cluster.requests import ClassifyResult, ModelMetadata, PredictResult, RegressResult, ResolvedSpec
 from cluster.types import ServableState, VersionChoice, VersionRequest, VersionStatus
 from exporter import dtypes
-from exporter.runtime import Signature, TensorInfo
+from exporter.signature import Signature, TensorInfo
 from protos.tensorflow.core.example import example_pb2
 
 SPEC = ResolvedSpec("m", 7, "serving_default")

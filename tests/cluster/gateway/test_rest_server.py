@@ -38,7 +38,7 @@ from cluster.requests import (
 )
 from cluster.types import ServableState, VersionChoice, VersionRequest, VersionStatus
 from exporter import dtypes
-from exporter.runtime import Signature, TensorInfo
+from exporter.signature import Signature, TensorInfo
 from protos.tensorflow.core.example import example_pb2
 
 pytestmark = pytest.mark.timeout(60)

@@ -1,0 +1,104 @@
+"""The servable: the one interface between serving and the runtimes that compute (TF Serving's
+Loader and servable, MLServer's MLModel), and the registry of loaders keyed by `model_platform`.
+
+Contract of a `Servable` (what the replica, batch prediction, `tessera inspect` and `tessera run`
+rely on, and all that they know of a runtime):
+
+- `signatures` is fixed for the servable's life: key -> `Signature`. Feeds are keyed by the
+  signature's input aliases, outputs by its output aliases.
+- `run(signature_key, feeds, output_filter)` may be called from several threads at once, and must be
+  safe to: one servable serves every batch of every request. `feeds` have already passed
+  `check_feeds` against the signature (the caller validates once, where the request enters); the
+  first dimension of every input and output is the batch. A failure caused by the data (a bad
+  tf.Example, an id out of range, a shape the graph refuses) raises `InvalidInputError`: the replica
+  relies on it to re-run a merged batch request by request, so one bad request fails alone. Any
+  other exception is a fault of the servable, not of the request.
+- `resident_bytes` is what keeping the servable loaded costs in memory (weights, sessions), so the
+  cluster can place and evict servables by memory.
+- `close()` releases what the servable holds; `run` is not called after it.
+- Loading never executes code from the artifact: no pickle, no Python from the model directory;
+  only graphs of known ops (our registry, or ONNX operators) are accepted. A loader refuses a
+  directory it cannot load with a `BundleError` whose message names what is wrong and, where the
+  directory holds another format, the platform or command that serves it.
+
+Loaders are registered by platform name and imported only when first used, so a process that never
+loads an ONNX model never imports onnxruntime.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pathlib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+from exporter.errors import BundleError
+from exporter.signature import Signature, Tensors
+
+
+@runtime_checkable
+class Servable(Protocol):
+    """A loaded model version that can compute (see the module docstring for the contract)."""
+
+    @property
+    def signatures(self) -> Mapping[str, Signature]: ...
+
+    def run(
+        self, signature_key: str, feeds: Mapping[str, object], output_filter: Sequence[str] | None = None
+    ) -> Tensors: ...
+
+    @property
+    def resident_bytes(self) -> int: ...
+
+    @property
+    def assets_extra_dir(self) -> pathlib.Path | None:
+        """The local `assets.extra/` of the version (TF Serving's warmup requests), if it has one."""
+        ...
+
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """How to load: where remote versions are cached, and the runtime's threads per session."""
+
+    cache_dir: str | None = None
+    # Threads one session may use inside an op (onnxruntime's intra_op_num_threads). 0: the
+    # loader's default, derived from the CPUs this process was given.
+    intra_op_threads: int = 0
+    inter_op_threads: int = 0
+
+
+Loader = Callable[[str, LoadOptions], Servable]
+
+# platform -> "module:function". TF Serving's default platform is "tensorflow": our own bundles are
+# served under it (and SavedModels, once imported). Triton spells ONNX "onnxruntime_onnx".
+_LOADERS: dict[str, str] = {
+    "tensorflow": "exporter.loaders.bundle:load",
+    "tessera": "exporter.loaders.bundle:load",
+}
+
+
+def register_loader(platform: str, target: str) -> None:
+    """Registers `target` ("module:function", a `Loader`) as the loader of `platform`."""
+    _LOADERS[platform] = target
+
+
+def platforms() -> list[str]:
+    return sorted(_LOADERS)
+
+
+def loader_for(platform: str) -> Loader:
+    """The loader of `platform`; BundleError naming the known platforms if there is none."""
+    target = _LOADERS.get(platform or "tensorflow")
+    if target is None:
+        raise BundleError(f"unknown model_platform {platform!r}; this server knows {', '.join(platforms())}")
+    module, _, function = target.partition(":")
+    loader: Loader = getattr(importlib.import_module(module), function)
+    return loader
+
+
+def load_servable(platform: str, path: str, options: LoadOptions | None = None) -> Servable:
+    """Loads one version directory (a local path or pyarrow.fs URI) with `platform`'s loader."""
+    return loader_for(platform)(path, options or LoadOptions())
