@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-test
 
-.PHONY: test lint protos clean serve models bench
+.PHONY: test lint protos clean serve models bench chaos
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -46,3 +46,9 @@ $(BENCH_STAMP): pyproject.toml $(STAMP)
 
 bench: $(BENCH_STAMP)
 	$(PY) -m benchmarks.run $(BENCH_ARGS)
+
+# Fault and hostile-input scenarios (issue 9), one line each: requests sent, failed, worst latency,
+# RSS peak. Bounded in time; loopback or a local two-node Ray only. `CHAOS_ARGS=--fast` for the quick ones.
+CHAOS_ARGS ?=
+chaos: $(STAMP)
+	$(PY) -m benchmarks.chaos $(CHAOS_ARGS)
