@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-test
 
 .PHONY: test lint protos clean serve models bench chaos
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml exporter/_example_scan.c
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'

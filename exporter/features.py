@@ -27,20 +27,16 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
-from google.protobuf.message import DecodeError
 
-from exporter import dtypes
+from exporter import _example_scan, dtypes
 from exporter.dtypes import DType
 from exporter.errors import InvalidInputError
-from protos.tessera import example_pb2
 
 if TYPE_CHECKING:
     from exporter.graph import Tensor
 
 # The three dtypes a tf.Example can carry, with TF's names (used in messages) and the list field.
 _TF_NAMES = {dtypes.FLOAT: "float", dtypes.INT64: "int64", dtypes.STRING: "string"}
-_KIND_TO_DTYPE = {"float_list": dtypes.FLOAT, "int64_list": dtypes.INT64, "bytes_list": dtypes.STRING}
-_DTYPE_TO_KIND = {v: k for k, v in _KIND_TO_DTYPE.items()}
 
 
 def _check_dtype(dtype: DType | str) -> DType:
@@ -175,123 +171,133 @@ def _varlen_keys(spec: Mapping[str, FeatureSpec]) -> dict[str, DType]:
     return lists
 
 
-def _to_array(values: list[Any], dtype: DType) -> np.ndarray:
+_SCAN_KIND = {dtypes.STRING: 1, dtypes.FLOAT: 2, dtypes.INT64: 3}  # the Feature oneof's field numbers
+_SCAN_DTYPE = {code: dtype for dtype, code in _SCAN_KIND.items()}
+_UNDECODABLE, _WRONG_TYPE, _MISSING, _WRONG_LENGTH = 1, 2, 3, 4  # error codes of the scan
+
+
+def _to_array(values: list[Any] | bytearray, dtype: DType) -> np.ndarray:
+    """The scanned values of one key as an array: bytes objects, or the raw float32/int64 bytes."""
     if dtype == dtypes.STRING:
         out = np.empty(len(values), dtype=object)
         out[:] = values  # slice assignment keeps each bytes object whole
         return out
-    return np.array(values, dtype=dtypes.to_numpy(dtype))
+    return np.frombuffer(values, dtype=dtypes.to_numpy(dtype))  # a bytearray: writable, no copy
 
 
 def _where(key: str, index: int) -> str:
     return f"Name: <unknown>, Key: {key}, Index: {index}."
 
 
-def _values(fmap: Any, key: str, dtype: DType, index: int) -> Any:
-    """The repeated field of feature `key` (None if absent or no list is set); refuses a wrong type."""
-    found = fmap.get(key)
-    kind = None if found is None else found.WhichOneof("kind")
-    if kind is None:
-        return None
-    if _KIND_TO_DTYPE[kind] != dtype:
-        raise InvalidInputError(
-            f"{_where(key, index)}  Data types don't match. Data type: "
-            f"{_TF_NAMES[_KIND_TO_DTYPE[kind]]} but expected type: {_TF_NAMES[dtype]}"
-        )
-    return getattr(found, kind).value
+def _scan_key(key: str, dtype: DType, feature: FixedLenFeature | None) -> tuple[bytes, int, int, Any]:
+    """How the C scan is told to read one key: (name, list kind, dense size or -1, default or None)."""
+    if feature is None:
+        return key.encode(), _SCAN_KIND[dtype], -1, None
+    size = int(np.prod(feature.shape))
+    default: Any = None
+    if feature.default_value is not None:
+        flat = feature.default_value.reshape(-1)
+        default = tuple(flat.tolist()) if dtype == dtypes.STRING else flat.tobytes()
+    return key.encode(), _SCAN_KIND[dtype], size, default
+
+
+class ExampleParser:
+    """`parse_example` with the spec decoded once: how the C scan reads each key, in TF's check order
+    (dense features, then lists). A servable's ParseExample node holds one for its whole life."""
+
+    def __init__(self, spec: Mapping[str, FeatureSpec]) -> None:
+        self.spec = dict(spec)
+        dense = {k: f for k, f in self.spec.items() if isinstance(f, FixedLenFeature)}
+        wanted: dict[str, DType] = {**{k: f.dtype for k, f in dense.items()}, **_varlen_keys(self.spec)}
+        self._keys = tuple(wanted)
+        self._wanted = tuple(wanted.values())
+        self._scan_keys = tuple(_scan_key(k, d, dense.get(k)) for k, d in wanted.items())
+        self._order = sorted(self.spec)
+
+    def __call__(self, serialized: Sequence[bytes] | np.ndarray) -> dict[str, np.ndarray | SparseTensorValue]:
+        batch = serialized if isinstance(serialized, list) else np.asarray(serialized, dtype=object)
+        if isinstance(batch, np.ndarray):
+            if batch.ndim != 1:
+                raise InvalidInputError(
+                    f"parse_example takes a vector of serialized Examples, got shape {batch.shape}"
+                )
+            batch = batch.tolist()
+        # One pass over the wire format in C (exporter/_example_scan.c), checks and defaults included.
+        error, per_key = _example_scan.parse(batch, self._scan_keys)
+        if error is not None:
+            raise _error(error, self._keys, self._wanted, self.spec)
+        n = len(batch)
+        scanned = dict(zip(self._keys, per_key, strict=True))
+        result: dict[str, np.ndarray | SparseTensorValue] = {}
+        for key in self._order:
+            feature = self.spec[key]
+            if isinstance(feature, FixedLenFeature):
+                result[key] = _to_array(scanned[key][0], feature.dtype).reshape((n, *feature.shape))
+            elif isinstance(feature, VarLenFeature):
+                values, _, indices, width = scanned[key]
+                result[key] = SparseTensorValue(
+                    np.frombuffer(indices, np.int64).reshape(-1, 2),
+                    _to_array(values, feature.dtype),
+                    np.array([n, width], dtype=np.int64),
+                )
+            else:
+                result[key] = _sparse(key, feature, scanned, n)
+        return result
 
 
 def parse_example(
     serialized: Sequence[bytes] | np.ndarray, spec: Mapping[str, FeatureSpec]
 ) -> dict[str, np.ndarray | SparseTensorValue]:
-    """Parses a batch of serialized tf.Examples like `tf.io.parse_example`.
+    """Parses a batch of serialized tf.Examples like `tf.io.parse_example`; returns the features by
+    sorted name.
 
     Raises InvalidInputError (naming the feature and the example's index) for an undecodable
-    example, a missing required feature, a list of the wrong type or a dense list of the wrong length.
+    example, a missing required feature, a list of the wrong type or a dense list of the wrong length;
+    of several, the one TF's example-by-example, key-by-key reading meets first. To parse many batches
+    with one spec, build an `ExampleParser` once.
     """
-    batch = np.asarray(serialized, dtype=object)
-    if batch.ndim != 1:
-        raise InvalidInputError(
-            f"parse_example takes a vector of serialized Examples, got shape {batch.shape}"
+    return ExampleParser(spec)(serialized)
+
+
+def _error(
+    error: tuple[int, int, int, int, int], keys: Sequence[str], wanted: Sequence[DType], spec: Mapping[str, FeatureSpec]
+) -> InvalidInputError:
+    """TF's message for the first failure the scan met."""
+    i, rank, code, found, count = error
+    if code == _UNDECODABLE:
+        return InvalidInputError(f"Name: <unknown>, Index: {i}. Could not parse example input")
+    key, dtype = keys[rank], wanted[rank]
+    if code == _WRONG_TYPE:
+        return InvalidInputError(
+            f"{_where(key, i)}  Data types don't match. Data type: "
+            f"{_TF_NAMES[_SCAN_DTYPE[found]]} but expected type: {_TF_NAMES[dtype]}"
         )
-    dense = {k: f for k, f in spec.items() if isinstance(f, FixedLenFeature)}
-    lists = _varlen_keys(spec)
-    dense_bufs: dict[str, list[Any]] = {k: [] for k in dense}
-    dense_sizes = {k: int(np.prod(f.shape)) for k, f in dense.items()}
-    dense_defaults = {k: [] if f.required else f.default_value.reshape(-1).tolist() for k, f in dense.items()}
-    list_bufs: dict[str, list[Any]] = {k: [] for k in lists}
-    list_lens: dict[str, list[int]] = {k: [] for k in lists}
-
-    # One Python loop over examples; values move list-to-list in C (list.extend on the repeated field).
-    for i, blob in enumerate(batch):
-        try:
-            fmap = example_pb2.Example.FromString(blob).features.feature
-        except (DecodeError, TypeError):
-            raise InvalidInputError(f"Name: <unknown>, Index: {i}. Could not parse example input") from None
-        for key, feature in dense.items():
-            values = _values(fmap, key, feature.dtype, i)
-            if values is None:  # absent, or present with no list set: TF treats both as missing
-                if feature.required:
-                    raise InvalidInputError(
-                        f"{_where(key, i)}  Feature: {key} (data type: {_TF_NAMES[feature.dtype]}) "
-                        "is required but could not be found."
-                    )
-                dense_bufs[key].extend(dense_defaults[key])
-            elif len(values) != dense_sizes[key]:
-                raise InvalidInputError(
-                    f"{_where(key, i)}  Number of {_TF_NAMES[feature.dtype].replace('string', 'bytes')} "
-                    f"values != expected.  Values size: {len(values)} but output shape: {list(feature.shape)}"
-                )
-            else:
-                dense_bufs[key].extend(values)
-        for key, dtype in lists.items():
-            values = _values(fmap, key, dtype, i)
-            list_lens[key].append(0 if values is None else len(values))
-            if values is not None:
-                list_bufs[key].extend(values)
-
-    n = len(batch)
-    result: dict[str, np.ndarray | SparseTensorValue] = {}
-    for key, feature in dense.items():
-        result[key] = _to_array(dense_bufs[key], feature.dtype).reshape((n, *feature.shape))
-    for key, feature in spec.items():
-        if isinstance(feature, VarLenFeature):
-            result[key] = _varlen(list_bufs[key], list_lens[key], feature.dtype)
-        elif isinstance(feature, SparseFeature):
-            result[key] = _sparse(key, feature, list_bufs, list_lens)
-    return {key: result[key] for key in sorted(result)}
-
-
-def _rows_and_positions(lengths: list[int]) -> tuple[np.ndarray, np.ndarray]:
-    lens = np.asarray(lengths, dtype=np.int64)
-    rows = np.repeat(np.arange(len(lens), dtype=np.int64), lens)
-    starts = np.cumsum(lens) - lens
-    return rows, np.arange(int(lens.sum()), dtype=np.int64) - np.repeat(starts, lens)
-
-
-def _varlen(values: list[Any], lengths: list[int], dtype: DType) -> SparseTensorValue:
-    rows, positions = _rows_and_positions(lengths)
-    width = max(lengths, default=0)
-    return SparseTensorValue(
-        np.stack([rows, positions], axis=1).reshape(-1, 2),
-        _to_array(values, dtype),
-        np.array([len(lengths), width], dtype=np.int64),
+    if code == _MISSING:
+        return InvalidInputError(
+            f"{_where(key, i)}  Feature: {key} (data type: {_TF_NAMES[dtype]}) is required but could not be found."
+        )
+    feature = spec[key]
+    assert isinstance(feature, FixedLenFeature)
+    return InvalidInputError(
+        f"{_where(key, i)}  Number of {_TF_NAMES[dtype].replace('string', 'bytes')} values != expected.  "
+        f"Values size: {count} but output shape: {list(feature.shape)}"
     )
 
 
-def _sparse(
-    key: str, feature: SparseFeature, bufs: Mapping[str, list[Any]], lens: Mapping[str, list[int]]
-) -> SparseTensorValue:
-    index_lens, value_lens = lens[feature.index_key], lens[feature.value_key]
-    for i, (a, b) in enumerate(zip(index_lens, value_lens, strict=True)):
-        if a != b:
-            raise InvalidInputError(
-                f"{_where(key, i)}  SparseFeature has {a} indices in {feature.index_key!r} "
-                f"but {b} values in {feature.value_key!r}"
-            )
-    rows, _ = _rows_and_positions(index_lens)
-    columns = np.array(bufs[feature.index_key], dtype=np.int64)
-    values = _to_array(bufs[feature.value_key], feature.dtype)
+def _sparse(key: str, feature: SparseFeature, scanned: Mapping[str, Any], n: int) -> SparseTensorValue:
+    _, index_lens, index_pairs, _ = scanned[feature.index_key]
+    _, value_lens, _, _ = scanned[feature.value_key]
+    index_lens, value_lens = np.frombuffer(index_lens, np.int64), np.frombuffer(value_lens, np.int64)
+    mismatched = np.flatnonzero(index_lens != value_lens)
+    if mismatched.size:
+        i = int(mismatched[0])
+        raise InvalidInputError(
+            f"{_where(key, i)}  SparseFeature has {int(index_lens[i])} indices in {feature.index_key!r} "
+            f"but {int(value_lens[i])} values in {feature.value_key!r}"
+        )
+    rows = np.frombuffer(index_pairs, np.int64).reshape(-1, 2)[:, 0]
+    columns = _to_array(scanned[feature.index_key][0], dtypes.INT64)
+    values = _to_array(scanned[feature.value_key][0], feature.dtype)
     bad = np.flatnonzero((columns < 0) | (columns >= feature.size))
     if bad.size:
         j = int(bad[0])
@@ -305,7 +311,7 @@ def _sparse(
     return SparseTensorValue(
         np.stack([rows, columns], axis=1).reshape(-1, 2),
         values,
-        np.array([len(index_lens), feature.size], dtype=np.int64),
+        np.array([n, feature.size], dtype=np.int64),
     )
 
 

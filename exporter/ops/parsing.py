@@ -6,7 +6,7 @@ Outputs, in `exporter.features.output_layout` order: feature names sorted; a Fix
 one dense tensor [batch, *shape]; a VarLenFeature or SparseFeature gives three tensors: indices
 int64 [n, 2], values [n], dense_shape int64 [2].
 
-The spec is decoded once at load (`prepare`); each run is `exporter.features.parse_example`.
+The spec is decoded once at load (`prepare`); each run is its `exporter.features.ExampleParser`.
 """
 
 from __future__ import annotations
@@ -20,12 +20,12 @@ from exporter import dtypes
 from exporter.errors import GraphError
 from exporter.feature_attrs import spec_from_attrs, spec_to_attrs
 from exporter.features import (
+    ExampleParser,
     FeatureSpec,
     FixedLenFeature,
     SparseTensor,
     output_layout,
 )
-from exporter.features import parse_example as parse_example_arrays
 from exporter.ops.registry import LoadContext, TensorType, register_op
 
 if TYPE_CHECKING:
@@ -57,13 +57,13 @@ def _infer_parse_example(inputs: Sequence[TensorType], attrs: Mapping[str, Any])
     return out
 
 
-def _prepare_parse_example(attrs: Mapping[str, Any], ctx: LoadContext) -> dict[str, FeatureSpec]:
-    return spec_from_attrs(attrs)
+def _prepare_parse_example(attrs: Mapping[str, Any], ctx: LoadContext) -> ExampleParser:
+    return ExampleParser(spec_from_attrs(attrs))
 
 
 @register_op("ParseExample", infer=_infer_parse_example, num_inputs=1, prepare=_prepare_parse_example)
-def _parse_example(inputs: list[np.ndarray], spec: dict[str, FeatureSpec]) -> list[np.ndarray]:
-    parsed = parse_example_arrays(inputs[0], spec)
+def _parse_example(inputs: list[np.ndarray], parser: ExampleParser) -> list[np.ndarray]:
+    parsed = parser(inputs[0])
     out: list[np.ndarray] = []
     for key in sorted(parsed):  # the order of output_layout: sorted names, sparse parts in order
         value = parsed[key]
