@@ -28,7 +28,15 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
-from exporter import _example_scan, dtypes
+from exporter import dtypes
+
+try:
+    from exporter import _example_scan
+except ImportError as _missing:  # a checkout whose C part was not compiled by its install
+    raise ImportError(
+        "exporter._example_scan is not built: reinstall the package (`make .venv/.installed-test`, or "
+        "`pip install -e .`) to compile exporter/_example_scan.c"
+    ) from _missing
 from exporter.dtypes import DType
 from exporter.errors import InvalidInputError
 
