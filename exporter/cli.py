@@ -1,8 +1,10 @@
-"""`tessera inspect` and `tessera run`: look at bundles and run a signature locally.
+"""`tessera inspect` and `tessera run`: look at a model's versions and run a signature locally.
 
 Both take a base path (``<base>/<version>/...``) or one version directory, as a local path or a
-pyarrow.fs URI. `inspect` reads only MANIFEST.pb and graph.pb (nothing is copied); `run` loads the
-whole bundle (remote ones through the local cache) into the numpy runtime.
+pyarrow.fs URI, and go through the loader registry (`exporter.servable`) as the server does, by
+`--model_platform` or, by default, the platform the directory's files call for (MANIFEST.pb: a
+Tessera bundle; model.onnx: ONNX). `inspect` of a bundle reads only MANIFEST.pb and graph.pb
+(nothing is copied); `run` loads the whole version (remote ones through the local cache).
 """
 
 from __future__ import annotations
@@ -12,15 +14,15 @@ import base64
 import json
 import pathlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, TextIO
 
 import numpy as np
-import pyarrow.fs as pafs
 
-from exporter import bundle as bundle_io
-from exporter import dtypes, storage
+from exporter import dtypes, servable, storage
 from exporter.errors import BundleError, ExporterError
+from exporter.loaders import formats
+from exporter.signature import Shape, Signature
 from protos.tessera import bundle_pb2
 
 
@@ -34,6 +36,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     inspect.add_argument("path", help="base path or version directory (local path or URI)")
     inspect.add_argument("--all", action="store_true", help="show the signatures of every version")
     inspect.add_argument("--signature", help="show only this signature")
+    _add_platform(inspect)
     inspect.set_defaults(func=inspect_command)
 
     run = subparsers.add_parser(
@@ -48,48 +51,69 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     )
     run.add_argument("--output-filter", action="append", help="only this output alias (repeatable)")
     run.add_argument("--cache-dir", help="local cache for remote bundles")
+    _add_platform(run)
     run.set_defaults(func=run_command)
 
 
+def _add_platform(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model_platform", "--model-platform", dest="model_platform",
+        help="the model config's model_platform (tensorflow, onnx, ...); default: what the files are",
+    )
+
+
 def _is_version_dir(path: str) -> bool:
-    fs, root = storage.resolve(path)
-    return fs.get_file_info(f"{root.rstrip('/')}/{bundle_io.MANIFEST_FILE}").type == pafs.FileType.File
+    """A directory holding a model file of any known format (else: a base path)."""
+    return formats.found(path) is not None
 
 
-def _shape_text(shape: bundle_pb2.Shape) -> str:
-    if shape.unknown_rank:
+def _platform(args: argparse.Namespace, version_dir: str) -> str:
+    if args.model_platform:
+        return str(args.model_platform)
+    hit = formats.found(version_dir)
+    return "onnx" if hit is not None and hit[0] == "onnx" else "tensorflow"
+
+
+def _dtype_text(dtype: int) -> str:
+    """TensorFlow's DT_ name of a dtype (DT_FLOAT, DT_COMPLEX64, ...)."""
+    try:
+        return bundle_pb2.DType.Name(dtype)
+    except ValueError:
+        return f"DT_{dtypes.name(dtype).upper()}"
+
+
+def _shape_text(shape: Shape) -> str:
+    if shape is None:
         return "unknown_rank"
-    return "(" + ", ".join(str(d) for d in shape.dim) + ")"
+    return "(" + ", ".join("-1" if d is None else str(d) for d in shape) + ")"
 
 
-def print_signatures(meta_graph: bundle_pb2.MetaGraph, out: TextIO, only: str | None = None) -> None:
+def print_signatures(signatures: Mapping[str, Signature], out: TextIO, only: str | None = None) -> None:
     """Prints signatures the way `saved_model_cli show --all` does."""
-    if meta_graph.tags:
-        print(f"tag-set: {', '.join(repr(t) for t in meta_graph.tags)}", file=out)
-    keys = sorted(meta_graph.signatures) if only is None else [only]
+    keys = sorted(signatures) if only is None else [only]
     for key in keys:
-        if key not in meta_graph.signatures:
-            raise BundleError(f"no signature {key!r}; there are: {', '.join(sorted(meta_graph.signatures))}")
-        sig = meta_graph.signatures[key]
+        if key not in signatures:
+            raise BundleError(f"no signature {key!r}; there are: {', '.join(sorted(signatures))}")
+        sig = signatures[key]
         print(f"\nsignature_def[{key!r}]:", file=out)
-        for kind, specs in (("input", sig.inputs), ("output", sig.outputs)):
+        for kind, infos in (("input", sig.inputs), ("output", sig.outputs)):
             print(f"  The given SignatureDef contains the following {kind}(s):", file=out)
-            for alias in sorted(specs):
-                spec = specs[alias]
+            for alias in sorted(infos):
+                info = infos[alias]
                 print(f"    {kind}s[{alias!r}] tensor_info:", file=out)
-                print(f"        dtype: {bundle_pb2.DType.Name(spec.dtype)}", file=out)
-                print(f"        shape: {_shape_text(spec.shape)}", file=out)
-                print(f"        name: {spec.name}", file=out)
+                print(f"        dtype: {_dtype_text(info.dtype)}", file=out)
+                print(f"        shape: {_shape_text(info.shape)}", file=out)
+                print(f"        name: {info.name}", file=out)
         print(f"  Method name is: {sig.method_name}", file=out)
 
 
 def inspect_command(args: argparse.Namespace, out: TextIO | None = None) -> int:
-    """`tessera inspect PATH [--all] [--signature S]`."""
+    """`tessera inspect PATH [--all] [--signature S] [--model_platform P]`."""
     out = out or sys.stdout  # looked up per call, so a redirected sys.stdout is honoured
     if _is_version_dir(args.path):
-        _, meta_graph = bundle_io.read_meta_graph(args.path)
+        signatures = servable.describe(_platform(args, args.path), args.path)
         print(f"version directory {args.path}", file=out)
-        print_signatures(meta_graph, out, args.signature)
+        print_signatures(signatures, out, args.signature)
         return 0
     versions = storage.list_versions(args.path)
     if not versions:
@@ -104,14 +128,14 @@ def inspect_command(args: argparse.Namespace, out: TextIO | None = None) -> int:
     for version, fs_path in versions.items():
         location = storage.join(args.path, fs_path.rsplit("/", 1)[-1])
         try:
-            _, meta_graph = bundle_io.read_meta_graph(location)
+            signatures = servable.describe(_platform(args, location), location)
         except BundleError as exc:
             print(f"  {version}  INCOMPLETE OR CORRUPT: {exc}", file=out)
             status = 1
             continue
-        print(f"  {version}  signatures: {', '.join(sorted(meta_graph.signatures))}", file=out)
+        print(f"  {version}  signatures: {', '.join(sorted(signatures))}", file=out)
         if args.all or args.signature:
-            print_signatures(meta_graph, out, args.signature)
+            print_signatures(signatures, out, args.signature)
             print(file=out)
     return status
 
@@ -142,8 +166,6 @@ def _jsonable(array: np.ndarray) -> Any:
 
 def run_command(args: argparse.Namespace, out: TextIO | None = None) -> int:
     """`tessera run PATH --signature S --inputs JSON`: prints ``{"outputs": {alias: value}}``."""
-    from exporter.runtime import Runtime  # the runtime pulls in every op module: only when running
-
     out = out or sys.stdout
 
     path = args.path
@@ -152,19 +174,22 @@ def run_command(args: argparse.Namespace, out: TextIO | None = None) -> int:
         if not versions:
             raise BundleError(f"no versions under base path {path}")
         path = storage.join(path, versions[max(versions)].rsplit("/", 1)[-1])
-    loaded = bundle_io.read_bundle(path, cache_dir=args.cache_dir)
-    runtime = Runtime.from_bundle(loaded)
-    signature = runtime.signatures.get(args.signature)
+    options = servable.LoadOptions(cache_dir=args.cache_dir)
+    loaded = servable.load_servable(_platform(args, path), path, options)
+    signature = loaded.signatures.get(args.signature)
     if signature is None:
         raise BundleError(
-            f"no signature {args.signature!r} in {path}; there are: {', '.join(sorted(runtime.signatures))}"
+            f"no signature {args.signature!r} in {path}; there are: {', '.join(sorted(loaded.signatures))}"
         )
     feeds = {}
     for alias, value in _load_inputs(args.inputs).items():
         info = signature.inputs.get(alias)
         # An unknown alias is passed through so the runtime names it in its error.
         feeds[alias] = dtypes.as_array(value, info.dtype) if info is not None else np.asarray(value)
-    outputs = runtime.run(args.signature, feeds, output_filter=args.output_filter)
+    try:
+        outputs = loaded.run(args.signature, feeds, args.output_filter)
+    finally:
+        loaded.close()
     print(json.dumps({"outputs": {k: _jsonable(v) for k, v in sorted(outputs.items())}}), file=out)
     return 0
 
@@ -180,7 +205,7 @@ def dispatch(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Standalone entry point (``python -m exporter.cli``) with just `inspect` and `run`."""
-    parser = argparse.ArgumentParser(prog="tessera", description="Inspect and run Tessera bundles.")
+    parser = argparse.ArgumentParser(prog="tessera", description="Inspect and run model versions.")
     add_commands(parser.add_subparsers(dest="command", required=True))
     return dispatch(parser.parse_args(argv))
 

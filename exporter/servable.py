@@ -77,12 +77,22 @@ Loader = Callable[[str, LoadOptions], Servable]
 _LOADERS: dict[str, str] = {
     "tensorflow": "exporter.loaders.bundle:load",
     "tessera": "exporter.loaders.bundle:load",
+    "onnx": "exporter.loaders.onnx:load",
+    "onnxruntime_onnx": "exporter.loaders.onnx:load",
 }
+# Platforms whose versions commit themselves: MANIFEST.pb is written last, and a version without
+# one is refused. A source watches the others' versions until their files stop changing.
+_MANIFEST_PLATFORMS: frozenset[str] = frozenset({"tensorflow", "tessera", ""})
 
 
 def register_loader(platform: str, target: str) -> None:
     """Registers `target` ("module:function", a `Loader`) as the loader of `platform`."""
     _LOADERS[platform] = target
+
+
+def commits_with_manifest(platform: str) -> bool:
+    """True when a version of `platform` is complete once its MANIFEST.pb exists (Tessera bundles)."""
+    return platform in _MANIFEST_PLATFORMS
 
 
 def platforms() -> list[str]:
@@ -102,3 +112,19 @@ def loader_for(platform: str) -> Loader:
 def load_servable(platform: str, path: str, options: LoadOptions | None = None) -> Servable:
     """Loads one version directory (a local path or pyarrow.fs URI) with `platform`'s loader."""
     return loader_for(platform)(path, options or LoadOptions())
+
+
+def describe(platform: str, path: str, options: LoadOptions | None = None) -> Mapping[str, Signature]:
+    """The signatures of one version without serving it (`tessera inspect`): the loader module's
+    `describe(path, options)` where it has one (a bundle's reads only its manifest and graph),
+    else the signatures of a load, closed at once. Refuses what `load_servable` refuses."""
+    loader = loader_for(platform)
+    module = importlib.import_module(loader.__module__)
+    describe_fn: Callable[[str, LoadOptions], Mapping[str, Signature]] | None = getattr(module, "describe", None)
+    if describe_fn is not None:
+        return describe_fn(path, options or LoadOptions())
+    servable = loader(path, options or LoadOptions())
+    try:
+        return dict(servable.signatures)
+    finally:
+        servable.close()

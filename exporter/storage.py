@@ -119,6 +119,21 @@ def list_versions(
     return {v: base.rstrip("/") + "/" + names[v] for v in sorted(names)}
 
 
+def list_tree(
+    path_or_uri: str | os.PathLike[str], *, filesystem: pafs.FileSystem | None = None
+) -> tuple[tuple[str, int, int], ...]:
+    """Every file under a directory as sorted ``(relative path, size, mtime in ns)``: what a reader
+    compares between polls to tell a version still being written from a finished one."""
+    fs, root = resolve(path_or_uri, filesystem)
+    root = root.rstrip("/")
+    entries = []
+    for info in fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True)):
+        if info.type == pafs.FileType.File:
+            mtime = info.mtime_ns if info.mtime_ns is not None else -1
+            entries.append((info.path[len(root) + 1 :], int(info.size or 0), int(mtime)))
+    return tuple(sorted(entries))
+
+
 def _preferred(candidate: str, current: str, version: int) -> bool:
     canonical = str(version)
     if current == canonical:

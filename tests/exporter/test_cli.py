@@ -94,7 +94,6 @@ signature_def['predict']:
     assert expected_predict in out
     assert "Method name is: tensorflow/serving/classify" in out
     assert "dtype: DT_STRING" in out and "shape: unknown_rank" in out
-    assert "tag-set: 'serve'" in out
     _, only, _ = _run(capsys, "inspect", base / "1", "--signature", "serving_default")
     assert "predict" not in only.replace("tensorflow/serving/classify", "")
 

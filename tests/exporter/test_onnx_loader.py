@@ -1,0 +1,118 @@
+"""exporter.loaders.onnx: ONNX models in Triton's layout (`<version>/model.onnx`) as Servables."""
+
+from __future__ import annotations
+
+import pathlib
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from exporter import dtypes, servable, warmup
+from exporter.errors import BundleError, InvalidInputError
+from exporter.loaders.onnx import OnnxServable
+from exporter.signature import DEFAULT_SERVING_SIGNATURE, PREDICT_METHOD, TensorInfo
+
+
+def scale_model(scale: float, *, batch: str | int = "batch") -> onnx.ModelProto:
+    """y = x * scale and ids = argmax(y) over x: float32 [batch, 2]."""
+    graph = helper.make_graph(
+        [
+            helper.make_node("Mul", ["x", "scale"], ["y"]),
+            helper.make_node("ArgMax", ["y"], ["ids"], axis=1, keepdims=0),
+        ],
+        "scale",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 2])],
+        [
+            helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, 2]),
+            helper.make_tensor_value_info("ids", TensorProto.INT64, [batch]),
+        ],
+        [numpy_helper.from_array(np.full(2, scale, np.float32), "scale")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    return model
+
+
+def write_onnx_version(base: pathlib.Path | str, version: int, scale: float, *, warmup_rows: int = 0) -> pathlib.Path:
+    """`<base>/<version>/model.onnx` (Triton's layout), with a warmup file if `warmup_rows`."""
+    root = pathlib.Path(base) / str(version)
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "model.onnx").write_bytes(scale_model(scale).SerializeToString())
+    if warmup_rows:
+        (root / "assets.extra").mkdir(exist_ok=True)
+        record = warmup.predict_log(DEFAULT_SERVING_SIGNATURE, {"x": np.ones((warmup_rows, 2), np.float32)})
+        (root / "assets.extra" / warmup.WARMUP_FILE).write_bytes(warmup.encode_warmup([record]))
+    return root
+
+
+@pytest.mark.parametrize("platform", ["onnx", "onnxruntime_onnx"])
+def test_tritons_layout_serves_the_graph_as_serving_default(tmp_path: pathlib.Path, platform: str) -> None:
+    root = write_onnx_version(tmp_path / "m", 1, 3.0)
+    loaded = servable.load_servable(platform, str(root))
+    assert isinstance(loaded, OnnxServable) and isinstance(loaded, servable.Servable)
+    (sig,) = loaded.signatures.values()
+    assert sig.key == DEFAULT_SERVING_SIGNATURE and sig.method_name == PREDICT_METHOD
+    assert dict(sig.inputs) == {"x": TensorInfo("x", dtypes.FLOAT, (None, 2))}
+    assert dict(sig.outputs) == {
+        "y": TensorInfo("y", dtypes.FLOAT, (None, 2)),
+        "ids": TensorInfo("ids", dtypes.INT64, (None,)),
+    }
+    x = np.array([[1, 2], [4, 3]], np.float32)
+    out = loaded.run(DEFAULT_SERVING_SIGNATURE, {"x": x})
+    np.testing.assert_array_equal(out["y"], 3 * x)
+    np.testing.assert_array_equal(out["ids"], [1, 0])
+    assert loaded.run(DEFAULT_SERVING_SIGNATURE, {"x": x}, ["ids"]).keys() == {"ids"}
+    assert loaded.resident_bytes > 0 and loaded.assets_extra_dir is None
+    loaded.close()
+
+
+def test_run_errors_are_input_errors(tmp_path: pathlib.Path) -> None:
+    loaded = servable.load_servable("onnx", str(write_onnx_version(tmp_path / "m", 1, 1.0)))
+    x = np.ones((1, 2), np.float32)
+    with pytest.raises(InvalidInputError, match='signature key "predict" not found'):
+        loaded.run("predict", {"x": x})
+    with pytest.raises(InvalidInputError, match="output tensor alias not found in signature: z"):
+        loaded.run(DEFAULT_SERVING_SIGNATURE, {"x": x}, ["z"])
+    with pytest.raises(InvalidInputError):
+        loaded.run(DEFAULT_SERVING_SIGNATURE, {"x": np.ones((1, 3), np.float32)})
+
+
+def test_assets_extra_is_the_versions(tmp_path: pathlib.Path) -> None:
+    root = write_onnx_version(tmp_path / "m", 2, 1.0, warmup_rows=1)
+    assert servable.load_servable("onnx", str(root)).assets_extra_dir == root / "assets.extra"
+
+
+def test_a_corrupt_model_file_is_a_load_error(tmp_path: pathlib.Path) -> None:
+    root = write_onnx_version(tmp_path / "m", 1, 1.0)
+    (root / "model.onnx").write_bytes(b"\x08\x07garbage that is not a model")
+    with pytest.raises(BundleError, match="ONNX"):
+        servable.load_servable("onnx", str(root))
+
+
+def test_a_missing_model_file_names_the_layout(tmp_path: pathlib.Path) -> None:
+    (tmp_path / "m" / "1").mkdir(parents=True)
+    with pytest.raises(BundleError, match=r"no model.onnx \(Triton's layout"):
+        servable.load_servable("onnx", str(tmp_path / "m" / "1"))
+
+
+def test_another_file_name_is_told_to_be_model_onnx(tmp_path: pathlib.Path) -> None:
+    root = tmp_path / "m" / "1"
+    root.mkdir(parents=True)
+    (root / "resnet.onnx").write_bytes(scale_model(1.0).SerializeToString())
+    with pytest.raises(BundleError, match="rename it to .*/model.onnx"):
+        servable.load_servable("onnx", str(root))
+
+
+def test_a_fixed_batch_dimension_is_reported_as_is(tmp_path: pathlib.Path) -> None:
+    root = tmp_path / "m" / "1"
+    root.mkdir(parents=True)
+    (root / "model.onnx").write_bytes(scale_model(1.0, batch=1).SerializeToString())
+    loaded = servable.load_servable("onnx", str(root))
+    assert loaded.signatures[DEFAULT_SERVING_SIGNATURE].inputs["x"].shape == (1, 2)
+
+
+def test_describe_of_an_onnx_version_is_its_signature(tmp_path: pathlib.Path) -> None:
+    root = write_onnx_version(tmp_path / "m", 1, 1.0)
+    assert set(servable.describe("onnx", str(root))) == {DEFAULT_SERVING_SIGNATURE}
