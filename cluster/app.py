@@ -104,7 +104,7 @@ class TesseraServer:
         # adopted again, and the dispatcher sends it the config again.
         self._controller = ControllerActor.options(max_concurrency=1000, max_restarts=-1).remote(
             controller_options, opts.replica_num_cpus, opts.enable_model_warmup, batching, opts.log_format,
-            f"tessera-{os.getpid()}-{id(self):x}",
+            f"tessera-{os.getpid()}-{id(self):x}", opts.session_threads,
         )
         controller = self._controller
         gateway_id = f"gateway-{os.getpid()}-{id(self):x}"

@@ -93,3 +93,6 @@ class ServeOptions:
     target_ongoing_requests: float = 8.0
     upscale_delay_s: float = 3.0
     downscale_delay_s: float = 30.0
+    # TF's --tensorflow_intra_op_parallelism / --tensorflow_inter_op_parallelism, applied to each
+    # onnxruntime session (0: intra-op from the replica's CPUs, inter-op sequential).
+    session_threads: tuple[int, int] = (0, 0)

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from cluster.config import BatchingConfig, ModelConfig, ServeOptions, ServerConfig
 from cluster.errors import InvalidArgument
 from cluster.gateway import config_converters
+from exporter import servable
 
 _TRUE = frozenset({"true", "t", "yes", "y", "1"})
 _FALSE = frozenset({"false", "f", "no", "n", "0"})
@@ -54,6 +55,14 @@ _TF_FLAGS: tuple[tuple[str, type, object, str, str], ...] = (
     ("rest_api_timeout_in_ms", int, 30000, "MS", "REST request timeout"),
     ("model_name", str, "default", "NAME", "single-model mode: the model name"),
     ("model_base_path", str, "", "PATH", "single-model mode: the base path (local path or URI)"),
+    (
+        "model_platform",
+        str,
+        "tensorflow",
+        "PLATFORM",
+        "single-model mode: how versions are stored: tensorflow (Tessera bundles) or onnx "
+        "(Triton's <version>/model.onnx)",
+    ),
     ("model_config_file", str, "", "PATH", "text-format ModelServerConfig (instead of a base path)"),
     ("model_config_file_poll_wait_seconds", int, 0, "S", "re-read --model_config_file this often; 0: once"),
     ("file_system_poll_wait_seconds", float, 1.0, "S", "poll base paths this often; 0: once, <0: never"),
@@ -63,6 +72,14 @@ _TF_FLAGS: tuple[tuple[str, type, object, str, str], ...] = (
     ("ssl_config_file", str, "", "PATH", "text-format SSLConfig: serve gRPC over TLS"),
     ("grpc_socket_path", str, "", "PATH", "also serve gRPC on this UNIX socket"),
     ("load_retry_interval_micros", int, 60_000_000, "US", "wait between load retries"),
+    (
+        "tensorflow_intra_op_parallelism",
+        int,
+        0,
+        "N",
+        "threads inside one op of a session (onnxruntime's intra-op threads); 0: the replica's CPUs",
+    ),
+    ("tensorflow_inter_op_parallelism", int, 0, "N", "ops of one session run at once; 0: one at a time"),
 )
 _TF_BOOLS: tuple[tuple[str, bool, str], ...] = (
     ("enable_batching", False, "batch requests on the replicas"),
@@ -126,6 +143,10 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         parser.error(f"--max_replicas ({args.max_replicas}) must be at least --num_replicas ({args.num_replicas})")
     if args.target_ongoing_requests <= 0:
         parser.error("--target_ongoing_requests must be positive")
+    if args.model_platform not in servable.platforms():
+        parser.error(f"--model_platform must be one of {', '.join(servable.platforms())}, got {args.model_platform!r}")
+    if args.model_platform != "tensorflow" and args.model_config_file:
+        parser.error("--model_platform applies to --model_base_path; set model_platform in the model config instead")
     if args.log_format not in ("text", "json"):
         parser.error(f"--log_format must be text or json, got {args.log_format!r}")
     if args.rest_api_port and args.rest_api_port == args.port:
@@ -137,6 +158,8 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         "max_num_load_retries": 0,
         "load_retry_interval_micros": 0,
         "model_config_file_poll_wait_seconds": 0,
+        "tensorflow_intra_op_parallelism": 0,
+        "tensorflow_inter_op_parallelism": 0,
     }
     for flag, minimum in minimums.items():
         if getattr(args, flag) < minimum:
@@ -146,9 +169,9 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
 def _server_config(args: argparse.Namespace) -> ServerConfig:
     if args.model_config_file:
         return config_converters.load_server_config(args.model_config_file)
-    # TF's single-model mode: one `config { name, base_path, model_platform: "tensorflow" }`.
+    # TF's single-model mode: one `config { name, base_path, model_platform }`.
     base_path = config_converters.absolute_base_path(args.model_base_path)
-    return ServerConfig((ModelConfig(name=args.model_name, base_path=base_path),))
+    return ServerConfig((ModelConfig(name=args.model_name, base_path=base_path, platform=args.model_platform),))
 
 
 def _options(args: argparse.Namespace) -> ServeOptions:
@@ -192,6 +215,7 @@ def _options(args: argparse.Namespace) -> ServeOptions:
         target_ongoing_requests=args.target_ongoing_requests,
         upscale_delay_s=args.upscale_delay_s,
         downscale_delay_s=args.downscale_delay_s,
+        session_threads=(args.tensorflow_intra_op_parallelism, args.tensorflow_inter_op_parallelism),
     )
 
 

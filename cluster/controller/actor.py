@@ -37,6 +37,7 @@ class ControllerActor:
         batching: BatchingConfig | None = None,
         log_format: str = "text",
         server_id: str = "tessera",
+        session_threads: tuple[int, int] = (0, 0),
     ) -> None:
         configure_logging(SimpleNamespace(log_format=log_format))
 
@@ -47,7 +48,7 @@ class ControllerActor:
             return ReplicaActor.options(
                 name=replica_id, get_if_exists=True, lifetime="detached",
                 num_cpus=replica_num_cpus, max_concurrency=1000,
-            ).remote(model.name, replica_id, enable_warmup, model.batching or batching, log_format)
+            ).remote(model.name, replica_id, enable_warmup, model.batching or batching, log_format, session_threads)
 
         self._controller = Controller(options, new_replica, _kill)
 

@@ -139,7 +139,7 @@ class Controller:
         )
         self._models[model.name] = _Model(
             config=model,
-            source=FileSystemSource(model.name, model.base_path, model.version_policy),
+            source=FileSystemSource.for_model(model),
             stream=ServableStream(model.name, self._options.retry),
             replicas=replicas,
             scaler=ModelScaler(scaling, self._clock()) if scaling.enabled else None,
@@ -147,8 +147,9 @@ class Controller:
         log.info("model %s added: base path %s, %d replica(s)", model.name, model.base_path, count)
 
     def _update_model(self, current: _Model, model: ModelConfig) -> None:
-        if (current.config.base_path, current.config.version_policy) != (model.base_path, model.version_policy):
-            current.source = FileSystemSource(model.name, model.base_path, model.version_policy)
+        old = current.config
+        if (old.base_path, old.version_policy, old.platform) != (model.base_path, model.version_policy, model.platform):
+            current.source = FileSystemSource.for_model(model)
             current.last_poll = None  # list the new base path at the next tick
         current.config = model
         log.info("model %s config updated", model.name)
@@ -226,7 +227,7 @@ class Controller:
         name, path = model.config.name, model.paths[version]
         started = self._clock()
         try:
-            signatures = await model.replicas.load(version, path)
+            signatures = await model.replicas.load(version, path, model.config.platform)
         except Exception as exc:  # noqa: BLE001 - any failure fails this version's load
             error = unwrap_error(exc)
             model.stream.load_failed(version, error, self._clock())
@@ -252,7 +253,8 @@ class Controller:
         available meanwhile."""
         loaded: set[int] = set()
         while missing := model.stream.available_versions() - loaded:
-            await asyncio.gather(*(r.load.remote(v, model.paths[v]) for r in fresh for v in missing))
+            platform = model.config.platform
+            await asyncio.gather(*(r.load.remote(v, model.paths[v], platform) for r in fresh for v in missing))
             loaded |= missing
 
     # -- autoscaling --------------------------------------------------------------------------

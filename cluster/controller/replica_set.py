@@ -48,11 +48,12 @@ class ReplicaSet:
         return len(self.handles)
 
     # -- versions ------------------------------------------------------------------------------
-    async def load(self, version: int, path: str) -> Mapping[str, Signature]:
-        """Loads `version` on every replica; on any failure unloads it everywhere and raises."""
+    async def load(self, version: int, path: str, platform: str = "tensorflow") -> Mapping[str, Signature]:
+        """Loads `version` with `platform`'s loader on every replica; on any failure unloads it
+        everywhere and raises."""
         handles = list(self.handles)
         try:
-            results = await asyncio.gather(*(r.load.remote(version, path) for r in handles))
+            results = await asyncio.gather(*(r.load.remote(version, path, platform) for r in handles))
         except Exception:
             await asyncio.gather(*(r.unload.remote(version) for r in handles), return_exceptions=True)
             raise

@@ -1,8 +1,9 @@
 """The Ray actor around a Replica.
 
 An async actor, so one replica accepts several calls at once; each call's compute runs in a
-worker thread (numpy releases the GIL in its kernels), keeping the actor's loop free to accept
-the next coalesced call while one runs.
+worker thread (numpy and onnxruntime release the GIL), keeping the actor's loop free to accept
+the next coalesced call while one runs. The CPUs Ray gave the actor bound the threads each
+session may use (`session_threads`), so two replicas on one node do not fight over every core.
 """
 
 from __future__ import annotations
@@ -19,12 +20,21 @@ import ray
 from cluster.config import BatchingConfig
 from cluster.logs import configure_logging
 from cluster.replica.batched import BatchedRunner
+from cluster.replica.contract import RunResult
 from cluster.replica.data_plane import DataPlaneServer
-from cluster.replica.replica import Replica, RunResult, is_small
+from cluster.replica.replica import Replica, compute
 from cluster.stats import ReplicaStats
+from exporter.servable import LoadOptions
 from exporter.signature import Signature
 
 log = logging.getLogger("tessera.replica")
+
+
+def threads_for(num_cpus: float | None) -> int:
+    """Intra-op threads of one session: the whole CPUs the actor was given (at least 1), never more
+    than this process may run on."""
+    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(available, int(num_cpus or 1)))
 
 
 @ray.remote(num_cpus=0)
@@ -38,19 +48,23 @@ class ReplicaActor:
         enable_warmup: bool = True,
         batching: BatchingConfig | None = None,
         log_format: str = "text",
+        session_threads: tuple[int, int] = (0, 0),
     ) -> None:
         configure_logging(SimpleNamespace(log_format=log_format))
         log.info("replica %s of model %s started (pid %d)", replica_id, model_name, os.getpid())
         self.replica_id = replica_id
         self._in_flight = 0
-        self._replica = Replica(model_name, enable_warmup=enable_warmup)
+        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU")
+        intra, inter = session_threads
+        options = LoadOptions(intra_op_threads=intra or threads_for(cpus), inter_op_threads=inter)
+        self._replica = Replica(model_name, enable_warmup=enable_warmup, options=options)
         # Without batching parameters, each call's requests (coalesced by the gateway) still run
         # as one merged batch; with them, a queue also merges across calls and gateways.
         self._batched = BatchedRunner(self._replica, batching) if batching is not None else None
         self._data_plane = DataPlaneServer(self.run)
 
-    async def load(self, version: int, path: str) -> dict[str, Signature]:
-        return await asyncio.to_thread(self._replica.load, version, path)
+    async def load(self, version: int, path: str, platform: str = "tensorflow") -> dict[str, Signature]:
+        return await asyncio.to_thread(self._replica.load, version, path, platform)
 
     async def unload(self, version: int) -> None:
         if self._batched is not None:
@@ -67,15 +81,15 @@ class ReplicaActor:
         requests: Sequence[Mapping[str, np.ndarray]],
         output_filter: Sequence[str] = (),
         timeouts: Sequence[float | None] | None = None,
-    ) -> RunResult:
-        """Runs coalesced requests; `timeouts` are each request's seconds left before its deadline."""
+    ) -> list[RunResult]:
+        """The run contract (`cluster.replica.contract.Runner`)."""
         self._in_flight += len(requests)
         try:
             if self._batched is not None:
                 return await self._batched.run(version, signature_key, requests, output_filter, timeouts)
-            if is_small(*requests):
-                return self._replica.run(version, signature_key, requests, output_filter)
-            return await asyncio.to_thread(self._replica.run, version, signature_key, requests, output_filter)
+            return await compute(
+                lambda: self._replica.run(version, signature_key, requests, output_filter), *requests
+            )
         finally:
             self._in_flight -= len(requests)
 

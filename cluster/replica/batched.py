@@ -1,10 +1,11 @@
 """The replica's batch queues: requests from every call (and every gateway) merged per servable,
 signature and output filter, under TF Serving's BatchingParameters.
 
-Each request is validated on its own before it joins a batch (a bad one never reaches the merge).
-A data-dependent failure of a merged batch (say, one malformed tf.Example) is not blamed on the
-whole batch: its members are re-run one by one, so only the offending request fails, with an
-error about its own rows.
+Each request is validated on its own (`Replica.validate`) before it joins a batch, so a bad one
+never reaches the merge. A merged batch that fails because of its data (say, one malformed
+tf.Example) is not blamed on the whole batch: each member goes through `Replica.execute` alone,
+the replica's one execution path, so only the offending request fails, with an error about its
+own rows.
 """
 
 from __future__ import annotations
@@ -19,10 +20,11 @@ from cluster import errors
 from cluster.batching import merge
 from cluster.batching.queue import BatchQueue
 from cluster.config import BatchingConfig
-from cluster.replica.replica import Replica, RunResult, is_small
+from cluster.replica.contract import RunResult
+from cluster.replica.replica import Replica, compute
 from exporter.errors import InvalidInputError
-from exporter.runtime import Runtime
-from exporter.signature import check_feeds
+from exporter.servable import Servable
+from exporter.signature import Signature
 
 QueueKey = tuple[int, str, tuple[str, ...]]
 
@@ -43,26 +45,21 @@ class BatchedRunner:
         self._config = config
         self._queues: dict[QueueKey, BatchQueue] = {}
 
-    def _queue(self, runtime: Runtime, key: QueueKey) -> BatchQueue:
+    def _queue(self, servable: Servable, signature: Signature, key: QueueKey) -> BatchQueue:
         queue = self._queues.get(key)
         if queue is None:
-            version, signature_key, output_filter = key
-            signature = runtime.signatures[signature_key]
+            _, signature_key, output_filter = key
+            fetch = list(output_filter) or None
 
             async def execute(inputs: dict[str, np.ndarray]) -> Mapping[str, np.ndarray]:
                 self._replica.batch_sizes.observe(merge.row_count(inputs))
                 try:
-                    if is_small(inputs):
-                        return runtime.run(signature_key, inputs, output_filter or None)
-                    return await asyncio.to_thread(runtime.run, signature_key, inputs, output_filter or None)
+                    return await compute(lambda: servable.run(signature_key, inputs, fetch), inputs)
                 except InvalidInputError as e:
                     raise _BatchFailed(e) from None
 
             def validate(inputs: Mapping[str, np.ndarray]) -> None:
-                try:
-                    check_feeds(signature, inputs)
-                except InvalidInputError as e:
-                    raise errors.InvalidArgument(str(e)) from None
+                Replica.validate(signature, inputs)
 
             queue = self._queues[key] = BatchQueue(execute, self._config, validate=validate)
         return queue
@@ -74,25 +71,26 @@ class BatchedRunner:
         requests: Sequence[Mapping[str, np.ndarray]],
         output_filter: Sequence[str] = (),
         timeouts: Sequence[float | None] | None = None,
-    ) -> RunResult:
+    ) -> list[RunResult]:
         try:
-            runtime, _ = self._replica.resolve(version, signature_key)
+            servable, signature = self._replica.resolve(version, signature_key)
         except errors.ServingError as e:
             return [e] * len(requests)
-        queue = self._queue(runtime, (version, signature_key, tuple(output_filter)))
+        queue = self._queue(servable, signature, (version, signature_key, tuple(output_filter)))
         now = time.monotonic()
         deadlines = [None if t is None else now + t for t in (timeouts or [None] * len(requests))]
         outcomes = await asyncio.gather(
             *(queue.submit(r, d) for r, d in zip(requests, deadlines, strict=True)), return_exceptions=True
         )
-        results: RunResult = []
+        results: list[RunResult] = []
         for request, outcome in zip(requests, outcomes, strict=True):
             if isinstance(outcome, _BatchFailed):
-                outcome = await asyncio.to_thread(
-                    self._replica.run, version, signature_key, [request], output_filter
+                alone = await compute(
+                    lambda r=request: self._replica.execute(servable, signature_key, [r], output_filter), request
                 )
-                outcome = outcome[0]
-            results.append(_as_result(outcome))
+                results.append(alone[0])
+            else:
+                results.append(_as_result(outcome))
         return results
 
     @property
@@ -106,7 +104,7 @@ class BatchedRunner:
         await asyncio.gather(*(q.close(drain=True) for q in closing))
 
 
-def _as_result(outcome: object) -> Mapping[str, np.ndarray] | errors.ServingError:
+def _as_result(outcome: object) -> RunResult:
     if isinstance(outcome, errors.ServingError):
         return outcome
     if isinstance(outcome, InvalidInputError):

@@ -13,13 +13,14 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 import numpy as np
 
 from cluster.replica import wire
+from cluster.replica.contract import RunResult
 
 log = logging.getLogger("tessera.replica")
 
 RunFn = Callable[
     [int, str, Sequence[Mapping[str, np.ndarray]], Sequence[str], Sequence[float | None] | None],
-    Awaitable[Sequence[Mapping[str, np.ndarray] | BaseException]],
-]
+    Awaitable[Sequence[RunResult]],
+]  # `Runner.run` (cluster.replica.contract)
 
 
 class DataPlaneServer:

@@ -1,30 +1,37 @@
-"""A replica of one model: its loaded servables (version -> Runtime) and batched execution.
+"""A replica of one model: its loaded servables (version -> Servable) and the one execution path.
 
-Plain Python, no Ray: the Ray actor in `actor.py` wraps it. Every call carries a list of requests
-(the gateway coalesces concurrent requests into one call); they are validated one by one, so a
-bad request fails alone, then merged along dim 0 and run once per group of compatible shapes.
+Plain Python, no Ray: the Ray actor in `actor.py` wraps it. Versions load through the loader
+registry (`exporter.servable.load_servable`) by the model's platform, so the replica knows only
+the `Servable` contract: data errors raise InvalidInputError, `run` is thread-safe, `close()` on
+unload.
+
+Every call carries a list of requests (coalesced by the gateway, or merged by the batch queues in
+`batched.py`). Each is validated on its own (`validate`), so a bad request fails alone; `execute`
+then merges the valid ones along dim 0, runs them once per group of compatible shapes, and, when
+a merged batch fails because of its data, re-runs its members one by one so only the offending
+request fails. That is the only place a failing request is isolated.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import pathlib
 import threading
 import time
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import TypeVar
 
 import numpy as np
 
 from cluster import errors, stats
 from cluster.batching import merge
-from exporter import bundle as bundle_io
-from exporter import tensor_codec
+from cluster.replica.contract import Outputs, RunResult
+from cluster.replica.warmup import WARMUP_FILE, replay_warmup
 from exporter.errors import InvalidInputError
-from exporter.runtime import Runtime
-from exporter.signature import DEFAULT_SERVING_SIGNATURE, Signature, check_feeds
-from exporter.warmup import WARMUP_FILE, read_warmup
+from exporter.servable import LoadOptions, Servable, load_servable
+from exporter.signature import Signature, check_feeds
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +39,7 @@ log = logging.getLogger(__name__)
 # the hop to a thread costs about as much as a small model's whole computation (measured ~0.9 ms
 # on 2 busy cores, against ~1.3 ms for the whole Ray call).
 INLINE_ELEMENTS = 1 << 16
-Outputs = dict[str, np.ndarray]
-RunResult = list[Outputs | errors.ServingError]
+T = TypeVar("T")
 
 
 def is_small(*feeds: Mapping[str, np.ndarray]) -> bool:
@@ -41,58 +47,93 @@ def is_small(*feeds: Mapping[str, np.ndarray]) -> bool:
     return sum(a.size for f in feeds for a in f.values()) <= INLINE_ELEMENTS
 
 
+async def compute(fn: Callable[[], T], *feeds: Mapping[str, np.ndarray]) -> T:
+    """Runs `fn` inline for small inputs, else in a worker thread (the loop keeps accepting calls)."""
+    if is_small(*feeds):
+        return fn()
+    return await asyncio.to_thread(fn)
+
+
 class Replica:
     """The servables of one model in this process, and the code that runs requests on them."""
 
-    def __init__(self, model_name: str, *, enable_warmup: bool = True, cache_dir: str | None = None) -> None:
+    def __init__(
+        self,
+        model_name: str,
+        *,
+        enable_warmup: bool = True,
+        cache_dir: str | None = None,
+        options: LoadOptions | None = None,
+    ) -> None:
         self.model_name = model_name
         self.enable_warmup = enable_warmup
-        self.cache_dir = cache_dir
-        self._servables: dict[int, Runtime] = {}
+        self.options = options if options is not None else LoadOptions(cache_dir=cache_dir)
+        self._servables: dict[int, Servable] = {}
         self._lock = threading.Lock()
         self.batch_sizes = stats.Histogram(stats.BATCH_SIZE_BUCKETS)
         self.warmup_seconds = stats.Histogram(stats.LATENCY_BUCKETS)
 
     # -- lifecycle ---------------------------------------------------------------------------
-    def load(self, version: int, path: str) -> dict[str, Signature]:
-        """Reads, validates and warms up one version; returns its signatures. Raises on failure."""
-        if version in self._servables:
-            return self._servables[version].signatures
-        bundle = bundle_io.read_bundle(path, cache_dir=self.cache_dir)
-        runtime = Runtime.from_bundle(bundle)
-        if self.enable_warmup and bundle.assets_extra_dir is not None:
-            warmup_path = bundle.assets_extra_dir / WARMUP_FILE
-            if warmup_path.exists():
-                started = time.perf_counter()
-                count = replay_warmup(runtime, warmup_path)
-                self.warmup_seconds.observe(time.perf_counter() - started)
-                log.info("model %s version %d: %d warmup records replayed", self.model_name, version, count)
+    def load(self, version: int, path: str, platform: str = "tensorflow") -> dict[str, Signature]:
+        """Loads, validates and warms up one version with `platform`'s loader; returns its
+        signatures. Raises on failure (the version is then not loaded)."""
+        loaded = self._servables.get(version)
+        if loaded is not None:
+            return dict(loaded.signatures)
+        servable = load_servable(platform, path, self.options)
+        try:
+            self._warm_up(version, servable)
+        except BaseException:
+            servable.close()
+            raise
         with self._lock:
-            self._servables[version] = runtime
-        return runtime.signatures
+            self._servables[version] = servable
+        return dict(servable.signatures)
+
+    def _warm_up(self, version: int, servable: Servable) -> None:
+        extra = servable.assets_extra_dir
+        if not self.enable_warmup or extra is None or not (extra / WARMUP_FILE).exists():
+            return
+        started = time.perf_counter()
+        count = replay_warmup(servable, extra / WARMUP_FILE)
+        self.warmup_seconds.observe(time.perf_counter() - started)
+        log.info("model %s version %d: %d warmup records replayed", self.model_name, version, count)
 
     def unload(self, version: int) -> None:
+        """Forgets `version` and closes it; a run already holding it finishes first (the caller
+        drains queues before unloading)."""
         with self._lock:
-            self._servables.pop(version, None)
+            servable = self._servables.pop(version, None)
+        if servable is not None:
+            servable.close()
 
     def loaded_versions(self) -> list[int]:
         return sorted(self._servables)
 
     # -- requests ----------------------------------------------------------------------------
-    def runtime(self, version: int) -> Runtime:
-        """The loaded runtime of `version`, or NotFound."""
-        runtime = self._servables.get(version)
-        if runtime is None:
+    def servable(self, version: int) -> Servable:
+        """The loaded servable of `version`, or NotFound."""
+        servable = self._servables.get(version)
+        if servable is None:
             raise errors.NotFound(f"Servable not found for request: Specific({self.model_name}, {version})")
-        return runtime
+        return servable
 
-    def resolve(self, version: int, signature_key: str) -> tuple[Runtime, Signature]:
-        """The runtime and signature a request names, or NotFound / FailedPrecondition."""
-        runtime = self.runtime(version)
-        signature = runtime.signatures.get(signature_key)
+    def resolve(self, version: int, signature_key: str) -> tuple[Servable, Signature]:
+        """The servable and signature a request names, or NotFound / FailedPrecondition."""
+        servable = self.servable(version)
+        signature = servable.signatures.get(signature_key)
         if signature is None:
             raise errors.FailedPrecondition(f'Serving signature key "{signature_key}" not found.')
-        return runtime, signature
+        return servable, signature
+
+    @staticmethod
+    def validate(signature: Signature, feeds: Mapping[str, np.ndarray]) -> None:
+        """InvalidArgument unless `feeds` fit the signature and share one batch dimension."""
+        try:
+            check_feeds(signature, feeds)
+        except InvalidInputError as e:
+            raise errors.InvalidArgument(str(e)) from None
+        merge.row_count(feeds)
 
     def run(
         self,
@@ -100,40 +141,51 @@ class Replica:
         signature_key: str,
         requests: Sequence[Mapping[str, np.ndarray]],
         output_filter: Sequence[str] = (),
-    ) -> RunResult:
-        """Runs every request; returns, per request, its outputs or the error that refused it."""
+    ) -> list[RunResult]:
+        """Validates and runs every request; returns, per request, its outputs or its error."""
         try:
-            runtime, signature = self.resolve(version, signature_key)
+            servable, signature = self.resolve(version, signature_key)
         except errors.ServingError as e:
             return [e] * len(requests)
-        results: RunResult = [errors.Internal("request was not run")] * len(requests)
+        results: list[RunResult] = [errors.Internal("request was not run")] * len(requests)
         valid: list[int] = []
         for i, feeds in enumerate(requests):
             try:
-                check_feeds(signature, feeds)
-                merge.row_count(feeds)
+                self.validate(signature, feeds)
                 valid.append(i)
-            except (InvalidInputError, errors.InvalidArgument) as e:
-                results[i] = errors.InvalidArgument(str(e))
-        group_inputs = [requests[i] for i in valid]
-        for group in merge.group_compatible(group_inputs, pad_variable_length=False):
-            members = [valid[g] for g in group]
-            self._run_group(runtime, signature_key, requests, members, output_filter, results)
+            except errors.ServingError as e:
+                results[i] = e
+        executed = self.execute(servable, signature_key, [requests[i] for i in valid], output_filter)
+        for i, result in zip(valid, executed, strict=True):
+            results[i] = result
+        return results
+
+    def execute(
+        self,
+        servable: Servable,
+        signature_key: str,
+        requests: Sequence[Mapping[str, np.ndarray]],
+        output_filter: Sequence[str] = (),
+    ) -> list[RunResult]:
+        """Runs validated requests merged per group of compatible shapes (see the module doc)."""
+        results: list[RunResult] = [errors.Internal("request was not run")] * len(requests)
+        for group in merge.group_compatible(requests, pad_variable_length=False):
+            self._run_group(servable, signature_key, requests, group, output_filter, results)
         return results
 
     def _run_group(
         self,
-        runtime: Runtime,
+        servable: Servable,
         signature_key: str,
         requests: Sequence[Mapping[str, np.ndarray]],
         members: list[int],
         output_filter: Sequence[str],
-        results: RunResult,
+        results: list[RunResult],
     ) -> None:
         batch = merge.merge_inputs([requests[i] for i in members])
         self.batch_sizes.observe(sum(batch.row_counts))
         try:
-            outputs = runtime.run(signature_key, batch.inputs, output_filter or None)
+            outputs: Outputs = servable.run(signature_key, batch.inputs, list(output_filter) or None)
             for i, out in zip(members, merge.split_outputs(outputs, batch.row_counts), strict=True):
                 results[i] = out
             return
@@ -145,15 +197,20 @@ class Replica:
             for i in members:
                 results[i] = e
             return
+        except Exception as e:  # noqa: BLE001 - a fault of the servable: its requests fail, the replica stays
+            log.exception("model %s: signature %s failed", self.model_name, signature_key)
+            for i in members:
+                results[i] = errors.Internal(f"{type(e).__name__}: {e}")
+            return
         # A data-dependent error (say, an id out of range) in a merged batch: run each request on
         # its own so only the offending one fails.
         for i in members:
-            self._run_group(runtime, signature_key, requests, [i], output_filter, results)
+            self._run_group(servable, signature_key, requests, [i], output_filter, results)
 
     # -- observability -----------------------------------------------------------------------
     def memory(self) -> dict[str, int]:
-        """This process's memory in bytes: rss, pss (shared pages divided among sharers), and the
-        size of the memory-mapped variables of the loaded versions."""
+        """This process's memory in bytes: rss, pss (shared pages divided among sharers), and
+        what the loaded versions say they keep resident (`Servable.resident_bytes`)."""
         stats = {"pid": os.getpid(), "rss": 0, "pss": 0}
         rollup = pathlib.Path("/proc/self/smaps_rollup")
         if rollup.exists():
@@ -161,53 +218,5 @@ class Replica:
                 key, _, rest = line.partition(":")
                 if key in ("Rss", "Pss"):
                     stats[key.lower()] = int(rest.split()[0]) * 1024
-        stats["variables"] = sum(
-            int(a.nbytes) for rt in self._servables.values() for a in rt.variables.values()
-        )
+        stats["variables"] = sum(s.resident_bytes for s in list(self._servables.values()))
         return stats
-
-
-def replay_warmup(runtime: Runtime, path: pathlib.Path, iterations: int = 1) -> int:
-    """Replays a TF Serving warmup file against a just-loaded runtime; any failure fails the load.
-
-    Only each record's request is used; model_spec.name/version are ignored, signature_name is not
-    (spec §11). Returns the number of records replayed.
-    """
-    logs = read_warmup(path)
-    for _ in range(max(iterations, 1)):
-        for record in logs:
-            kind = record.WhichOneof("log_type")
-            if kind == "predict_log":
-                request = record.predict_log.request
-                feeds = {alias: tensor_codec.proto_to_array(t) for alias, t in request.inputs.items()}
-                key = request.model_spec.signature_name or DEFAULT_SERVING_SIGNATURE
-                runtime.run(key, feeds, list(request.output_filter) or None)
-            elif kind in ("classify_log", "regress_log"):
-                request = getattr(record, kind).request
-                key = request.model_spec.signature_name or DEFAULT_SERVING_SIGNATURE
-                runtime.run(key, {"inputs": serialized_examples(request.input)})
-            elif kind == "multi_inference_log":
-                request = record.multi_inference_log.request
-                examples = serialized_examples(request.input)
-                for task in request.tasks:
-                    runtime.run(task.model_spec.signature_name or DEFAULT_SERVING_SIGNATURE, {"inputs": examples})
-            else:
-                raise errors.Unimplemented(f"Unsupported log_type for warmup: {kind}")
-    return len(logs)
-
-
-def serialized_examples(serialized_input: Any) -> np.ndarray:
-    """A SerializedInput as the DT_STRING vector fed to a classify/regress graph (spec §4.3)."""
-    kind = serialized_input.WhichOneof("kind")
-    if kind == "example_list":
-        items = list(serialized_input.example_list.examples)
-    elif kind == "example_list_with_context":
-        ctx = serialized_input.example_list_with_context
-        items = [ctx.context + e for e in ctx.examples]
-    else:
-        items = []
-    if not items:
-        raise errors.InvalidArgument("Input is empty.")
-    out = np.empty(len(items), dtype=object)
-    out[:] = items
-    return out

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from cluster import errors
+from cluster.replica.contract import RunResult
 
 FRAME = struct.Struct("<IQI")  # total length after this field, call id, header length
 FRAME_LENGTH = struct.Struct("<I")
@@ -94,7 +95,8 @@ def decode_call(header: dict[str, Any], payload: memoryview) -> tuple[int, str, 
     return header["version"], header["signature"], requests, tuple(header["output_filter"]), header["timeouts"]
 
 
-def encode_results(call_id: int, results: Sequence[Tensors | BaseException]) -> list[bytes | memoryview]:
+def encode_results(call_id: int, results: Sequence[RunResult | BaseException]) -> list[bytes | memoryview]:
+    """One call's answer; an exception that is not a ServingError travels as Internal."""
     chunks: list[bytes | memoryview] = []
     entries: list[Any] = []
     for result in results:
@@ -106,8 +108,8 @@ def encode_results(call_id: int, results: Sequence[Tensors | BaseException]) -> 
     return _frame(call_id, {"results": entries}, chunks)
 
 
-def decode_results(header: dict[str, Any], payload: memoryview) -> list[dict[str, np.ndarray] | errors.ServingError]:
-    results: list[dict[str, np.ndarray] | errors.ServingError] = []
+def decode_results(header: dict[str, Any], payload: memoryview) -> list[RunResult]:
+    results: list[RunResult] = []
     offset = 0
     for entry in header["results"]:
         if "error" in entry:

@@ -17,8 +17,7 @@ import numpy as np
 
 from cluster import errors
 from cluster.replica import wire
-
-Results = list[dict[str, np.ndarray] | errors.ServingError]
+from cluster.replica.contract import RunResult
 
 
 class ReplicaChannel:
@@ -27,7 +26,7 @@ class ReplicaChannel:
     def __init__(self, address: tuple[str, int]) -> None:
         self.address = address
         self._ids = itertools.count(1)
-        self._pending: dict[int, asyncio.Future[Results]] = {}
+        self._pending: dict[int, asyncio.Future[list[RunResult]]] = {}
         self._writer: asyncio.StreamWriter | None = None
         self._reader_task: asyncio.Task[None] | None = None
         self._connecting = asyncio.Lock()
@@ -53,10 +52,10 @@ class ReplicaChannel:
         requests: Sequence[Mapping[str, np.ndarray]],
         output_filter: Sequence[str] = (),
         timeouts: Sequence[float | None] | None = None,
-    ) -> Results:
+    ) -> list[RunResult]:
         writer = await self._connection()
         call_id = next(self._ids)
-        future: asyncio.Future[Results] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[list[RunResult]] = asyncio.get_running_loop().create_future()
         self._pending[call_id] = future
         try:
             writer.writelines(wire.encode_call(call_id, version, signature, requests, output_filter, timeouts))

@@ -165,6 +165,9 @@ def _exits(flags: list[str], capsys: pytest.CaptureFixture[str]) -> str:
         (["--model_base_path=/m", "--port=abc"], "invalid int value"),
         (["--model_base_path=/m", "--enable_batching=maybe"], "expected true/false/1/0"),
         (["--model_base_path=/m", "--model_name="], "--model_name must not be empty"),
+        (["--model_base_path=/m", "--model_platform=caffe"], "--model_platform must be one of"),
+        (["--model_config_file=/c", "--model_platform=onnx"], "set model_platform in the model config"),
+        (["--model_base_path=/m", "--tensorflow_intra_op_parallelism=-1"], "must be at least 0"),
     ],
 )
 def test_contradictions_and_unknown_flags_exit_2(
@@ -197,3 +200,14 @@ def test_tls_and_socket_flags(tmp_path: pathlib.Path, capsys: pytest.CaptureFixt
         parse_serve_args(["--model_base_path=/m", f"--ssl_config_file={bad}"])
     assert exit_info.value.code == 2
     assert "server_key and server_cert" in capsys.readouterr().err
+
+
+def test_model_platform_and_session_threads() -> None:
+    options, config = parse_serve_args(
+        ["--model_base_path=/models/mlp", "--model_platform=onnx", "--tensorflow_intra_op_parallelism=2",
+         "--tensorflow_inter_op_parallelism", "1"]
+    )
+    assert config == ServerConfig((ModelConfig("default", "/models/mlp", "onnx", VersionPolicy()),))
+    assert options.session_threads == (2, 1)
+    _, config = parse_serve_args(["--model_base_path=/m", "--model_platform=onnxruntime_onnx"])
+    assert config.models[0].platform == "onnxruntime_onnx"

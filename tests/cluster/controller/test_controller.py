@@ -75,3 +75,23 @@ def test_a_new_version_replaces_the_old_without_a_gap(tmp_path: pathlib.Path) ->
         await controller.shutdown()
 
     asyncio.run(main())
+
+
+def test_the_models_platform_reaches_every_replica_load(tmp_path: pathlib.Path) -> None:
+    import os
+
+    version = tmp_path / "m" / "1"
+    version.mkdir(parents=True)
+    (version / "model.onnx").write_bytes(b"onnx")
+    os.utime(version / "model.onnx", (0, 0))  # long finished: complete at the first poll
+    started: list[FakeHandle] = []
+
+    async def main() -> None:
+        controller = _controller(started, poll_seconds=0.05, tick_seconds=0.05, num_replicas=2)
+        config = ModelConfig("m", str(tmp_path / "m"), platform="onnx")
+        await controller.set_config(ServerConfig((config,)))
+        await _until(lambda: controller._table.ready())  # noqa: SLF001
+        assert [h.platforms for h in started] == [{1: "onnx"}, {1: "onnx"}]
+        await controller.shutdown()
+
+    asyncio.run(main())

@@ -19,6 +19,7 @@ class FakeHandle:
     def __init__(self, index: int, *, dead: bool = False, bad_version: int | None = None) -> None:
         self.index, self.dead, self.bad_version = index, dead, bad_version
         self.loaded: set[int] = set()
+        self.platforms: dict[int, str] = {}  # version -> the platform it was loaded with
         self.killed = False
         self.ping = _Remote(self._ping)
         self.load = _Remote(self._load)
@@ -30,10 +31,11 @@ class FakeHandle:
             raise RuntimeError("actor died")
         return "ok"
 
-    async def _load(self, version: int, path: str) -> dict:
+    async def _load(self, version: int, path: str, platform: str = "tensorflow") -> dict:
         if version == self.bad_version:
             raise ValueError(f"bad bundle {path}")
         self.loaded.add(version)
+        self.platforms[version] = platform
         return {"serving_default": f"sig-v{version}"}
 
     async def _unload(self, version: int) -> None:

@@ -70,7 +70,7 @@ def test_corrupt_bundle_fails_to_load(tmp_path: pathlib.Path) -> None:
 
 
 def test_warmup_replays_and_a_bad_record_fails_the_load(base: pathlib.Path, tmp_path: pathlib.Path) -> None:
-    from cluster.replica.replica import replay_warmup
+    from cluster.replica.warmup import replay_warmup
     from exporter.runtime import Runtime
     from tests.integration.models import build_meta_graph
 

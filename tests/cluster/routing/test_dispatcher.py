@@ -61,7 +61,7 @@ def _table(replicas: list[Any], signatures: Any) -> RoutingTable:
 
 
 async def _dispatcher(replicas: list[Any], replica: Replica, **kwargs: Any) -> Dispatcher:
-    table = _table(replicas, replica.runtime(1).signatures)
+    table = _table(replicas, replica.servable(1).signatures)
 
     async def poll(epoch: int, incarnation: str) -> RoutingTable:
         if epoch >= table.epoch:

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import asyncio
 
-from cluster.config import VersionPolicy
-from cluster.serving.source import FileSystemSource, SourceReport
+from cluster.config import ModelConfig, VersionPolicy
+from cluster.serving.source import FileSystemSource, SourceReport, complete_versions
 from exporter.errors import BundleError
 
 
@@ -109,3 +109,71 @@ def test_interval_zero_polls_once_and_negative_never():
     assert len(asyncio.run(_run(source, 0, polls_before_stop=10))) == 1
     assert asyncio.run(_run(source, -1, polls_before_stop=10)) == []
     assert len(store.calls) == 1
+
+
+# -- layouts without a manifest: a version is reported once it is complete ----------------------
+
+NOW = 1_000_000.0
+FRESH = int((NOW - 1) * 1e9)  # written a second ago
+OLD = int((NOW - 3600) * 1e9)
+
+
+def test_complete_versions_unchanged_across_two_polls_or_quiet() -> None:
+    first = {1: (("model.onnx", 10, FRESH),), 2: (("model.onnx", 10, OLD),), 3: ()}
+    assert complete_versions({}, first, now=NOW) == {2}  # old files: complete at the first poll
+    grown = {1: (("model.onnx", 20, FRESH + 1),), 3: ()}
+    assert complete_versions(first, grown, now=NOW) == {3}  # 1 is still growing; 3 stayed (empty)
+    assert complete_versions(grown, grown, now=NOW) == {1, 3}
+
+
+class FakeTree:
+    """Version directory -> its listing, changed by the test between polls."""
+
+    def __init__(self, listings: dict[str, tuple]) -> None:
+        self.listings = listings
+        self.calls: list[str] = []
+
+    def __call__(self, path: str) -> tuple:
+        self.calls.append(path)
+        return self.listings[path]
+
+
+def test_a_version_still_being_written_is_not_reported_and_the_previous_keeps_serving() -> None:
+    store = FakeStore({1: "/m/1", 2: "/m/2"})
+    tree = FakeTree({"/m/1": (("model.onnx", 10, OLD),), "/m/2": (("model.onnx", 5, FRESH),)})
+    source = FileSystemSource("m", "/m", lister=store, settle=True, tree=tree, clock=lambda: NOW)
+    first = source.poll_once()
+    assert dict(first.aspired) == {1: "/m/1"}  # latest-1 policy over complete versions only
+    assert any("Version 2 of servable m is still being written" in w for w in first.warnings)
+    tree.listings["/m/2"] = (("model.onnx", 9, FRESH + 5),)  # the copy goes on
+    assert dict(source.poll_once().aspired) == {1: "/m/1"}
+    assert dict(source.poll_once().aspired) == {2: "/m/2"}  # unchanged since the last poll
+    calls = len(tree.calls)
+    source.poll_once()
+    assert len(tree.calls) == calls  # complete versions are not listed again
+
+
+def test_a_version_that_disappears_is_forgotten() -> None:
+    store = FakeStore({1: "/m/1"})
+    tree = FakeTree({"/m/1": (("model.onnx", 10, OLD),)})
+    source = FileSystemSource("m", "/m", lister=store, settle=True, tree=tree, clock=lambda: NOW)
+    assert dict(source.poll_once().aspired) == {1: "/m/1"}
+    store.versions = {}
+    assert dict(source.poll_once().aspired) == {}
+    store.versions = {1: "/m/1"}
+    tree.listings["/m/1"] = (("model.onnx", 3, FRESH),)  # re-made: watched afresh
+    assert dict(source.poll_once().aspired) == {}
+
+
+def test_bundle_platforms_commit_with_their_manifest_and_are_not_watched() -> None:
+    assert FileSystemSource.for_model(ModelConfig("m", "/m"))._settle is False  # noqa: SLF001
+    assert FileSystemSource.for_model(ModelConfig("m", "/m", platform="onnx"))._settle is True  # noqa: SLF001
+
+
+def test_settling_on_real_files(tmp_path) -> None:  # noqa: ANN001
+    version = tmp_path / "m" / "1"
+    version.mkdir(parents=True)
+    (version / "model.onnx").write_bytes(b"half")
+    source = FileSystemSource("m", str(tmp_path / "m"), settle=True)
+    assert dict(source.poll_once().aspired) == {}  # just written
+    assert list(source.poll_once().aspired) == [1]  # unchanged since
