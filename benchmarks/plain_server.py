@@ -1,9 +1,13 @@
-"""(a) The ceiling for a Python front end: one process, one grpc.aio server, Runtime.run per request.
+"""(a) The ceiling for a Python front end: one process, one grpc.aio server, one servable run per request.
 
 No batching, no Ray, no validation beyond the runtime's own: decode the TensorProto, run the model
 on the event loop (it takes ~30 us for batch 1; a thread hop would cost more), encode the outputs.
+The model loads through the same loader registry as Tessera's replicas: a bundle into the numpy
+runtime, or (`--model_platform=onnx`) `model.onnx` into one onnxruntime session with one intra-op
+thread, as a replica of 0.5 CPU has.
 
     python -m benchmarks.plain_server --port 8600 --model_dir /tmp/bench_models/bench/1
+    python -m benchmarks.plain_server --port 8600 --model_dir /tmp/bench_models/bench_onnx/1 --model_platform=onnx
 """
 
 from __future__ import annotations
@@ -15,16 +19,15 @@ import signal
 import grpc
 
 from benchmarks.wire import decode_inputs, encode_response
-from exporter.bundle import read_bundle
 from exporter.errors import InvalidInputError
-from exporter.runtime import Runtime
+from exporter.servable import LoadOptions, Servable, load_servable
 from protos.tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 
 class PlainPredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
-    """PredictionService/Predict only, over one Runtime."""
+    """PredictionService/Predict only, over one servable."""
 
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Servable) -> None:
         self._runtime = runtime
 
     async def Predict(  # noqa: N802 - the rpc's name
@@ -41,9 +44,9 @@ class PlainPredictionService(prediction_service_pb2_grpc.PredictionServiceServic
         return encode_response(request, outputs)
 
 
-async def serve(port: int, model_dir: str, host: str = "127.0.0.1") -> None:
+async def serve(port: int, model_dir: str, host: str = "127.0.0.1", platform: str = "tensorflow") -> None:
     """Serves until SIGTERM/SIGINT, then stops with a short grace."""
-    runtime = Runtime.from_bundle(read_bundle(model_dir))
+    runtime = load_servable(platform, model_dir, LoadOptions(intra_op_threads=1))
     server = grpc.aio.server()
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PlainPredictionService(runtime), server)
     bound = server.add_insecure_port(f"{host}:{port}")
@@ -61,8 +64,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--model_dir", required=True, help="one published version, e.g. <base>/1")
+    parser.add_argument("--model_platform", default="tensorflow", help="tensorflow (a bundle) or onnx")
     args = parser.parse_args()
-    asyncio.run(serve(args.port, args.model_dir))
+    asyncio.run(serve(args.port, args.model_dir, platform=args.model_platform))
 
 
 if __name__ == "__main__":

@@ -21,6 +21,8 @@ _STYLE = {
     "tessera-1-nobatch": ("#17becf", "v"),
     "tessera-1-t2ms": ("#9467bd", "P"),
     "rayserve": ("#d62728", "^"),
+    "plain-onnx": ("#8c564b", "X"),
+    "tessera-1-onnx": ("#ff7f0e", "*"),
 }
 
 
@@ -66,6 +68,15 @@ def ratios(results: dict[str, Any]) -> list[dict[str, Any]]:
                      "target": ">= 1" if c == TARGET_C else "(info)", "ok": (lambda v: v >= 1) if c == TARGET_C else None})
     rows.append({"what": f"plain / Ray Serve throughput, c={TARGET_C}", "value": _ratio(rps("plain"), rps("rayserve")),
                  "target": "(info)", "ok": None})
+    # ONNX in Triton's layout (issue 8): Tessera vs the plain server on the same onnxruntime session.
+    rows += [
+        {"what": f"Tessera 1 replica, ONNX / plain ONNX throughput, c={TARGET_C}",
+         "value": _ratio(rps("tessera-1-onnx"), rps("plain-onnx")), "target": ">= 0.8", "ok": lambda v: v >= 0.8},
+        {"what": "Tessera 1 replica, ONNX p50 / plain ONNX p50, c=1",
+         "value": _ratio(p50("tessera-1-onnx"), p50("plain-onnx")), "target": "<= 3", "ok": lambda v: v <= 3},
+        {"what": f"ONNX / numpy ops throughput, Tessera 1 replica, c={TARGET_C}",
+         "value": _ratio(rps("tessera-1-onnx"), rps("tessera-1")), "target": "(info)", "ok": None},
+    ]
     for row in rows:
         check = row.pop("ok")
         row["ok"] = None if (check is None or row["value"] is None) else bool(check(row["value"]))

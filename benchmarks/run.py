@@ -53,10 +53,16 @@ class Context:
     base: pathlib.Path  # model base path (version 1 under it)
     scratch: pathlib.Path
     tessera_flags: set[str]
+    onnx_base: pathlib.Path | None = None  # the same model as model.onnx (Triton's layout)
 
     @property
     def version_dir(self) -> str:
         return str(self.base / "1")
+
+    @property
+    def onnx_version_dir(self) -> str:
+        assert self.onnx_base is not None
+        return str(self.onnx_base / "1")
 
 
 @dataclass
@@ -68,11 +74,15 @@ class Spec:
     ready_timeout_s: float
 
 
-def _tessera_argv(replicas: int, batching: bool, timeout_us: int = 2000) -> Callable[[Context, int], list[str]]:
+def _tessera_argv(
+    replicas: int, batching: bool, timeout_us: int = 2000, onnx: bool = False
+) -> Callable[[Context, int], list[str]]:
     def argv(ctx: Context, port: int) -> list[str]:
+        base = ctx.onnx_base if onnx else ctx.base
         args = [
             TESSERA, "serve", f"--port={port}", "--host=127.0.0.1",
-            f"--model_name={model.MODEL_NAME}", f"--model_base_path={ctx.base}",
+            f"--model_name={model.MODEL_NAME}", f"--model_base_path={base}",
+            *(["--model_platform=onnx"] if onnx else []),
             f"--num_replicas={replicas}", "--replica_num_cpus=0.5",
             "--file_system_poll_wait_seconds=0",  # one model, loaded once: no polling during the run
         ]
@@ -85,9 +95,13 @@ def _tessera_argv(replicas: int, batching: bool, timeout_us: int = 2000) -> Call
     return argv
 
 
-def _tessera_config(replicas: int, batching: bool, timeout_us: int = 2000) -> Callable[[Context], str]:
+def _tessera_config(
+    replicas: int, batching: bool, timeout_us: int = 2000, onnx: bool = False
+) -> Callable[[Context], str]:
     def config(ctx: Context) -> str:
         text = f"`tessera serve`, embedded Ray, {replicas} replica(s) × 0.5 CPU"
+        if onnx:
+            text += ", `--model_platform=onnx` (model.onnx, onnxruntime, 1 intra-op thread)"
         if not batching:
             return text + ", no replica batching (gateway coalescing only)"
         if {"--enable_batching", "--batching_parameters_file"} <= ctx.tessera_flags:
@@ -117,6 +131,18 @@ SPECS: dict[str, Spec] = {
     "tessera-1-nobatch": Spec(
         "tessera-1-nobatch", "Tessera 1 replica, no batching", _tessera_config(1, False), _tessera_argv(1, False), 120
     ),
+    # The same DNN as model.onnx in Triton's layout: onnxruntime behind both servers (issue 8).
+    "plain-onnx": Spec(
+        "plain-onnx", "plain grpc.aio, ONNX",
+        lambda ctx: "one process, grpc.aio, one onnxruntime session (1 intra-op thread), run per request",
+        lambda ctx, port: [PY, "-m", "benchmarks.plain_server", f"--port={port}",
+                           f"--model_dir={ctx.onnx_version_dir}", "--model_platform=onnx"],
+        60,
+    ),
+    "tessera-1-onnx": Spec(
+        "tessera-1-onnx", "Tessera 1 replica, ONNX", _tessera_config(1, True, 0, onnx=True),
+        _tessera_argv(1, True, 0, onnx=True), 120,
+    ),
     "rayserve": Spec(
         "rayserve", "Ray Serve",
         lambda ctx: (
@@ -127,7 +153,10 @@ SPECS: dict[str, Spec] = {
         300,
     ),
 }
-DEFAULT_SERVERS = ("plain", "tessera-1", "tessera-2", "tessera-1-t2ms", "tessera-1-nobatch", "rayserve")
+DEFAULT_SERVERS = (
+    "plain", "tessera-1", "tessera-2", "tessera-1-t2ms", "tessera-1-nobatch", "rayserve",
+    "plain-onnx", "tessera-1-onnx",
+)
 
 
 def _version(dist: str) -> str:
@@ -237,8 +266,10 @@ def main() -> None:
     try:
         base = scratch / "models" / model.MODEL_NAME
         model.export(base)
+        onnx_base = scratch / "models" / f"{model.MODEL_NAME}_onnx"
+        model.export_onnx(onnx_base)
         code = code_state()  # before the run: what the servers load
-        ctx = Context(base=base, scratch=scratch, tessera_flags=_tessera_flags())
+        ctx = Context(base=base, scratch=scratch, tessera_flags=_tessera_flags(), onnx_base=onnx_base)
         from benchmarks.wire import predict_request
 
         payload = predict_request(batch=1, seed=0).SerializeToString()

@@ -218,7 +218,7 @@ class Controller:
 
     def _source_due(self, model: _Model) -> bool:
         """--file_system_poll_wait_seconds: > 0 polls that often, otherwise once (and on reloads)."""
-        if model.last_poll is None:
+        if model.last_poll is None or model.source.pending:  # pending: a version still being written
             return True
         poll = self._options.poll_seconds
         return poll > 0 and self._clock() - model.last_poll >= poll * 0.999

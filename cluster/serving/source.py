@@ -138,6 +138,12 @@ class FileSystemSource:
         )
         return SourceReport(self.name, aspired, warnings=tuple(warnings))
 
+    @property
+    def pending(self) -> bool:
+        """True while a version found by the last poll is still being written: polled once or not,
+        the owner should poll again (a one-shot poll would otherwise never see it finished)."""
+        return bool(self._listings)
+
     def _completed(self, on_disk: Mapping[int, str]) -> tuple[dict[int, str], list[int]]:
         """`on_disk` without the versions still being written, and those versions."""
         self._complete &= on_disk.keys()

@@ -95,3 +95,19 @@ def test_the_models_platform_reaches_every_replica_load(tmp_path: pathlib.Path) 
         await controller.shutdown()
 
     asyncio.run(main())
+
+
+def test_polled_once_a_version_still_being_written_is_looked_at_until_complete(tmp_path: pathlib.Path) -> None:
+    version = tmp_path / "m" / "1"
+    version.mkdir(parents=True)
+    (version / "model.onnx").write_bytes(b"just written")  # fresh: not complete at the first poll
+    started: list[FakeHandle] = []
+
+    async def main() -> None:
+        controller = _controller(started, poll_seconds=0, tick_seconds=0.05)
+        await controller.set_config(ServerConfig((ModelConfig("m", str(tmp_path / "m"), platform="onnx"),)))
+        await _until(lambda: controller._table.ready())  # noqa: SLF001
+        assert started[0].platforms == {1: "onnx"}
+        await controller.shutdown()
+
+    asyncio.run(main())
