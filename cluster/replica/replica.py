@@ -87,8 +87,10 @@ class Replica:
             servable.close()
             raise
         with self._lock:
-            self._servables[version] = servable
-        return dict(servable.signatures)
+            current = self._servables.setdefault(version, servable)
+        if current is not servable:  # loaded twice at once (a bring-up racing a load): keep one
+            servable.close()
+        return dict(current.signatures)
 
     def _warm_up(self, version: int, servable: Servable) -> None:
         extra = servable.assets_extra_dir

@@ -42,7 +42,8 @@ class OnnxServable:
     def __init__(self, model: OnnxModel, assets_extra_dir: pathlib.Path | None = None) -> None:
         self._model = model
         self.assets_extra_dir = assets_extra_dir
-        signature = Signature(DEFAULT_SERVING_SIGNATURE, PREDICT_METHOD, model.inputs, model.outputs)
+        # Plain dicts: signatures travel to the controller and the gateways (pickled by Ray).
+        signature = Signature(DEFAULT_SERVING_SIGNATURE, PREDICT_METHOD, dict(model.inputs), dict(model.outputs))
         self.signatures: Mapping[str, Signature] = MappingProxyType({DEFAULT_SERVING_SIGNATURE: signature})
 
     @property
@@ -94,6 +95,7 @@ def _local_dir(path: str, cache_dir: str | None) -> pathlib.Path:
     dest.parent.mkdir(parents=True, exist_ok=True)
     temp = dest.parent / f"{storage.TEMP_PREFIX}{uuid.uuid4().hex}"
     try:
+        temp.mkdir()
         pafs.copy_files(fs_path, str(temp), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
         try:
             os.replace(temp, dest)
