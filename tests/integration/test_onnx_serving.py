@@ -184,3 +184,15 @@ def test_a_new_version_swaps_in_and_broken_ones_fail_alone(channel: grpc.Channel
     v4 = status(channel)[4].status
     assert v4.error_code != 0 and "TensorFlow SavedModel" in v4.error_message
     assert "tessera import SRC DEST" in v4.error_message
+
+
+def test_metrics_cover_the_onnx_model(server: TesseraServer, channel: grpc.Channel) -> None:
+    predict(channel, np.ones((1, 2), np.float32))
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.rest_port}/monitoring/prometheus/metrics", timeout=10) as r:
+        text = r.read().decode()
+    lines = text.splitlines()
+    assert any(line.startswith("tessera_requests_total{") and 'model="scale"' in line and 'status="OK"' in line
+               for line in lines)
+    assert any(line.startswith("tessera_model_warmup_latency_seconds_count") and 'model="scale"' in line
+               and not line.endswith(" 0.0") for line in lines)
+    assert any(line.startswith("tessera_batch_size_count") and 'model="scale"' in line for line in lines)
