@@ -87,6 +87,7 @@ def serve_until_signal(port: int, model_dir: str, num_cpus: int) -> None:
 
     stop = threading.Event()
     ray.init(
+        address="local",  # a Ray of its own, never one a `ray start` left on this machine
         num_cpus=num_cpus,
         include_dashboard=False,
         logging_level=logging.WARNING,

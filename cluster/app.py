@@ -53,6 +53,9 @@ def init_ray(options: ServeOptions, num_cpus: int | None = None) -> bool:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     keep_ray_on_loopback()
     ray.init(
+        # "local": always a new Ray of our own, never a cluster some `ray start` left on this machine
+        # (ray.init would join it, via /tmp/ray/ray_current_cluster, and refuse num_cpus).
+        address="local",
         namespace="tessera",  # detached replicas need a named namespace
         num_cpus=num_cpus or max(2, os.cpu_count() or 2),
         include_dashboard=False,

@@ -20,7 +20,7 @@ def local_ray() -> Iterator[None]:
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     keep_ray_on_loopback()
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=256 * 1024 * 1024, namespace="tessera",
+    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=256 * 1024 * 1024, namespace="tessera",
              logging_level="WARNING")
     try:
         yield
