@@ -15,10 +15,10 @@ from dataclasses import dataclass
 import pyarrow.fs as pafs
 
 from exporter import storage
+from exporter.bundle import GRAPH_FILE, MANIFEST_FILE
 from exporter.errors import BundleError
 
 ONNX_FILE = "model.onnx"  # Triton's default_model_filename for onnxruntime_onnx
-MANIFEST_FILE = storage.MANIFEST_FILE
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,7 @@ _FORMATS: dict[str, Format] = {
 
 def _kind(name: str) -> str | None:
     lowered = name.lower()
-    if name == MANIFEST_FILE:
+    if name in (MANIFEST_FILE, GRAPH_FILE):  # graph.pb without a manifest: a bundle still being written
         return "bundle"
     if lowered in ("saved_model.pb", "saved_model.pbtxt"):
         return "savedmodel"

@@ -47,8 +47,9 @@ def test_a_bundle_under_onnx_is_told_to_use_the_default_platform(tmp_path: pathl
         servable.load_servable("onnx", path)
 
 
-def test_an_empty_version_is_still_an_incomplete_bundle(tmp_path: pathlib.Path) -> None:
-    root = _version(tmp_path)
+@pytest.mark.parametrize("files", [(), ("graph.pb", "model.onnx")])  # empty; a bundle with an ONNX file, half written
+def test_a_half_written_bundle_is_still_an_incomplete_export(tmp_path: pathlib.Path, files) -> None:  # noqa: ANN001
+    root = _version(tmp_path, *files)
     with pytest.raises(BundleError, match="MANIFEST.pb is missing: incomplete export"):
         servable.load_servable("tensorflow", str(root))
 
