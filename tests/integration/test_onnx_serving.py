@@ -196,3 +196,45 @@ def test_metrics_cover_the_onnx_model(server: TesseraServer, channel: grpc.Chann
     assert any(line.startswith("tessera_model_warmup_latency_seconds_count") and 'model="scale"' in line
                and not line.endswith(" 0.0") for line in lines)
     assert any(line.startswith("tessera_batch_size_count") and 'model="scale"' in line for line in lines)
+
+
+def test_reload_with_a_version_policy_and_labels(channel: grpc.Channel, model_dir: pathlib.Path) -> None:
+    """After the swap (1 unloaded, 2 serving): reload to serve 1 and 2, then label them."""
+    from protos.tensorflow_serving.apis import model_management_pb2
+    from protos.tensorflow_serving.config import model_server_config_pb2
+
+    stub = model_service_pb2_grpc.ModelServiceStub(channel)
+    if not (model_dir / "scale" / "2").exists():  # this test run on its own
+        _finished(write_onnx_version(model_dir / "scale", 2, 3.0))
+
+    def reload(labels: dict[str, int]) -> None:
+        config = model_server_config_pb2.ModelServerConfig()
+        entry = config.model_config_list.config.add(name="scale", base_path=str(model_dir / "scale"))
+        entry.model_platform = "onnx"
+        entry.model_version_policy.specific.versions.extend([1, 2])
+        for label, version in labels.items():
+            entry.version_labels[label] = version
+        reply = stub.HandleReloadConfigRequest(model_management_pb2.ReloadConfigRequest(config=config), timeout=30)
+        assert reply.status.error_code == 0, reply.status.error_message
+
+    reload({})
+    wait_until(lambda: all(v in status(channel) and status(channel)[v].state == 30 for v in (1, 2)), timeout=60)
+    reload({"stable": 1, "canary": 2})
+
+    def by_label(label: str) -> tuple[int, float]:
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = "scale"
+        request.model_spec.version_label = label
+        request.inputs["x"].CopyFrom(make_tensor_proto(np.ones((1, 2), np.float32)))
+        reply = prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, timeout=10)
+        return reply.model_spec.version.value, float(make_ndarray(reply.outputs["y"])[0, 0])
+
+    assert wait_until(lambda: _or_none(by_label, "stable"), timeout=30) == (1, 2.0)
+    assert by_label("canary") == (2, 3.0)
+
+
+def _or_none(fn, *args):  # noqa: ANN001, ANN202 - a probe for wait_until
+    try:
+        return fn(*args)
+    except grpc.RpcError:
+        return None
