@@ -31,7 +31,7 @@ import importlib
 import pathlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from exporter.errors import BundleError
 from exporter.signature import Signature, Tensors
@@ -99,13 +99,18 @@ def platforms() -> list[str]:
     return sorted(_LOADERS)
 
 
-def loader_for(platform: str) -> Loader:
-    """The loader of `platform`; BundleError naming the known platforms if there is none."""
+def _loader_module(platform: str) -> tuple[Any, str]:
     target = _LOADERS.get(platform or "tensorflow")
     if target is None:
         raise BundleError(f"unknown model_platform {platform!r}; this server knows {', '.join(platforms())}")
     module, _, function = target.partition(":")
-    loader: Loader = getattr(importlib.import_module(module), function)
+    return importlib.import_module(module), function
+
+
+def loader_for(platform: str) -> Loader:
+    """The loader of `platform`; BundleError naming the known platforms if there is none."""
+    module, function = _loader_module(platform)
+    loader: Loader = getattr(module, function)
     return loader
 
 
@@ -118,12 +123,11 @@ def describe(platform: str, path: str, options: LoadOptions | None = None) -> Ma
     """The signatures of one version without serving it (`tessera inspect`): the loader module's
     `describe(path, options)` where it has one (a bundle's reads only its manifest and graph),
     else the signatures of a load, closed at once. Refuses what `load_servable` refuses."""
-    loader = loader_for(platform)
-    module = importlib.import_module(loader.__module__)
+    module, function = _loader_module(platform)
     describe_fn: Callable[[str, LoadOptions], Mapping[str, Signature]] | None = getattr(module, "describe", None)
     if describe_fn is not None:
         return describe_fn(path, options or LoadOptions())
-    servable = loader(path, options or LoadOptions())
+    servable = getattr(module, function)(path, options or LoadOptions())
     try:
         return dict(servable.signatures)
     finally:

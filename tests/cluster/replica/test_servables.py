@@ -177,3 +177,8 @@ def test_session_threads_follow_the_cpus_ray_gave_the_replica() -> None:
     assert threads_for(0.5) == 1 and threads_for(None) == 1
     assert threads_for(1) == 1
     assert threads_for(1000) == len(__import__("os").sched_getaffinity(0))
+
+
+def test_describe_without_a_describe_of_its_own_loads_and_closes(tmp_path: pathlib.Path) -> None:
+    assert set(servable.describe("fake", str(tmp_path))) == {DEFAULT_SERVING_SIGNATURE, "regress"}
+    assert FakeServable.instances[0].closed
