@@ -33,8 +33,8 @@ from sklearn.datasets import load_diabetes, load_iris
 from sklearn.linear_model import LogisticRegression, Ridge
 
 from exporter import storage, warmup
-from exporter.converters.sklearn import SklearnModel, convert
 from exporter.export import export_model
+from exporter.importers.sklearn import SklearnModel, convert
 from protos.tessera import example_pb2
 
 IRIS_FEATURES = ("sepal_length", "sepal_width", "petal_length", "petal_width")

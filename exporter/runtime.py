@@ -18,12 +18,13 @@ import numpy as np
 from exporter import attrs as attr_codec
 from exporter import dtypes
 from exporter.errors import GraphError, InvalidInputError
-from exporter.ops.registry import KernelFn, LoadContext, TensorType, get_op
+from exporter.ops.registry import KernelFn, LoadContext, Resource, TensorType, get_op
 from exporter.signature import Shape, Signature, TensorInfo, Tensors, check_feeds
 from protos.tessera import bundle_pb2
 
 if TYPE_CHECKING:
     from exporter.bundle import Bundle
+    from exporter.servable import LoadOptions
 
 
 @dataclass(frozen=True)
@@ -67,18 +68,34 @@ class Runtime:
         variables: Mapping[str, np.ndarray] | None = None,
         assets_dir: pathlib.Path | None = None,
         assets_extra_dir: pathlib.Path | None = None,
+        options: LoadOptions | None = None,
     ) -> None:
-        ctx = LoadContext(variables=dict(variables or {}), assets_dir=assets_dir)
+        ctx = LoadContext(variables=dict(variables or {}), assets_dir=assets_dir, options=options)
         self.variables: Mapping[str, np.ndarray] = ctx.variables
         self.assets_extra_dir = assets_extra_dir
+        self._resources: list[Resource] = []
         self._nodes: dict[str, bundle_pb2.NodeDef] = {}
+        self._types: dict[str, list[TensorType]] = {}
+        self._states: dict[str, Any] = {}
+        try:
+            self._load(meta_graph, ctx)
+        except BaseException:
+            self._collect_resources(ctx)
+            self.close()  # a half-loaded graph releases the sessions it opened
+            raise
+        self._collect_resources(ctx)
+
+    def _collect_resources(self, ctx: LoadContext) -> None:
+        found = [*ctx.shared.values(), *self._states.values()]
+        unique = {id(r): r for r in found if isinstance(r, Resource)}
+        self._resources = list(unique.values())
+
+    def _load(self, meta_graph: bundle_pb2.MetaGraph, ctx: LoadContext) -> None:
         for node in meta_graph.graph.nodes:
             if node.name in self._nodes:
                 raise GraphError(f"node {node.name!r} defined twice")
             self._nodes[node.name] = node
         self._order = self._topological_order()
-        self._types: dict[str, list[TensorType]] = {}
-        self._states: dict[str, Any] = {}
         for name in self._order:
             self._check_node(self._nodes[name], ctx)
         self.signatures: dict[str, Signature] = {
@@ -194,16 +211,20 @@ class Runtime:
 
     # -- running -------------------------------------------------------------------------------
     @classmethod
-    def from_bundle(cls, bundle: Bundle) -> Runtime:
-        return cls(bundle.meta_graph, bundle.variables, bundle.assets_dir, bundle.assets_extra_dir)
+    def from_bundle(cls, bundle: Bundle, options: LoadOptions | None = None) -> Runtime:
+        return cls(bundle.meta_graph, bundle.variables, bundle.assets_dir, bundle.assets_extra_dir, options)
 
     @property
     def resident_bytes(self) -> int:
-        """The variables' bytes (memory-mapped: shared by every process that maps the same files)."""
-        return sum(int(a.nbytes) for a in self.variables.values())
+        """The variables' bytes (memory-mapped: shared by every process that maps the same files),
+        plus what the ops' sessions hold (an ONNX model's weights and arena)."""
+        return sum(int(a.nbytes) for a in self.variables.values()) + sum(r.resident_bytes for r in self._resources)
 
     def close(self) -> None:
-        """Nothing to release beyond references: the maps close when the arrays are collected."""
+        """Closes the ops' sessions; the variables' maps close when the arrays are collected."""
+        resources, self._resources = self._resources, []
+        for resource in resources:
+            resource.close()
 
     def _plan(self, key: str, output_filter: Sequence[str] | None) -> _Plan:
         sig = self.signatures.get(key)

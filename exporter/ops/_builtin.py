@@ -2,5 +2,6 @@
 
 import exporter.ops.categorical  # noqa: F401
 import exporter.ops.extra  # noqa: F401
+import exporter.ops.onnx  # noqa: F401
 import exporter.ops.parsing  # noqa: F401
 from exporter.ops import core, math  # noqa: F401

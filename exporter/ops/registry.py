@@ -15,13 +15,16 @@ from __future__ import annotations
 import pathlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 
 from exporter.dtypes import DType
 from exporter.errors import GraphError
 from exporter.signature import Shape
+
+if TYPE_CHECKING:
+    from exporter.servable import LoadOptions
 
 
 @dataclass(frozen=True)
@@ -38,10 +41,18 @@ class TensorType:
 
 @dataclass(frozen=True)
 class LoadContext:
-    """What ops may use at load time: memory-mapped variables and the bundle's assets folder."""
+    """What ops may use at load time: memory-mapped variables, the bundle's assets folder, the
+    load options (threads per session, for ops that open a runtime session), and `shared`: one
+    load's memo, so nodes that open the same asset share one object.
+
+    A state that holds more than memory-mapped arrays (an ONNX Runtime session) is a `Resource`:
+    the runtime counts its `resident_bytes` and calls `close()` when the servable is closed.
+    """
 
     variables: Mapping[str, np.ndarray] = field(default_factory=dict)
     assets_dir: pathlib.Path | None = None
+    options: LoadOptions | None = None
+    shared: dict[str, Any] = field(default_factory=dict)
 
     def asset_path(self, filename: str) -> pathlib.Path:
         if self.assets_dir is None:
@@ -50,6 +61,16 @@ class LoadContext:
         if self.assets_dir.resolve() not in path.parents:
             raise GraphError(f"asset path {filename!r} escapes the assets folder")
         return path
+
+
+@runtime_checkable
+class Resource(Protocol):
+    """What an op's state (or something in `LoadContext.shared`) holds beyond references."""
+
+    @property
+    def resident_bytes(self) -> int: ...
+
+    def close(self) -> None: ...
 
 
 InferFn = Callable[[Sequence[TensorType], Mapping[str, Any]], list[TensorType]]

@@ -1,0 +1,47 @@
+"""Fitted XGBoost models (XGBClassifier, XGBRegressor) -> bundles, through onnxmltools.
+
+    model = convert(fitted, feature_names=["sepal_length", ...], class_labels=["setosa", ...])
+    export_model(base, model.model_fn, None, signatures=model.signatures())
+
+The same receivers and heads as the scikit-learn importer (exporter.importers.sklearn): a parsing
+receiver with one float feature per column, a raw receiver ``x`` float32 [batch, n]; classifiers
+give Classify (scores = predict_proba, classes = labels) and Predict (``probabilities``,
+``class_ids``), regressors Regress and Predict (``predictions``). A model onnxmltools does not
+convert raises ExportError with its reason.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from exporter.errors import ExportError
+from exporter.importers._boosted import ONNX_INPUT, BoostedModel, feature_names_of
+
+
+def convert(
+    model: Any,
+    *,
+    feature_names: Sequence[str] | None = None,
+    input_key: str = "x",
+    class_labels: Sequence[str | bytes] | None = None,
+) -> BoostedModel:
+    """Converts a fitted XGBClassifier or XGBRegressor (the scikit-learn API of xgboost)."""
+    import onnxmltools
+    from onnxmltools.convert.common.data_types import FloatTensorType
+    from xgboost import XGBClassifier, XGBRegressor
+
+    if not isinstance(model, XGBClassifier | XGBRegressor):
+        raise ExportError(f"expected a fitted XGBClassifier or XGBRegressor, got {type(model).__name__}")
+    n = int(getattr(model, "n_features_in_", 0))
+    if not n:
+        raise ExportError(f"{type(model).__name__} is not fitted")
+    try:
+        proto = onnxmltools.convert_xgboost(model, initial_types=[(ONNX_INPUT, FloatTensorType([None, n]))])
+    except Exception as e:  # noqa: BLE001 - onnxmltools raises RuntimeError, NotImplementedError, ...
+        raise ExportError(f"onnxmltools cannot convert {type(model).__name__}: {type(e).__name__}: {e}") from None
+    classes = list(model.classes_) if isinstance(model, XGBClassifier) else None
+    return BoostedModel(
+        proto.SerializeToString(), n_features=n, feature_names=feature_names_of(model, feature_names, n),
+        input_key=input_key, classes=classes, class_labels=class_labels,
+    )  # fmt: skip
