@@ -54,6 +54,10 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     _add_platform(run)
     run.set_defaults(func=run_command)
 
+    from exporter.importers import cli as importers_cli  # `export-onnx` lives with the importers
+
+    importers_cli.add_commands(subparsers)
+
 
 def _add_platform(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(

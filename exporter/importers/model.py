@@ -20,6 +20,7 @@ and its inputs can be parsed), and ``predict`` is Predict over the raw receiver.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -38,11 +39,14 @@ from exporter.ops.onnx import onnx_call
 from exporter.outputs import ExportOutput, PredictOutput
 from exporter.receivers import (
     ReceiverFn,
+    ServingInputReceiver,
     build_parsing_serving_input_receiver_fn,
     build_raw_serving_input_receiver_fn,
 )
 from exporter.signature import Shape
 
+_NODE_NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
+_NODE_CHARS = re.compile(r"[^A-Za-z0-9_.\-]")
 HeadsFn = Callable[[GraphBuilder, Mapping[str, Tensor]], dict[str, ExportOutput]]
 
 # The dtype a tf.Example feature carries for values of each kind (float_list, int64_list, bytes_list).
@@ -78,6 +82,7 @@ class MatrixInput:
     width: int
     feature_names: tuple[str, ...] | None
     input_key: str = "x"
+    raw_dtype: DType | None = None  # default: float32 for a float model, else the model's dtype
 
     def spec(self) -> dict[str, FixedLenFeature]:
         if self.feature_names is None:
@@ -87,6 +92,7 @@ class MatrixInput:
     def raw(self) -> dict[str, tuple[DType, Shape]]:
         # float32, as TF Serving clients send features, whatever precision the model computes in.
         kind = dtypes.FLOAT if self.onnx_dtype in dtypes.FLOATING else self.onnx_dtype
+        kind = self.raw_dtype if self.raw_dtype is not None else kind
         return {self.input_key: (kind, (None, self.width))}
 
     def feed(self, features: Mapping[str, Any]) -> Tensor:
@@ -154,10 +160,18 @@ class ImportedModel:
         return build_parsing_serving_input_receiver_fn(self.parse_example_spec())
 
     def raw_receiver_fn(self) -> ReceiverFn:
+        """Placeholders fed directly (the aliases may be any ONNX name, e.g. ``input:0``)."""
         raw: dict[str, tuple[DType, Shape]] = {}
         for i in self.inputs:
             raw.update(i.raw())
-        return build_raw_serving_input_receiver_fn(raw)
+        if all(_NODE_NAME.match(alias) for alias in raw):
+            return build_raw_serving_input_receiver_fn(raw)
+
+        def receiver_fn(g: GraphBuilder) -> ServingInputReceiver:
+            tensors = {a: g.placeholder(d, s, name=_NODE_CHARS.sub("_", a) or "input") for a, (d, s) in raw.items()}
+            return ServingInputReceiver(features=tensors, receiver_tensors=tensors)
+
+        return receiver_fn
 
     def model_fn(self, g: GraphBuilder, features: Mapping[str, Any]) -> dict[str, ExportOutput]:
         feeds = {i.onnx_name: i.feed(features) for i in self.inputs}
@@ -248,6 +262,19 @@ def predict_heads_fn(aliases: Mapping[str, str] | None = None) -> HeadsFn:
     def heads(g: GraphBuilder, outputs: Mapping[str, Tensor]) -> dict[str, ExportOutput]:
         named = {(aliases or {}).get(name, name): t for name, t in outputs.items()}
         return {"predict": PredictOutput(named)}
+
+    return heads
+
+
+def with_outputs(heads_fn: HeadsFn) -> HeadsFn:
+    """`heads_fn`, with every ONNX output also in the Predict head under its own name."""
+
+    def heads(g: GraphBuilder, outputs: Mapping[str, Tensor]) -> dict[str, ExportOutput]:
+        made = heads_fn(g, outputs)
+        predict = made.get("predict")
+        if isinstance(predict, PredictOutput):
+            made["predict"] = PredictOutput({**outputs, **predict.outputs})
+        return made
 
     return heads
 

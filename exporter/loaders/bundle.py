@@ -19,7 +19,7 @@ def load(path: str, options: LoadOptions) -> Runtime:
     what serves it, rather than as an incomplete export.
     """
     refuse_foreign(path, "tensorflow")
-    return Runtime.from_bundle(bundle_io.read_bundle(path, cache_dir=options.cache_dir))
+    return Runtime.from_bundle(bundle_io.read_bundle(path, cache_dir=options.cache_dir), options)
 
 
 def describe(path: str, options: LoadOptions) -> dict[str, Signature]:
