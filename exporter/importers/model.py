@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from exporter import dtypes
+from exporter.canned import class_labels as make_labels
 from exporter.canned import classifier_heads, regressor_heads
 from exporter.dtypes import DType
 from exporter.errors import ExportError
@@ -281,8 +282,6 @@ def with_outputs(heads_fn: HeadsFn) -> HeadsFn:
 
 def string_labels(classes: np.ndarray | Sequence[Any], class_labels: Sequence[str | bytes] | None) -> list[bytes]:
     """The label of each class: `class_labels`, else str() of each of the model's classes."""
-    from exporter.canned import class_labels as make_labels
-
     names = [str(c) for c in classes] if class_labels is None else list(class_labels)
     try:
         return make_labels(len(classes), names)

@@ -39,7 +39,7 @@ from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder
 
 from exporter import dtypes
 from exporter.dtypes import DType
-from exporter.errors import ExportError
+from exporter.errors import ExportError, GraphError
 from exporter.graph import GraphBuilder, Tensor
 from exporter.importers.model import (
     HeadsFn,
@@ -106,7 +106,10 @@ def _protobuf7_attributes() -> Iterator[None]:
     convert, integer lists get ints: the same values, the type protobuf asks for."""
     from skl2onnx.common import _container
 
-    original = _container.make_node
+    original = getattr(_container, "make_node", None)
+    if original is None:  # a skl2onnx that builds nodes some other way: nothing to adapt
+        yield
+        return
 
     def make_node(*args: Any, **attrs: Any) -> Any:
         fixed = {
@@ -152,14 +155,12 @@ def _with_float32_final(estimator: Any) -> Any:
 
 
 def _opens(model: bytes) -> str | None:
-    """None if onnxruntime opens `model`, else why not."""
-    from exporter.onnx_model import OnnxModel
+    """None if onnxruntime opens `model` (exporter.onnx_model checks it), else why not."""
+    from exporter.ops.onnx import model_infos
 
     try:
-        OnnxModel(model).close()
-    except ExportError as e:
-        return str(e)
-    except Exception as e:  # noqa: BLE001 - BundleError and onnxruntime's own
+        model_infos(model)
+    except GraphError as e:
         return str(e)
     return None
 

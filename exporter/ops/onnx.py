@@ -153,18 +153,30 @@ def _run(inputs: list[np.ndarray], session: _Session) -> list[np.ndarray]:
 
 
 # -- functional wrapper -------------------------------------------------------------------------
+_INFOS: dict[bytes, tuple[dict[str, TensorInfo], dict[str, TensorInfo]]] = {}
+_INFOS_KEPT = 8  # an export builds the model once per receiver: remember the last few models
+
+
 def model_infos(model: bytes) -> tuple[dict[str, TensorInfo], dict[str, TensorInfo]]:
-    """The ONNX graph's inputs and outputs (name -> TensorInfo), read by opening the model once."""
+    """The ONNX graph's inputs and outputs (name -> TensorInfo), read by opening the model once
+    (through exporter.onnx_model, which checks it); GraphError if it does not open."""
     from exporter.onnx_model import OnnxModel
 
-    try:
-        opened = OnnxModel(model)
-    except BundleError as e:
-        raise GraphError(f"the ONNX model does not open: {e}") from None
-    try:
-        return dict(opened.inputs), dict(opened.outputs)
-    finally:
-        opened.close()
+    digest = hashlib.sha256(model).digest()
+    if digest not in _INFOS:
+        try:
+            opened = OnnxModel(model)
+        except BundleError as e:
+            raise GraphError(f"the ONNX model does not open: {e}") from None
+        try:
+            infos = dict(opened.inputs), dict(opened.outputs)
+        finally:
+            opened.close()
+        if len(_INFOS) >= _INFOS_KEPT:
+            _INFOS.pop(next(iter(_INFOS)))
+        _INFOS[digest] = infos
+    inputs, outputs = _INFOS[digest]
+    return dict(inputs), dict(outputs)
 
 
 def onnx_call(

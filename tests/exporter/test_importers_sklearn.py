@@ -180,6 +180,12 @@ def test_simple_imputer_pipelines_on_data_with_nans(tmp_path: pathlib.Path) -> N
     np.testing.assert_allclose(out["outputs"], imputer.transform(X[200:]), **TOL)
 
 
+def test_hist_gradient_boosting_takes_nans_itself(tmp_path: pathlib.Path) -> None:
+    X, y = nan_data(300, 1)
+    est = fit(HistGradientBoostingClassifier(max_iter=8, random_state=0), X[:200], y[:200])
+    check_classifier(tmp_path, est, convert(est, feature_names=[f"f{i}" for i in range(6)]), X[200:])
+
+
 def mixed_data(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Columns: color (string), size (int), weight (float), height (float)."""
     rng = np.random.default_rng(seed)
