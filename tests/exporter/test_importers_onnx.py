@@ -216,3 +216,32 @@ def test_cli_export_onnx_then_inspect_shows_its_signatures(tmp_path: pathlib.Pat
     assert "signature_def['serving_default']" in text and "tensorflow/serving/classify" in text
     assert "outputs['probabilities']" in text and "inputs['x']" in text
     assert exporter_main(["export-onnx", str(tmp_path / "m.onnx"), str(tmp_path / "base"), "--classify", "zz"]) == 1
+
+
+def test_feature_columns_parse_and_feed_an_onnx_model_behind_a_classification_head(tmp_path: pathlib.Path) -> None:
+    """Feature columns and heads wrap the ONNX node as they wrap the numpy ops."""
+    from exporter import feature_columns as fc
+    from exporter.canned import classifier_heads
+    from exporter.ops import math as tfm
+    from exporter.receivers import build_parsing_serving_input_receiver_fn
+
+    color = fc.indicator_column(fc.categorical_column_with_vocabulary_list("color", ["green", "red"]))
+    columns = [fc.numeric_column("a"), fc.numeric_column("b"), color]  # input_layer: a, b, color (2)
+
+    def model_fn(g, features):  # type: ignore[no-untyped-def]
+        probs = onnx_call(mlp("x"), {"x": fc.input_layer(features, columns)}, outputs=["probs"])["probs"]
+        return classifier_heads(probs, tfm.argmax(probs, axis=1), [b"x", b"y", b"z"])
+
+    receiver = build_parsing_serving_input_receiver_fn(fc.make_parse_example_spec(columns))
+    servable = load_servable("tensorflow", export_model(str(tmp_path), model_fn, receiver, default_head="classification"))
+    rows = [(0.5, -1.0, "red"), (2.0, 0.25, "green"), (-0.3, 0.0, "blue")]  # blue: out of vocabulary, zeros
+    serialized = []
+    for a, b, c in rows:
+        ex = example_pb2.Example()
+        ex.features.feature["a"].float_list.value.append(a)
+        ex.features.feature["b"].float_list.value.append(b)
+        ex.features.feature["color"].bytes_list.value.append(c.encode())
+        serialized.append(ex.SerializeToString())
+    dense = np.array([[a, b, c == "green", c == "red"] for a, b, c in rows], np.float32)
+    got = servable.run("serving_default", {"inputs": np.array(serialized, dtype=object)})["scores"]
+    np.testing.assert_allclose(got, reference(mlp("x"), {"x": dense})["probs"], rtol=1e-6)
