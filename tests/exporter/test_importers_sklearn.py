@@ -250,3 +250,29 @@ def test_exporter_core_never_imports_sklearn_or_onnxruntime() -> None:
         "assert 'onnxruntime' not in sys.modules, 'onnxruntime imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_pipeline_fitted_on_a_dataframe_selects_columns_by_name(tmp_path: pathlib.Path) -> None:
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame({"city": rng.choice(["a", "b", "c"], 200), "age": rng.normal(40, 10, 200),
+                       "income": rng.normal(5, 2, 200)})  # fmt: skip
+    df.loc[::9, "age"] = np.nan
+    y = (df.city == "a") ^ (df.income > 5)
+    numeric = make_pipeline(SimpleImputer(), StandardScaler())
+    pre = ColumnTransformer([("cat", OneHotEncoder(handle_unknown="ignore"), ["city"]), ("num", numeric, ["age", "income"])])
+    est = fit(make_pipeline(pre, GradientBoostingClassifier(n_estimators=5, random_state=0)), df[:150], y[:150])
+    model = convert(est)  # the names come from the DataFrame
+    assert model.feature_names == ("city", "age", "income")
+
+    class OnRows:  # the estimator, asked with rows as the bundle gets them
+        classes_ = est.classes_
+
+        def predict_proba(self, X: np.ndarray) -> np.ndarray:
+            return est.predict_proba(pd.DataFrame(X, columns=df.columns).astype({"age": float, "income": float}))
+
+        def predict(self, X: np.ndarray) -> np.ndarray:
+            return est.predict(pd.DataFrame(X, columns=df.columns).astype({"age": float, "income": float}))
+
+    check_classifier(tmp_path, OnRows(), model, df[150:].to_numpy(dtype=object))
