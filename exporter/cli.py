@@ -28,6 +28,9 @@ from protos.tessera import bundle_pb2
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
     """Registers `inspect` and `run` on a parser's subparsers (used by `cluster.cli`)."""
+    from exporter.importers import cli as importers_cli  # `export-onnx` lives with the importers
+
+    importers_cli.add_commands(subparsers)
     inspect = subparsers.add_parser(
         "inspect", help="show the versions of a model, or the signatures of a version",
         description="With a base path: list its versions (--all: and every signature of each). "
@@ -53,10 +56,6 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--cache-dir", help="local cache for remote bundles")
     _add_platform(run)
     run.set_defaults(func=run_command)
-
-    from exporter.importers import cli as importers_cli  # `export-onnx` lives with the importers
-
-    importers_cli.add_commands(subparsers)
 
 
 def _add_platform(parser: argparse.ArgumentParser) -> None:
