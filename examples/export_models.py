@@ -1,4 +1,5 @@
-"""Trains two small scikit-learn models on data that ships with scikit-learn and exports them.
+"""Trains two small scikit-learn models on data that ships with scikit-learn and exports them
+through the scikit-learn importer (exporter.importers.sklearn: skl2onnx, one ONNX node in the bundle).
 
     python -m examples.export_models --base /tmp/models [--if-missing]
     python examples/export_models.py /tmp/models
@@ -43,7 +44,7 @@ WARMUP_ROWS = 3
 
 @dataclass(frozen=True)
 class Trained:
-    """A fitted estimator, its converted model, and rows it was not trained on."""
+    """A fitted estimator, its imported model, and rows it was not trained on."""
 
     name: str
     estimator: Any
