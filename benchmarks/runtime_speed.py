@@ -1,4 +1,5 @@
-"""Speed of the numpy runtime on the two example models, at batch 1 and batch 256.
+"""Speed of the bundle runtime on the two example models, at batch 1 and batch 256 (their
+estimators run as one ONNX node, exporter.ops.onnx, since the scikit-learn importer uses skl2onnx).
 
     python -m benchmarks.runtime_speed [--iterations N]
     python benchmarks/runtime_speed.py
