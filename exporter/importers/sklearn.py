@@ -130,7 +130,12 @@ def _to_onnx(estimator: Any, initial_types: list[tuple[str, Any]], final: Any) -
 
     options = {id(final): {"zipmap": False}} if is_classifier(final) else None
     with _protobuf7_attributes():
-        proto = convert_sklearn(estimator, initial_types=initial_types, options=options)
+        try:
+            proto = convert_sklearn(estimator, initial_types=initial_types, options=options)
+        except NameError as e:  # a classifier without probabilities has no ZipMap to turn off
+            if options is None or "'zipmap'" not in str(e):
+                raise
+            proto = convert_sklearn(estimator, initial_types=initial_types)
     return proto.SerializeToString()
 
 

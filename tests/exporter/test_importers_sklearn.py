@@ -11,7 +11,10 @@ import pytest
 from sklearn.cluster import KMeans
 from sklearn.compose import ColumnTransformer
 from sklearn.datasets import load_diabetes, load_digits, load_iris, make_classification
+from sklearn.decomposition import PCA
+from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 from sklearn.ensemble import (
+    AdaBoostClassifier,
     ExtraTreesClassifier,
     ExtraTreesRegressor,
     GradientBoostingClassifier,
@@ -22,12 +25,14 @@ from sklearn.ensemble import (
     RandomForestRegressor,
 )
 from sklearn.impute import SimpleImputer
-from sklearn.linear_model import LinearRegression, LogisticRegression, Ridge
+from sklearn.linear_model import LinearRegression, LogisticRegression, Ridge, RidgeClassifier
+from sklearn.naive_bayes import GaussianNB
 from sklearn.neighbors import KNeighborsClassifier, KNeighborsRegressor
 from sklearn.neural_network import MLPClassifier, MLPRegressor
 from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import OneHotEncoder, StandardScaler
-from sklearn.svm import SVC, SVR
+from sklearn.preprocessing import MinMaxScaler, OneHotEncoder, StandardScaler
+from sklearn.svm import SVC, SVR, LinearSVC
+from sklearn.tree import DecisionTreeClassifier
 
 from exporter.errors import ExportError, InvalidInputError
 from exporter.export import export_model
@@ -143,8 +148,9 @@ def test_pipeline_scaler_random_forest_on_digits(tmp_path: pathlib.Path) -> None
     assert out["class_ids"].tolist() == est.predict(X[450:]).tolist()
 
 
-def test_svc_without_probabilities_classifies_by_its_decision(tmp_path: pathlib.Path) -> None:
-    est = fit(SVC(), IRIS.data[TRAIN], IRIS.target[TRAIN])
+@pytest.mark.parametrize("est", [SVC(), LinearSVC(), RidgeClassifier()], ids=lambda e: type(e).__name__)
+def test_classifiers_without_probabilities_classify_by_their_decision(tmp_path: pathlib.Path, est) -> None:  # type: ignore[no-untyped-def]
+    est = fit(est, IRIS.data[TRAIN], IRIS.target[TRAIN])
     model = convert(est, feature_names=IRIS_NAMES, class_labels=IRIS.target_names)
     servable = export(tmp_path, model)
     X = IRIS.data[TEST]
@@ -276,3 +282,21 @@ def test_pipeline_fitted_on_a_dataframe_selects_columns_by_name(tmp_path: pathli
             return est.predict(pd.DataFrame(X, columns=df.columns).astype({"age": float, "income": float}))
 
     check_classifier(tmp_path, OnRows(), model, df[150:].to_numpy(dtype=object))
+
+
+@pytest.mark.parametrize(
+    "est",
+    [DecisionTreeClassifier(max_depth=3, random_state=0), AdaBoostClassifier(n_estimators=5, random_state=0),
+     GaussianNB(), LinearDiscriminantAnalysis()],
+    ids=lambda e: type(e).__name__,
+)  # fmt: skip
+def test_more_classifiers_skl2onnx_converts(tmp_path: pathlib.Path, est) -> None:  # type: ignore[no-untyped-def]
+    est = fit(est, IRIS.data[TRAIN], IRIS.target[TRAIN])
+    check_classifier(tmp_path, est, convert(est, feature_names=IRIS_NAMES), IRIS.data[TEST])
+
+
+@pytest.mark.parametrize("est", [PCA(n_components=2), MinMaxScaler(), StandardScaler()], ids=lambda e: type(e).__name__)
+def test_transformers_alone_predict_their_transform(tmp_path: pathlib.Path, est) -> None:  # type: ignore[no-untyped-def]
+    est = fit(est, IRIS.data[TRAIN])
+    out = export(tmp_path, convert(est)).run("predict", {"x": IRIS.data[TEST].astype(np.float32)})
+    np.testing.assert_allclose(out["outputs"], est.transform(IRIS.data[TEST]), **TOL)
