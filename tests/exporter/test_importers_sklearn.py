@@ -300,3 +300,17 @@ def test_transformers_alone_predict_their_transform(tmp_path: pathlib.Path, est)
     est = fit(est, IRIS.data[TRAIN])
     out = export(tmp_path, convert(est)).run("predict", {"x": IRIS.data[TEST].astype(np.float32)})
     np.testing.assert_allclose(out["outputs"], est.transform(IRIS.data[TEST]), **TOL)
+
+
+def test_column_transformer_passthrough_drop_and_remainder(tmp_path: pathlib.Path) -> None:
+    X, y = mixed_data(160, 0)
+    X[:, 1] = X[:, 1].astype(float)  # size as a plain number here: passed through, not encoded
+    names = ["color", "size", "weight", "height"]
+    ct = ColumnTransformer([("oh", OneHotEncoder(handle_unknown="ignore"), [0]), ("pass", "passthrough", [2]),
+                            ("drop", "drop", [3])], remainder="passthrough")  # fmt: skip
+    est = fit(make_pipeline(ct, LogisticRegression(max_iter=500)), X[:120], y[:120])
+    check_classifier(tmp_path / "passthrough", est, convert(est, feature_names=names), X[120:])
+    X2, y2 = mixed_data(160, 1)
+    ct = ColumnTransformer([("oh", OneHotEncoder(handle_unknown="ignore"), [0, 1])], remainder=StandardScaler())
+    est = fit(make_pipeline(ct, LogisticRegression(max_iter=500)), X2[:120], y2[:120])
+    check_classifier(tmp_path / "remainder", est, convert(est, feature_names=names), X2[120:])
