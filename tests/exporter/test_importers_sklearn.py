@@ -8,6 +8,7 @@ import pathlib
 
 import numpy as np
 import pytest
+from sklearn.calibration import CalibratedClassifierCV
 from sklearn.cluster import KMeans
 from sklearn.compose import ColumnTransformer
 from sklearn.datasets import load_diabetes, load_digits, load_iris, make_classification
@@ -107,7 +108,7 @@ def test_mlp_regressor(tmp_path: pathlib.Path) -> None:
         ExtraTreesClassifier(n_estimators=5, max_depth=4, random_state=0),
         GradientBoostingClassifier(n_estimators=5, max_depth=2, random_state=0),
         HistGradientBoostingClassifier(max_iter=5, random_state=0),
-        SVC(probability=True, random_state=0),
+        CalibratedClassifierCV(SVC(), ensemble=False),  # scikit-learn 1.9's SVC(probability=True)
         KNeighborsClassifier(n_neighbors=5),
     ],
     ids=lambda e: type(e).__name__,
