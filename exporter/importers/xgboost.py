@@ -19,6 +19,19 @@ from exporter.errors import ExportError
 from exporter.importers._boosted import ONNX_INPUT, BoostedModel, feature_names_of
 
 
+def _unnamed(model: Any) -> Any:
+    """The same model with its booster's feature names cleared: onnxmltools reads features by
+    index and refuses names other than f0, f1, ... (a model fitted on a DataFrame has the columns')."""
+    booster = model.get_booster()
+    if not booster.feature_names:
+        return model
+    unnamed = booster.copy()
+    unnamed.feature_names = None
+    clone = type(model)()
+    clone.load_model(bytearray(unnamed.save_raw("json")))
+    return clone
+
+
 def convert(
     model: Any,
     *,
@@ -37,7 +50,7 @@ def convert(
     if not n:
         raise ExportError(f"{type(model).__name__} is not fitted")
     try:
-        proto = onnxmltools.convert_xgboost(model, initial_types=[(ONNX_INPUT, FloatTensorType([None, n]))])
+        proto = onnxmltools.convert_xgboost(_unnamed(model), initial_types=[(ONNX_INPUT, FloatTensorType([None, n]))])
     except Exception as e:  # noqa: BLE001 - onnxmltools raises RuntimeError, NotImplementedError, ...
         raise ExportError(f"onnxmltools cannot convert {type(model).__name__}: {type(e).__name__}: {e}") from None
     classes = list(model.classes_) if isinstance(model, XGBClassifier) else None

@@ -71,3 +71,24 @@ def test_wrong_models_are_refused() -> None:
     est = fit(REGRESSORS["xgboost"](), DX[:100], DIABETES.target[:100])
     with pytest.raises(ExportError, match="class_labels given for a regressor"):
         xgb_importer.convert(est, class_labels=["a"])
+
+
+@pytest.mark.parametrize("library", sorted(IMPORTERS))
+def test_models_fitted_on_a_dataframe_take_its_column_names(tmp_path: pathlib.Path, library: str) -> None:
+    import pandas as pd
+
+    frame = pd.DataFrame(IRIS.data.astype(np.float32), columns=IRIS_NAMES)
+    est = fit(CLASSIFIERS[library](), frame[TRAIN], IRIS.target[TRAIN])
+    model = IMPORTERS[library](est)  # xgboost's own names would stop onnxmltools: the importer clears them
+    assert model.feature_names == tuple(IRIS_NAMES)
+
+    class OnRows:  # the estimator, asked with rows as the bundle gets them
+        classes_ = est.classes_
+
+        def predict_proba(self, X: np.ndarray) -> np.ndarray:
+            return est.predict_proba(pd.DataFrame(X, columns=IRIS_NAMES))
+
+        def predict(self, X: np.ndarray) -> np.ndarray:
+            return est.predict(pd.DataFrame(X, columns=IRIS_NAMES))
+
+    check_classifier(tmp_path, OnRows(), model, IRIS.data[TEST].astype(np.float32))
