@@ -57,6 +57,11 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     _add_platform(run)
     run.set_defaults(func=run_command)
 
+    # `tessera import`: TensorFlow SavedModels -> bundles (its own module; TensorFlow only when run).
+    from exporter.importers.savedmodel_cli import add_command as add_import_command
+
+    add_import_command(subparsers)
+
 
 def _add_platform(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(

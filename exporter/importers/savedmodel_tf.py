@@ -1,0 +1,259 @@
+"""The TensorFlow side of importing a SavedModel: read its signatures, freeze each one, cut it at
+its tf.Example parse, convert the rest with tf2onnx, and check the ONNX body against TensorFlow.
+
+This module (with `savedmodel_cut`) is the only one that imports tensorflow and tf2onnx; it runs
+only where a SavedModel is imported (`tessera import`, or the import subprocess a server starts),
+never in a serving replica.
+
+Per signature (the SavedModel's MetaGraph tagged "serve"):
+1. The SignatureDef as written in saved_model.pb gives what TF Serving reports and checks: the
+   method name and, per input and output alias, the dtype and shape.
+2. The signature's concrete function is frozen (variables become constants, tables are read out)
+   with tf2onnx's loader; a tf.Example parse is cut off (`savedmodel_cut`).
+3. tf2onnx converts the rest. It keeps an op it cannot convert as an unknown node instead of
+   failing, so every node of the result is checked against ONNX's operator schemas: one that is not
+   an ONNX operator fails the import with its TensorFlow op and node names and the signature's key.
+4. The ONNX body is opened with exporter.onnx_model and run on a small synthetic batch (parsed by
+   Tessera's own tf.Example parser where the signature parses); TensorFlow runs the original
+   signature on the same batch, and the answers must agree. A body that onnxruntime refuses or that
+   answers differently is never published.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pathlib
+from collections.abc import Mapping
+
+import numpy as np
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
+
+import onnx  # noqa: E402 - after the TF log level
+import tensorflow as tf  # noqa: E402
+import tf2onnx  # noqa: E402
+from tensorflow.core.protobuf import saved_model_pb2  # noqa: E402
+from tensorflow.python.ops import lookup_ops  # noqa: E402
+from tf2onnx import tf_loader  # noqa: E402
+from tf2onnx.convert import _convert_common  # noqa: E402 - the CLI's own path, with tables
+from tf2onnx.tf_utils import get_hash_table_info  # noqa: E402
+
+from exporter import dtypes  # noqa: E402
+from exporter.errors import ExportError  # noqa: E402
+from exporter.importers.savedmodel_check import ReferenceRefused, check_signature  # noqa: E402
+from exporter.importers.savedmodel_cut import Cut, cut_parse_example  # noqa: E402
+from exporter.importers.savedmodel_types import ConvertedSignature, Feed  # noqa: E402
+from exporter.signature import Shape, TensorInfo  # noqa: E402
+
+SERVE_TAG = "serve"
+OPSET = 17
+_log = logging.getLogger(__name__)
+for _name in ("tf2onnx", "tensorflow"):
+    logging.getLogger(_name).setLevel(logging.ERROR)
+
+
+def _shape(proto: object) -> Shape:
+    if proto.unknown_rank:
+        return None
+    return tuple(None if d.size < 0 else int(d.size) for d in proto.dim)
+
+
+def _infos(specs: Mapping[str, object], key: str, kind: str) -> dict[str, TensorInfo]:
+    out = {}
+    for alias, info in specs.items():
+        if info.WhichOneof("encoding") != "name":
+            raise ExportError(f"signature {key!r} {kind} {alias!r} is a composite tensor, which Tessera cannot serve")
+        try:
+            dtypes.to_numpy(info.dtype)
+        except (KeyError, ValueError):
+            raise ExportError(f"signature {key!r} {kind} {alias!r} has dtype {info.dtype}, which Tessera cannot carry") from None
+        out[alias] = TensorInfo(info.name, int(info.dtype), _shape(info.tensor_shape))
+    return out
+
+
+def read_signature_defs(version_dir: str) -> dict[str, tuple[str, dict[str, TensorInfo], dict[str, TensorInfo]]]:
+    """key -> (method name, inputs, outputs) of the serve MetaGraph, as saved_model.pb declares them."""
+    path = pathlib.Path(version_dir) / "saved_model.pb"
+    saved = saved_model_pb2.SavedModel.FromString(path.read_bytes())
+    metas = [m for m in saved.meta_graphs if SERVE_TAG in m.meta_info_def.tags]
+    if not metas:
+        raise ExportError(f"{version_dir}: the SavedModel has no MetaGraph tagged {SERVE_TAG!r}")
+    out = {}
+    for key, sig in metas[0].signature_def.items():
+        if key.startswith("__"):  # __saved_model_init_op and friends are not entry points
+            continue
+        out[key] = (sig.method_name, _infos(sig.inputs, key, "input"), _infos(sig.outputs, key, "output"))
+    if not out:
+        raise ExportError(f"{version_dir}: the SavedModel has no signatures to serve")
+    return out
+
+
+def _unconverted(model: onnx.ModelProto) -> list[str]:
+    bad = []
+    for node in model.graph.node:
+        if not onnx.defs.has(node.op_type, node.domain):
+            bad.append(f"{node.op_type} (node {node.name!r})")
+    return bad
+
+
+def _convert(key: str, graph_def: object, inputs: list[str], outputs: list[str], tables: object) -> bytes:
+    try:
+        with tf.device("/cpu:0"):
+            model, _ = _convert_common(
+                graph_def, name=key, continue_on_error=False, opset=OPSET,
+                input_names=inputs, output_names=outputs, initialized_tables=tables,
+            )  # fmt: skip
+    except Exception as e:  # noqa: BLE001 - tf2onnx raises whatever its handler raised
+        raise ExportError(f"signature {key!r}: tf2onnx cannot convert it: {type(e).__name__}: {e}") from None
+    bad = _unconverted(model)
+    if bad:
+        raise ExportError(
+            f"signature {key!r}: TensorFlow op(s) with no ONNX conversion: {', '.join(bad)}"
+        )
+    return model.SerializeToString()
+
+
+def _prune(graph_def: object, outputs: list[str]) -> object:
+    return tf.compat.v1.graph_util.extract_sub_graph(graph_def, sorted({o.split(":")[0] for o in outputs}))
+
+
+def _frozen_signature(
+    key: str, inputs: dict[str, TensorInfo], outputs: dict[str, TensorInfo], frozen: object, tables: object,
+    in_names: dict[str, str], out_names: dict[str, str], method: str,
+) -> ConvertedSignature:
+    """Cut, prune and convert one frozen signature graph (tensor names: `in_names`/`out_names`)."""
+    cut: Cut | None = cut_parse_example(frozen, key, in_names)
+    flat_out = sorted(set(out_names.values()))
+    pruned = _prune(cut.graph_def if cut else frozen, flat_out)
+    placeholders = {f"{n.name}:0" for n in pruned.node if n.op == "Placeholder"}
+    feeds: dict[str, Feed] = {}
+    for alias, name in in_names.items():
+        if name in placeholders:
+            if cut and alias == cut.examples_alias:
+                raise ExportError(
+                    f"signature {key!r}: the graph reads the serialized examples {alias!r} beyond parsing them "
+                    "(only a parse at the start can become Tessera's parsing receiver)"
+                )
+            feeds[name] = Feed(alias=alias)
+    if cut:
+        feeds.update({name: feed for name, feed in cut.feeds.items() if name in placeholders})
+    if not feeds:
+        raise ExportError(f"signature {key!r}: its outputs do not depend on its inputs (a constant model)")
+    model = _convert(key, pruned, sorted(feeds), flat_out, tables)
+    return ConvertedSignature(
+        key=key, method_name=method, inputs=inputs, outputs=outputs, onnx_model=model,
+        feeds=dict(sorted(feeds.items())), fetches=dict(out_names),
+        examples_alias=cut.examples_alias if cut else None, feature_spec=dict(cut.feature_spec) if cut else {},
+    )  # fmt: skip
+
+
+def _is_tf1(version_dir: str) -> bool:
+    """A SavedModel written by TF1's builder (or an Estimator) has no object graph."""
+    saved = saved_model_pb2.SavedModel.FromString((pathlib.Path(version_dir) / "saved_model.pb").read_bytes())
+    metas = [m for m in saved.meta_graphs if SERVE_TAG in m.meta_info_def.tags]
+    return not metas[0].object_graph_def.nodes
+
+
+def _tf_failure(key: str, what: str, e: Exception) -> ExportError:
+    return ExportError(f"signature {key!r}: TensorFlow cannot {what} it: {type(e).__name__}: {str(e).splitlines()[0]}")
+
+
+def _convert_tf2(version_dir: str, declared: Mapping[str, tuple]) -> list[ConvertedSignature]:
+    imported = tf.saved_model.load(version_dir, tags=[SERVE_TAG])
+    converted = []
+    for key in sorted(declared):
+        method, inputs, outputs = declared[key]
+        if key not in imported.signatures:
+            raise ExportError(f"signature {key!r} is in saved_model.pb but TensorFlow does not load it")
+        function = imported.signatures[key]
+        structured_in = function.structured_input_signature[1]
+        if set(structured_in) != set(inputs) or set(function.structured_outputs) != set(outputs):
+            raise ExportError(f"signature {key!r}: its function and saved_model.pb disagree on its aliases")
+        flat_in = [t.name for t in function.inputs if t.dtype != tf.resource][: len(structured_in)]
+        in_names = dict(zip(sorted(structured_in), flat_in, strict=True))
+        flat_out = [t.name for t in function.outputs]
+        out_names = dict(zip(sorted(function.structured_outputs), flat_out, strict=True))
+        # A fresh load for the reference: tf2onnx's freezing rewrites the function's captures.
+        original = tf.saved_model.load(version_dir, tags=[SERVE_TAG]).signatures[key]
+
+        def reference(raw: Mapping[str, np.ndarray], original: object = original) -> dict[str, np.ndarray]:
+            try:
+                result = original(**{alias: tf.constant(value) for alias, value in raw.items()})
+            except (tf.errors.OpError, ValueError, TypeError) as e:
+                raise ReferenceRefused(str(e).splitlines()[0]) from None
+            return {alias: value.numpy() for alias, value in result.items()}
+
+        try:
+            frozen, tables = tf_loader.from_trackable(imported, function, flat_in, flat_out, False)
+        except Exception as e:  # noqa: BLE001 - freezing failures come as many types
+            raise _tf_failure(key, "freeze", e) from None
+        sig = _frozen_signature(key, inputs, outputs, frozen, tables, in_names, out_names, method)
+        check_signature(sig, reference)
+        converted.append(sig)
+    return converted
+
+
+def _freeze_tf1(sess: object, inputs: list[str], outputs: list[str]) -> tuple[object, dict]:
+    """tf2onnx's freeze_session, without its TF1-only table export: variables become constants,
+    lookup tables (initialized when the SavedModel was loaded) are read out by shared name."""
+    graph_def = sess.graph.as_graph_def(add_shapes=True)
+    for node in graph_def.node:
+        node.device = ""
+    graph_def = tf.compat.v1.graph_util.convert_variables_to_constants(
+        sess, graph_def, sorted({t.split(":")[0] for t in outputs})
+    )
+    tables = {}
+    with sess.graph.as_default():
+        for info in get_hash_table_info(graph_def):
+            if info.shared_name is None:
+                continue
+            handle = lookup_ops.hash_table_v2(info.key_dtype, info.val_dtype, shared_name=info.shared_name)
+            keys, values = lookup_ops.lookup_table_export_v2(handle, info.key_dtype, info.val_dtype)
+            tables[info.shared_name] = tuple(sess.run([keys, values]))
+    with tf.Graph().as_default():  # grappler reads the default graph's collections: not the session's
+        return tf_loader.tf_optimize(inputs, outputs, graph_def), tables
+
+
+def _convert_tf1(version_dir: str, declared: Mapping[str, tuple]) -> list[ConvertedSignature]:
+    converted = []
+    with tf.Graph().as_default() as graph, tf.compat.v1.Session(graph=graph) as sess:
+        try:
+            tf.compat.v1.saved_model.loader.load(sess, [SERVE_TAG], version_dir)
+        except Exception as e:  # noqa: BLE001
+            raise ExportError(f"{version_dir}: TensorFlow cannot load the SavedModel: {e}") from None
+        for key in sorted(declared):
+            method, inputs, outputs = declared[key]
+            in_names = {alias: info.name for alias, info in inputs.items()}
+            out_names = {alias: info.name for alias, info in outputs.items()}
+
+            def reference(raw: Mapping[str, np.ndarray], in_names: dict = in_names, out_names: dict = out_names) -> dict:
+                aliases = sorted(out_names)
+                try:
+                    values = sess.run([out_names[a] for a in aliases], {in_names[a]: v for a, v in raw.items()})
+                except (tf.errors.OpError, ValueError, TypeError) as e:
+                    raise ReferenceRefused(str(e).splitlines()[0]) from None
+                return dict(zip(aliases, values, strict=True))
+
+            flat_in, flat_out = sorted(set(in_names.values())), sorted(set(out_names.values()))
+            try:
+                frozen, tables = _freeze_tf1(sess, flat_in, flat_out)
+            except Exception as e:  # noqa: BLE001
+                raise _tf_failure(key, "freeze", e) from None
+            sig = _frozen_signature(key, inputs, outputs, frozen, tables, in_names, out_names, method)
+            check_signature(sig, reference)
+            converted.append(sig)
+    return converted
+
+
+def convert_saved_model(version_dir: str) -> list[ConvertedSignature]:
+    """Every signature of one SavedModel version, converted and checked (see the module docstring)."""
+    declared = read_signature_defs(version_dir)
+    if _is_tf1(version_dir):
+        return _convert_tf1(version_dir, declared)
+    return _convert_tf2(version_dir, declared)
+
+
+def versions() -> str:
+    """The versions of the libraries an import used (recorded in the bundle's info)."""
+    return f"tensorflow {tf.__version__}, tf2onnx {tf2onnx.__version__}, opset {OPSET}"
