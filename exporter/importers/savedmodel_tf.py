@@ -49,8 +49,12 @@ from exporter.signature import Shape, TensorInfo  # noqa: E402
 SERVE_TAG = "serve"
 OPSET = 17
 _log = logging.getLogger(__name__)
-for _name in ("tf2onnx", "tensorflow"):
-    logging.getLogger(_name).setLevel(logging.ERROR)
+
+
+def _quiet() -> None:
+    """tf2onnx logs every op it cannot convert at ERROR; the import raises with them instead."""
+    for name in [n for n in logging.root.manager.loggerDict if n.startswith(("tf2onnx", "tensorflow"))]:
+        logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
 def _shape(proto: object) -> Shape:
@@ -97,7 +101,27 @@ def _unconverted(model: onnx.ModelProto) -> list[str]:
     return bad
 
 
-def _convert(key: str, graph_def: object, inputs: list[str], outputs: list[str], tables: object) -> bytes:
+def _declare_output_shapes(model: onnx.ModelProto, shapes: Mapping[str, Shape]) -> None:
+    """Gives an output tf2onnx could not infer a shape for the shape the SavedModel declares
+    (onnx's checker refuses a graph output without one); unknown dimensions stay symbolic."""
+    for output in model.graph.output:
+        tensor_type = output.type.tensor_type
+        shape = shapes.get(output.name)
+        if tensor_type.HasField("shape") or shape is None:
+            continue
+        tensor_type.shape.SetInParent()
+        for i, d in enumerate(shape):
+            dim = tensor_type.shape.dim.add()
+            if d is None:
+                dim.dim_param = f"{output.name.split(':')[0]}_dim{i}"
+            else:
+                dim.dim_value = d
+
+
+def _convert(
+    key: str, graph_def: object, inputs: list[str], outputs: list[str], tables: object, shapes: Mapping[str, Shape]
+) -> bytes:
+    _quiet()
     try:
         with tf.device("/cpu:0"):
             model, _ = _convert_common(
@@ -106,6 +130,7 @@ def _convert(key: str, graph_def: object, inputs: list[str], outputs: list[str],
             )  # fmt: skip
     except Exception as e:  # noqa: BLE001 - tf2onnx raises whatever its handler raised
         raise ExportError(f"signature {key!r}: tf2onnx cannot convert it: {type(e).__name__}: {e}") from None
+    _declare_output_shapes(model, shapes)
     bad = _unconverted(model)
     if bad:
         raise ExportError(
@@ -140,7 +165,8 @@ def _frozen_signature(
         feeds.update({name: feed for name, feed in cut.feeds.items() if name in placeholders})
     if not feeds:
         raise ExportError(f"signature {key!r}: its outputs do not depend on its inputs (a constant model)")
-    model = _convert(key, pruned, sorted(feeds), flat_out, tables)
+    shapes = {out_names[alias]: info.shape for alias, info in outputs.items()}
+    model = _convert(key, pruned, sorted(feeds), flat_out, tables, shapes)
     return ConvertedSignature(
         key=key, method_name=method, inputs=inputs, outputs=outputs, onnx_model=model,
         feeds=dict(sorted(feeds.items())), fetches=dict(out_names),
