@@ -25,6 +25,14 @@ def _kill(handle: Any) -> None:
         pass
 
 
+async def _import_saved_models(model: ModelConfig, path: str) -> str:
+    """A SavedModel version under model_platform "tensorflow" is imported into a bundle (once per
+    content, in a subprocess: TensorFlow never enters this process or a replica)."""
+    from exporter.importers.savedmodel_cache import resolve_version
+
+    return await resolve_version(model.platform, path)
+
+
 @ray.remote(num_cpus=0)
 class ControllerActor:
     """Thin Ray wrapper: every method delegates to the Controller on this actor's event loop."""
@@ -50,7 +58,7 @@ class ControllerActor:
                 num_cpus=replica_num_cpus, max_concurrency=1000,
             ).remote(model.name, replica_id, enable_warmup, model.batching or batching, log_format, session_threads)
 
-        self._controller = Controller(options, new_replica, _kill)
+        self._controller = Controller(options, new_replica, _kill, resolve_path=_import_saved_models)
 
     async def set_config(self, config: ServerConfig) -> None:
         await self._controller.set_config(config)

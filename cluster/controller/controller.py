@@ -13,7 +13,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +30,14 @@ log = logging.getLogger("tessera.controller")
 
 ReplicaFactory = Callable[[ModelConfig, int], Any]  # (model, index) -> replica handle
 ReplicaKiller = Callable[[Any], None]
+# (model, version path on storage) -> the path replicas load. The hook for versions that need a
+# step before any replica can load them (a SavedModel is imported into a bundle first); it runs on
+# the controller's loop, so a slow one must not block it. Default: the path itself.
+PathResolver = Callable[[ModelConfig, str], Awaitable[str]]
+
+
+async def _same_path(model: ModelConfig, path: str) -> str:
+    return path
 
 
 @dataclass(frozen=True)
@@ -56,6 +64,7 @@ class _Model:
     stream: ServableStream
     replicas: ReplicaSet
     paths: dict[int, str] = field(default_factory=dict)
+    load_paths: dict[int, str] = field(default_factory=dict)  # what replicas load (see PathResolver)
     signatures: dict[int, Mapping[str, Signature]] = field(default_factory=dict)
     source_error: str | None = None
     load_seconds: stats.Histogram = field(default_factory=lambda: stats.Histogram(stats.LATENCY_BUCKETS))
@@ -73,8 +82,10 @@ class Controller:
         replica_factory: ReplicaFactory,
         replica_killer: ReplicaKiller = lambda handle: None,
         clock: Callable[[], float] = time.monotonic,
+        resolve_path: PathResolver = _same_path,
     ) -> None:
         self._options = options
+        self._resolve_path = resolve_path
         self._new_replica = replica_factory
         self._kill_replica = replica_killer
         self._clock = clock
@@ -227,6 +238,7 @@ class Controller:
         name, path = model.config.name, model.paths[version]
         started = self._clock()
         try:
+            path = model.load_paths[version] = await self._resolve_path(model.config, path)
             signatures = await model.replicas.load(version, path, model.config.platform)
         except Exception as exc:  # noqa: BLE001 - any failure fails this version's load
             error = unwrap_error(exc)
@@ -245,6 +257,7 @@ class Controller:
         await asyncio.sleep(self._options.drain_seconds)  # ... then in-flight requests drain
         model.stream.unloaded(version, await model.replicas.unload(version))
         model.signatures.pop(version, None)
+        model.load_paths.pop(version, None)
         log.info("model %s version %d unloaded", model.config.name, version)
         await self._publish()
 
@@ -254,7 +267,9 @@ class Controller:
         loaded: set[int] = set()
         while missing := model.stream.available_versions() - loaded:
             platform = model.config.platform
-            await asyncio.gather(*(r.load.remote(v, model.paths[v], platform) for r in fresh for v in missing))
+            await asyncio.gather(*(
+                r.load.remote(v, model.load_paths.get(v, model.paths[v]), platform) for r in fresh for v in missing
+            ))  # fmt: skip
             loaded |= missing
 
     # -- autoscaling --------------------------------------------------------------------------
