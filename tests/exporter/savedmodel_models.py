@@ -1,14 +1,24 @@
 """SavedModels built with TensorFlow for the SavedModel importer's tests, and TensorFlow's answers.
 
-Each builder writes ``<base>/1/`` and returns the base path. Building costs seconds (TF's import,
-Keras), so tests build them once per module. Weights come from fixed seeds; nothing is downloaded.
+Run as a program, never imported by a test: TensorFlow registers its own `tensorflow.*` protobuf
+messages, which clash with the gateway's wire protos in one process (protobuf's descriptor pool
+refuses the duplicate names), and pytest collects both. So the tests
+(tests/exporter/savedmodel_testlib.py) run ``python -m tests.exporter.savedmodel_models`` once per
+module; it builds the SavedModels, imports them with exporter.importers.savedmodel (as `tessera
+import` does, in this TensorFlow process) and writes TensorFlow's answers on fixed inputs to JSON.
+
+Each builder writes ``<base>/1/`` and returns the base path. Weights come from fixed seeds;
+nothing is downloaded.
 """
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import pathlib
-from collections.abc import Mapping, Sequence
+import sys
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -52,8 +62,8 @@ def conv2d(base: pathlib.Path) -> pathlib.Path:
     return base
 
 
-def two_outputs(base: pathlib.Path) -> pathlib.Path:
-    tf.keras.utils.set_random_seed(3)
+def two_outputs(base: pathlib.Path, seed: int = 3) -> pathlib.Path:
+    tf.keras.utils.set_random_seed(seed)
     inputs = tf.keras.Input((8,), name="features")
     hidden = tf.keras.layers.Dense(16, activation="tanh")(inputs)
     outputs = {
@@ -152,11 +162,146 @@ def make_examples(n: int, seed: int = 0) -> list[bytes]:
     return out
 
 
+# -- models the import must refuse (and one it must take) ------------------------------------------
+def _module(base: pathlib.Path, fn: Callable, *specs: tf.TensorSpec, key: str = "serving_default", **attrs: object) -> pathlib.Path:
+    module = tf.Module()
+    for name, value in attrs.items():
+        setattr(module, name, value)
+    module.f = tf.function(lambda *args: fn(module, *args), input_signature=list(specs))
+    tf.saved_model.save(module, str(base / "1"), signatures={key: module.f})
+    return base
+
+
+_EXAMPLES = tf.TensorSpec([None], tf.string, name="examples")
+_X = {"x": tf.io.FixedLenFeature([1], tf.float32)}
+
+
+def _two_color_table(default: int) -> tf.lookup.StaticHashTable:
+    init = tf.lookup.KeyValueTensorInitializer(tf.constant(["red", "blue"]), tf.constant([0, 1], tf.int64))
+    return tf.lookup.StaticHashTable(init, default)
+
+
+ODD_MODELS: dict[str, Callable[[pathlib.Path], pathlib.Path]] = {
+    "igamma": lambda b: _module(b, lambda m, x: {"y": tf.math.igamma(x + 2.0, x + 1.0)},
+                                tf.TensorSpec([None, 2], tf.float32, name="x"), key="my_signature"),
+    "parse_computed": lambda b: _module(b, lambda m, s: {"y": tf.io.parse_example(tf.strings.join([s, s]), _X)["x"]}, _EXAMPLES),
+    "parse_and_more": lambda b: _module(
+        b, lambda m, s: {"y": tf.io.parse_example(s, _X)["x"] + tf.cast(tf.strings.length(s), tf.float32)[:, None]},
+        _EXAMPLES),
+    "fixed_len_sequence": lambda b: _module(b, lambda m, s: {"y": tf.reduce_sum(tf.io.parse_example(
+        s, {"x": tf.io.FixedLenSequenceFeature([], tf.float32, allow_missing=True)})["x"], axis=1)}, _EXAMPLES),
+    "ragged": lambda b: _module(b, lambda m, s: {"y": tf.reduce_sum(tf.io.parse_example(
+        s, {"x": tf.io.RaggedFeature(tf.float32)})["x"], axis=1)}, _EXAMPLES),
+    # tf.one_hot of -1 (out of vocabulary) is all zeros; tf2onnx's ONNX OneHot counts -1 from the end.
+    "one_hot_of_minus_one": lambda b: _module(b, lambda m, s: {"y": tf.one_hot(m.table.lookup(tf.io.parse_example(
+        s, {"color": tf.io.FixedLenFeature([], tf.string, default_value="red")})["color"]), 2)}, _EXAMPLES,
+        table=_two_color_table(-1)),
+    # Taken: string and int64 inputs fed straight into the ONNX body.
+    "string_and_int_inputs": lambda b: _module(b, lambda m, w, n: {"y": tf.cast(m.table.lookup(w) * n, tf.float32)},
+                                               tf.TensorSpec([None], tf.string, name="word"),
+                                               tf.TensorSpec([None], tf.int64, name="n"), table=_two_color_table(7)),
+}  # fmt: skip
+
+
+# -- the program --------------------------------------------------------------------------------
 def tf_outputs(version_dir: pathlib.Path | str, key: str, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """TensorFlow's answer: signature `key` of the original SavedModel on `feeds`."""
     function = tf.saved_model.load(str(version_dir)).signatures[key]
     return {k: v.numpy() for k, v in function(**{a: tf.constant(v) for a, v in feeds.items()}).items()}
 
 
-def signature_keys(version_dir: pathlib.Path | str) -> Sequence[str]:
-    return sorted(k for k in tf.saved_model.load(str(version_dir)).signatures)
+def encode(array: np.ndarray) -> dict:
+    array = np.asarray(array)
+    if array.dtype == object:
+        data = [base64.b64encode(bytes(v)).decode() for v in array.reshape(-1)]
+        return {"dtype": "bytes", "shape": list(array.shape), "data": data}
+    return {"dtype": array.dtype.str, "shape": list(array.shape), "data": array.reshape(-1).tolist()}
+
+
+def _declared(version_dir: pathlib.Path) -> dict:
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    saved = saved_model_pb2.SavedModel.FromString((version_dir / "saved_model.pb").read_bytes())
+    out = {}
+    for key, sig in saved.meta_graphs[0].signature_def.items():
+        if key.startswith("__"):
+            continue
+
+        def infos(specs: Mapping) -> dict:
+            return {a: [int(i.dtype), None if i.tensor_shape.unknown_rank else [d.size for d in i.tensor_shape.dim]]
+                    for a, i in specs.items()}  # fmt: skip
+
+        out[key] = {"method": sig.method_name, "inputs": infos(sig.inputs), "outputs": infos(sig.outputs)}
+    return out
+
+
+BATCHES = {"conv": (1, 9, 64), "conv_bench": ()}
+BUILDERS: dict[str, Callable[[pathlib.Path], pathlib.Path]] = {
+    "dense": dense_classifier,
+    "conv": conv2d,
+    "conv_bench": conv2d,
+    "two": two_outputs,
+    "two_v2": lambda b: two_outputs(b, seed=11),
+    "parsing": parsing_module,
+    "estimator": lambda b: estimator_style(b, warmup=_warmup()),
+    **ODD_MODELS,
+}
+
+
+def _warmup() -> bytes:
+    from exporter.warmup import classify_log, encode_warmup
+
+    return encode_warmup([classify_log("classification", make_examples(3), model_name="est")])
+
+
+def _cases(name: str, version_dir: pathlib.Path, declared: dict) -> dict:
+    """TensorFlow's answers for every signature at the model's batch sizes, on fixed inputs."""
+    cases = {}
+    for key, sig in declared.items():
+        for batch in BATCHES.get(name, (17,)):
+            rng = np.random.RandomState(batch)
+            feeds = {}
+            for alias, (dtype, dims) in sig["inputs"].items():
+                if dtype == 7 and name in ("parsing", "estimator"):
+                    feeds[alias] = np.array(make_examples(batch, seed=batch), dtype=object)
+                elif dtype == 7:
+                    feeds[alias] = np.array([[b"red", b"blue", b"zz"][i % 3] for i in range(batch)], dtype=object)
+                elif dtype == 9:
+                    feeds[alias] = rng.randint(0, 5, batch).astype(np.int64)
+                else:
+                    feeds[alias] = rng.rand(batch, *dims[1:]).astype(np.float32)
+            outputs = tf_outputs(version_dir, key, feeds)
+            cases[f"{key}@{batch}"] = {
+                "signature": key,
+                "inputs": {a: encode(v) for a, v in feeds.items()},
+                "outputs": {a: encode(v) for a, v in outputs.items()},
+            }
+    return cases
+
+
+def main(argv: Sequence[str]) -> int:
+    """``python -m tests.exporter.savedmodel_models OUT [--no-import] NAME...``: builds each model under
+    OUT/NAME (a base path), imports it into OUT/NAME-bundles, writes OUT/manifest.json."""
+    from exporter.errors import ExportError
+    from exporter.importers.savedmodel import import_saved_model
+
+    out, names = pathlib.Path(argv[0]), [a for a in argv[1:] if not a.startswith("--")]
+    manifest = {}
+    for name in names:
+        base = BUILDERS[name](out / name)
+        entry: dict = {"base": str(base), "declared": _declared(base / "1")}
+        if name not in ODD_MODELS or name == "string_and_int_inputs":
+            entry["cases"] = _cases(name, base / "1", entry["declared"])
+        if "--no-import" not in argv:
+            try:
+                (result,) = import_saved_model(str(base), str(out / f"{name}-bundles"))
+                entry["bundle"] = result.path
+            except ExportError as e:
+                entry["error"] = str(e)
+        manifest[name] = entry
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

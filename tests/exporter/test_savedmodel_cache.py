@@ -9,19 +9,19 @@ import shutil
 
 import pytest
 
-pytest.importorskip("tensorflow")
-pytest.importorskip("tf2onnx")
+from exporter.errors import BundleError
+from exporter.importers import savedmodel, savedmodel_cache
+from exporter.importers.savedmodel_cache import content_key, resolve_version
+from exporter.servable import load_servable
+from tests.exporter.savedmodel_testlib import build, skip_without_the_extra
 
-from exporter.errors import BundleError  # noqa: E402
-from exporter.importers import savedmodel, savedmodel_cache  # noqa: E402
-from exporter.importers.savedmodel_cache import content_key, resolve_version  # noqa: E402
-from exporter.servable import load_servable  # noqa: E402
-from tests.exporter import savedmodel_models as models  # noqa: E402
+skip_without_the_extra()
+pytestmark = pytest.mark.timeout(600)
 
 
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
-    return models.two_outputs(tmp_path_factory.mktemp("sm") / "two") / "1"
+    return build(tmp_path_factory.mktemp("sm"), ["two"], do_import=False)["two"].base / "1"
 
 
 def test_content_key_follows_the_content(saved: pathlib.Path, tmp_path: pathlib.Path) -> None:
@@ -35,8 +35,8 @@ def test_content_key_follows_the_content(saved: pathlib.Path, tmp_path: pathlib.
 
 def test_other_platforms_and_bundles_are_left_as_they_are(saved: pathlib.Path, tmp_path: pathlib.Path) -> None:
     assert asyncio.run(resolve_version("onnx", str(saved), str(tmp_path))) == str(saved)
-    (bundle,) = savedmodel.import_saved_model(str(saved.parent), str(tmp_path / "b"))
-    assert asyncio.run(resolve_version("tensorflow", bundle.path, str(tmp_path))) == bundle.path
+    bundle_path = asyncio.run(resolve_version("tensorflow", str(saved), str(tmp_path / "cache")))
+    assert asyncio.run(resolve_version("tensorflow", bundle_path, str(tmp_path))) == bundle_path
 
 
 def test_a_saved_model_is_imported_once_by_a_subprocess(saved: pathlib.Path, tmp_path: pathlib.Path, monkeypatch) -> None:
