@@ -196,6 +196,12 @@ ODD_MODELS: dict[str, Callable[[pathlib.Path], pathlib.Path]] = {
     "one_hot_of_minus_one": lambda b: _module(b, lambda m, s: {"y": tf.one_hot(m.table.lookup(tf.io.parse_example(
         s, {"color": tf.io.FixedLenFeature([], tf.string, default_value="red")})["color"]), 2)}, _EXAMPLES,
         table=_two_color_table(-1)),
+    # Taken: TF1's ParseExample op (Estimator exports before ParseExampleV2), a default and a var-len list.
+    "parse_example_v1_op": lambda b: _module(b, lambda m, s: (lambda p: {"y": p.dense_values[0] * 2.0 + tf.cast(
+        tf.reduce_sum(tf.sparse.to_dense(tf.SparseTensor(p.sparse_indices[0], p.sparse_values[0], p.sparse_shapes[0])),
+                      axis=1, keepdims=True), tf.float32)})(tf.raw_ops.ParseExample(
+        serialized=s, names=tf.constant([], tf.string), sparse_keys=[tf.constant("tags")], dense_keys=[tf.constant("age")],
+        dense_defaults=[tf.constant([30.0])], sparse_types=[tf.int64], dense_shapes=[[1]])), _EXAMPLES),
     # Taken: string and int64 inputs fed straight into the ONNX body.
     "string_and_int_inputs": lambda b: _module(b, lambda m, w, n: {"y": tf.cast(m.table.lookup(w) * n, tf.float32)},
                                                tf.TensorSpec([None], tf.string, name="word"),
@@ -236,6 +242,8 @@ def _declared(version_dir: pathlib.Path) -> dict:
 
 
 BATCHES = {"conv": (1, 9, 64), "conv_bench": ()}
+TAKEN_ODD_MODELS = ("string_and_int_inputs", "parse_example_v1_op")
+PARSING = ("parsing", "estimator", "parse_example_v1_op")
 BUILDERS: dict[str, Callable[[pathlib.Path], pathlib.Path]] = {
     "dense": dense_classifier,
     "conv": conv2d,
@@ -262,7 +270,7 @@ def _cases(name: str, version_dir: pathlib.Path, declared: dict) -> dict:
             rng = np.random.RandomState(batch)
             feeds = {}
             for alias, (dtype, dims) in sig["inputs"].items():
-                if dtype == 7 and name in ("parsing", "estimator"):
+                if dtype == 7 and name in PARSING:
                     feeds[alias] = np.array(make_examples(batch, seed=batch), dtype=object)
                 elif dtype == 7:
                     feeds[alias] = np.array([[b"red", b"blue", b"zz"][i % 3] for i in range(batch)], dtype=object)
@@ -290,7 +298,7 @@ def main(argv: Sequence[str]) -> int:
     for name in names:
         base = BUILDERS[name](out / name)
         entry: dict = {"base": str(base), "declared": _declared(base / "1")}
-        if name not in ODD_MODELS or name == "string_and_int_inputs":
+        if name not in ODD_MODELS or name in TAKEN_ODD_MODELS:
             entry["cases"] = _cases(name, base / "1", entry["declared"])
         if "--no-import" not in argv:
             try:

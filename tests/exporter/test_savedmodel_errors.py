@@ -29,7 +29,7 @@ REFUSED = {
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Built]:
-    return build(tmp_path_factory.mktemp("odd"), [*REFUSED, "string_and_int_inputs"])
+    return build(tmp_path_factory.mktemp("odd"), [*REFUSED, "string_and_int_inputs", "parse_example_v1_op"])
 
 
 @pytest.mark.parametrize("name", sorted(REFUSED))
@@ -44,12 +44,18 @@ def test_refused_with_a_reason_and_nothing_published(built, name: str) -> None:
     assert not dest.exists() or not any(dest.iterdir())
 
 
-def test_string_and_int64_inputs_go_straight_into_the_onnx_body(built) -> None:
-    model = built["string_and_int_inputs"]
+@pytest.mark.parametrize("name", ["string_and_int_inputs", "parse_example_v1_op"])
+def test_taken_string_and_int64_inputs_and_tf1s_parse_op(built, name: str) -> None:
+    model = built[name]
     assert model.error is None, model.error
     servable = load_servable("tensorflow", model.bundle)
+    assert model.cases
     for case in model.cases.values():
         assert_close(servable.run(case.signature, case.inputs), case.outputs)
+    if name == "parse_example_v1_op":
+        from exporter import bundle
+
+        assert "ParseExample" in [n.op for n in bundle.read_meta_graph(model.bundle)[1].graph.nodes]
 
 
 def test_missing_extra_says_what_to_install(monkeypatch) -> None:
