@@ -8,8 +8,10 @@ never in a serving replica.
 Per signature (the SavedModel's MetaGraph tagged "serve"):
 1. The SignatureDef as written in saved_model.pb gives what TF Serving reports and checks: the
    method name and, per input and output alias, the dtype and shape.
-2. The signature's concrete function is frozen (variables become constants, tables are read out)
-   with tf2onnx's loader; a tf.Example parse is cut off (`savedmodel_cut`).
+2. The signature is frozen (variables become constants, lookup tables are read out): a TF2
+   SavedModel's concrete function with tf2onnx's loader, a TF1 one (SavedModelBuilder, Estimator)
+   in a TF1 session. A tf.Example parse at its start is cut off (`savedmodel_cut`); the graph is
+   pruned to what the outputs need.
 3. tf2onnx converts the rest. It keeps an op it cannot convert as an unknown node instead of
    failing, so every node of the result is checked against ONNX's operator schemas: one that is not
    an ONNX operator fails the import with its TensorFlow op and node names and the signature's key.
@@ -48,7 +50,6 @@ from exporter.signature import Shape, TensorInfo  # noqa: E402
 
 SERVE_TAG = "serve"
 OPSET = 17
-_log = logging.getLogger(__name__)
 
 
 def _quiet() -> None:
