@@ -126,7 +126,9 @@ def _convert(
     try:
         with tf.device("/cpu:0"):
             model, _ = _convert_common(
-                graph_def, name=key, continue_on_error=False, opset=OPSET,
+                # One name for every signature: identical bodies give identical bytes, so signatures
+                # that alias one function (Keras: serve, serving_default) share one asset and session.
+                graph_def, name="savedmodel", continue_on_error=False, opset=OPSET,
                 input_names=inputs, output_names=outputs, initialized_tables=tables,
             )  # fmt: skip
     except Exception as e:  # noqa: BLE001 - tf2onnx raises whatever its handler raised
@@ -146,7 +148,7 @@ def _prune(graph_def: object, outputs: list[str]) -> object:
 
 def _frozen_signature(
     key: str, inputs: dict[str, TensorInfo], outputs: dict[str, TensorInfo], frozen: object, tables: object,
-    in_names: dict[str, str], out_names: dict[str, str], method: str,
+    in_names: dict[str, str], out_names: dict[str, str], method: str, converted: dict[bytes, bytes],
 ) -> ConvertedSignature:
     """Cut, prune and convert one frozen signature graph (tensor names: `in_names`/`out_names`)."""
     cut: Cut | None = cut_parse_example(frozen, key, in_names)
@@ -167,7 +169,12 @@ def _frozen_signature(
     if not feeds:
         raise ExportError(f"signature {key!r}: its outputs do not depend on its inputs (a constant model)")
     shapes = {out_names[alias]: info.shape for alias, info in outputs.items()}
-    model = _convert(key, pruned, sorted(feeds), flat_out, tables, shapes)
+    # Signatures over the same graph (an Estimator's serving_default and its head's key) get the
+    # same ONNX bytes, so the bundle stores one model and a load opens one session for both.
+    same = pruned.SerializeToString(deterministic=True) + repr((sorted(feeds), flat_out, sorted(shapes.items()))).encode()
+    if same not in converted:
+        converted[same] = _convert(key, pruned, sorted(feeds), flat_out, tables, shapes)
+    model = converted[same]
     return ConvertedSignature(
         key=key, method_name=method, inputs=inputs, outputs=outputs, onnx_model=model,
         feeds=dict(sorted(feeds.items())), fetches=dict(out_names),
@@ -188,7 +195,7 @@ def _tf_failure(key: str, what: str, e: Exception) -> ExportError:
 
 def _convert_tf2(version_dir: str, declared: Mapping[str, tuple]) -> list[ConvertedSignature]:
     imported = tf.saved_model.load(version_dir, tags=[SERVE_TAG])
-    converted = []
+    converted, bodies = [], {}
     for key in sorted(declared):
         method, inputs, outputs = declared[key]
         if key not in imported.signatures:
@@ -215,7 +222,7 @@ def _convert_tf2(version_dir: str, declared: Mapping[str, tuple]) -> list[Conver
             frozen, tables = tf_loader.from_trackable(imported, function, flat_in, flat_out, False)
         except Exception as e:  # noqa: BLE001 - freezing failures come as many types
             raise _tf_failure(key, "freeze", e) from None
-        sig = _frozen_signature(key, inputs, outputs, frozen, tables, in_names, out_names, method)
+        sig = _frozen_signature(key, inputs, outputs, frozen, tables, in_names, out_names, method, bodies)
         check_signature(sig, reference)
         converted.append(sig)
     return converted
@@ -243,7 +250,7 @@ def _freeze_tf1(sess: object, inputs: list[str], outputs: list[str]) -> tuple[ob
 
 
 def _convert_tf1(version_dir: str, declared: Mapping[str, tuple]) -> list[ConvertedSignature]:
-    converted = []
+    converted, bodies = [], {}
     with tf.Graph().as_default() as graph, tf.compat.v1.Session(graph=graph) as sess:
         try:
             tf.compat.v1.saved_model.loader.load(sess, [SERVE_TAG], version_dir)
@@ -267,7 +274,7 @@ def _convert_tf1(version_dir: str, declared: Mapping[str, tuple]) -> list[Conver
                 frozen, tables = _freeze_tf1(sess, flat_in, flat_out)
             except Exception as e:  # noqa: BLE001
                 raise _tf_failure(key, "freeze", e) from None
-            sig = _frozen_signature(key, inputs, outputs, frozen, tables, in_names, out_names, method)
+            sig = _frozen_signature(key, inputs, outputs, frozen, tables, in_names, out_names, method, bodies)
             check_signature(sig, reference)
             converted.append(sig)
     return converted

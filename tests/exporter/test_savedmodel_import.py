@@ -130,3 +130,11 @@ def test_tessera_import_refuses_what_is_not_a_versioned_saved_model(built, tmp_p
     shutil.copytree(built["dense"].base / "1", tmp_path / "mymodel")
     done = import_with_cli(str(tmp_path / "mymodel"), str(tmp_path / "out"))
     assert done.returncode == 1 and "not named by a version number" in done.stderr
+
+
+def test_signatures_over_one_graph_share_one_onnx_body(built) -> None:
+    def bodies(name: str) -> list[str]:
+        return sorted(p.name for p in (pathlib.Path(built[name].bundle) / "assets").glob("*.onnx"))
+
+    assert len(bodies("dense")) == 1  # Keras: serve and serving_default are one function
+    assert len(bodies("estimator")) == 3  # serving_default is the classification head; regression, predict
