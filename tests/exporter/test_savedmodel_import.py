@@ -28,6 +28,7 @@ from tests.exporter.savedmodel_testlib import (
     import_with_cli,
     skip_without_the_extra,
 )
+from tests.exporter.test_storage import S3, s3  # noqa: F401  (the moto S3 fixture)
 
 skip_without_the_extra()
 pytestmark = pytest.mark.timeout(600)
@@ -138,3 +139,14 @@ def test_signatures_over_one_graph_share_one_onnx_body(built) -> None:
 
     assert len(bodies("dense")) == 1  # Keras: serve and serving_default are one function
     assert len(bodies("estimator")) == 3  # serving_default is the classification head; regression, predict
+
+
+def test_tessera_import_from_and_to_an_object_store(built, s3: S3, tmp_path) -> None:  # noqa: F811
+    import pyarrow.fs as pafs
+
+    pafs.copy_files(str(built["two"].base), f"{s3.bucket}/saved/two", destination_filesystem=s3.fs)
+    done = import_with_cli(s3.uri("saved/two"), s3.uri("bundles/two"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    servable = load_servable("tensorflow", s3.uri("bundles/two/1"))
+    case = built["two"].cases["serving_default@17"]
+    assert_close(servable.run("serving_default", case.inputs), case.outputs)
