@@ -6,8 +6,10 @@ Classify, Regress and MultiInference answer with TF Serving's response shapes.""
 
 from __future__ import annotations
 
+import json
 import pathlib
 import shutil
+import urllib.request
 from collections.abc import Iterator
 
 import grpc
@@ -28,7 +30,7 @@ from protos.tensorflow_serving.apis import (
     regression_pb2,
 )
 from tests.exporter.savedmodel_testlib import Built, build, skip_without_the_extra
-from tests.integration.conftest import LoopThread
+from tests.integration.conftest import LoopThread, free_port
 from tests.integration.test_grpc_serving import wait_until
 
 skip_without_the_extra()
@@ -55,7 +57,7 @@ def saved(import_cache: pathlib.Path, tmp_path_factory: pytest.TempPathFactory) 
 @pytest.fixture(scope="module")
 def server(local_ray: None, loop_thread: LoopThread, saved: dict[str, pathlib.Path]) -> Iterator[TesseraServer]:
     options = ServeOptions(
-        host="127.0.0.1", grpc_port=0, file_system_poll_wait_seconds=0.5, replica_num_cpus=0.25,
+        host="127.0.0.1", grpc_port=0, rest_port=free_port(), file_system_poll_wait_seconds=0.5, replica_num_cpus=0.25,
         enable_model_warmup=True,
     )  # fmt: skip
     config = ServerConfig(tuple(
@@ -175,6 +177,35 @@ def test_regress_and_multi_inference(stub, saved) -> None:  # noqa: ANN001
     scores = [[c.score for c in cl.classes] for cl in results[0].classification_result.classifications]
     _close(np.array(scores), classification.outputs["scores"])
     _close(np.array([r.value for r in results[1].regression_result.regressions]), regression.outputs["outputs"].reshape(-1))
+
+
+def _as_json(serialized: bytes) -> dict:
+    """A serialized tf.Example as TF Serving's REST API takes it: feature name -> list of values."""
+    from protos.tessera import example_pb2
+
+    out = {}
+    for key, feature in example_pb2.Example.FromString(serialized).features.feature.items():
+        kind = feature.WhichOneof("kind")
+        values = list(getattr(feature, kind).value) if kind else []
+        out[key] = [v.decode() for v in values] if kind == "bytes_list" else values
+    return out
+
+
+def _rest(server: TesseraServer, path: str, body: dict) -> dict:
+    request = urllib.request.Request(f"http://127.0.0.1:{server.rest_port}{path}", data=json.dumps(body).encode())
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
+
+
+def test_rest_classify_and_regress_answer_as_tf_serving(server, saved) -> None:  # noqa: ANN001
+    case = saved["estimator"].cases["serving_default@17"]
+    examples = [_as_json(blob) for blob in case.inputs["inputs"]]
+    results = _rest(server, "/v1/models/estimator:classify", {"examples": examples})["results"]
+    assert [[label.encode() for label, _ in row] for row in results] == case.outputs["classes"].tolist()
+    _close(np.array([[score for _, score in row] for row in results]), case.outputs["scores"])
+    regression = saved["estimator"].cases["regression@17"]
+    body = {"signature_name": "regression", "examples": examples}
+    _close(np.array(_rest(server, "/v1/models/estimator:regress", body)["results"]), regression.outputs["outputs"].reshape(-1))
 
 
 def test_predict_on_the_parsing_signature(stub, saved) -> None:  # noqa: ANN001
