@@ -1,5 +1,5 @@
 """Drop-in serving of TensorFlow SavedModels: base paths whose versions are SavedModels, under
-model_platform "tensorflow", served on a real local Ray through the real gRPC gateway. The
+model_platform "tensorflow", served on a real local Ray through the real gRPC and REST gateways. The
 controller imports each version (a subprocess, into a content-keyed cache) and the replicas load
 the bundle; Tessera's answers equal TensorFlow's on the original SavedModel within 1e-5, and
 Classify, Regress and MultiInference answer with TF Serving's response shapes."""
