@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, Final, Literal, Protocol
 
 import numpy as np
 
@@ -59,13 +59,25 @@ class PredictResult:
     outputs: Mapping[str, np.ndarray]
 
 
+# The feed under which a Classify/Regress call carries its context Example to the replica (a
+# 1-element string vector), beside the signature's one string input. Not a valid Predict alias:
+# the gateway refuses aliases a signature does not have, so only the examples path sends it.
+EXAMPLE_CONTEXT_FEED: Final = "tessera:example_context"
+
+
 @dataclass(frozen=True, slots=True)
 class ExamplesRequest:
-    """Classify or Regress: serialized tf.Examples (a context, if any, already prepended to each)."""
+    """Classify or Regress: serialized tf.Examples and the serialized context Example they share.
+
+    `context` (b"": none) is TF Serving's ExampleListWithContext context. It travels once, not
+    copied onto each example: the replica merges it into every example as it parses them (the
+    example's features win), so a big context costs its size once, whatever the number of examples.
+    """
 
     spec: ModelSpec
     examples: Sequence[bytes]
     deadline: float | None = None
+    context: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +106,7 @@ class MultiInferenceRequest:
     tasks: Sequence[InferenceTask]
     examples: Sequence[bytes]
     deadline: float | None = None
+    context: bytes = b""  # as ExamplesRequest.context
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,6 +16,12 @@ values [n], dense_shape int64 [2])`, exactly as TensorFlow does:
 Output order (the ParseExample op's outputs, see `output_layout`): feature names sorted; a dense
 feature gives one output, a var-len or sparse feature three: indices, values, dense_shape.
 
+Examples that share a context (TF Serving's ExampleListWithContext) come as `with_context(context,
+examples)`: each item is the example's own bytes and carries the shared context. The parser reads
+each as `context + example` (the example's features win), but cuts the context down first, once per
+batch, to the entries of the keys it reads: a big context of other features costs its size once,
+not once per example.
+
 Symbolic sparse tensors of a graph are `SparseTensor(indices, values, dense_shape)`, defined here
 so the parsing and categorical op wrappers share one type.
 """
@@ -193,6 +199,93 @@ def _to_array(values: list[Any] | bytearray, dtype: DType) -> np.ndarray:
     return np.frombuffer(values, dtype=dtypes.to_numpy(dtype))  # a bytearray: writable, no copy
 
 
+class ExampleWithContext(bytes):
+    """A serialized Example (its own bytes) that shares the serialized Example `context` with others.
+
+    Parsed by `parse_example` as `context + self` would be. Anything else that reads the bytes sees
+    the example alone: build these only for the parser (see `with_context`).
+    """
+
+    context: bytes
+
+
+def with_context(context: bytes, examples: Sequence[bytes]) -> np.ndarray:
+    """What the parser gets for examples that share `context`: a vector of ExampleWithContext.
+
+    O(number of examples): the context is referenced by each item, never copied.
+    """
+    out = np.empty(len(examples), dtype=object)
+    for i, example in enumerate(examples):
+        item = ExampleWithContext(example)
+        item.context = context
+        out[i] = item
+    return out
+
+
+def _varint(data: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if pos >= len(data) or shift > 63:
+            raise ValueError("truncated varint")
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            return value, pos
+
+
+def _length_delimited(data: bytes) -> list[tuple[int, bytes]]:
+    """The (field number, bytes) of a message's length-delimited fields, in order; others skipped."""
+    out, pos = [], 0
+    while pos < len(data):
+        tag, pos = _varint(data, pos)
+        wire = tag & 7
+        if wire == 0:
+            _, pos = _varint(data, pos)
+        elif wire == 1:
+            pos += 8
+        elif wire == 5:
+            pos += 4
+        elif wire == 2:
+            size, pos = _varint(data, pos)
+            if pos + size > len(data):
+                raise ValueError("truncated field")
+            out.append((tag >> 3, data[pos : pos + size]))
+            pos += size
+        else:
+            raise ValueError(f"wire type {wire}")
+        if pos > len(data):
+            raise ValueError("truncated field")
+    return out
+
+
+def _kept_entries(context: bytes, names: frozenset[bytes]) -> bytes:
+    """`context` as one serialized Example holding only the feature-map entries named in `names`,
+    verbatim and in their order: for those keys, it reads exactly as the whole context does."""
+    kept = []
+    for field, features in _length_delimited(context):
+        if field != 1:  # Example.features
+            continue
+        for entry_field, entry in _length_delimited(features):
+            if entry_field != 1:  # Features.feature (a map entry: key = 1, value = 2)
+                continue
+            keys = [value for number, value in _length_delimited(entry) if number == 1]
+            if (keys[-1] if keys else b"") in names:
+                kept.append(b"\x0a" + _encode_varint(len(entry)) + entry)
+    body = b"".join(kept)
+    return b"\x0a" + _encode_varint(len(body)) + body if body else b""
+
+
+def _encode_varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | 0x80 if value else byte)
+        if not value:
+            return bytes(out)
+
+
 def _where(key: str, index: int) -> str:
     return f"Name: <unknown>, Key: {key}, Index: {index}."
 
@@ -221,6 +314,7 @@ class ExampleParser:
         self._wanted = tuple(wanted.values())
         self._scan_keys = tuple(_scan_key(k, d, dense.get(k)) for k, d in wanted.items())
         self._order = sorted(self.spec)
+        self._names = frozenset(k.encode() for k in self._keys)
 
     def __call__(self, serialized: Sequence[bytes] | np.ndarray) -> dict[str, np.ndarray | SparseTensorValue]:
         batch = serialized if isinstance(serialized, list) else np.asarray(serialized, dtype=object)
@@ -230,6 +324,7 @@ class ExampleParser:
                     f"parse_example takes a vector of serialized Examples, got shape {batch.shape}"
                 )
             batch = batch.tolist()
+        batch = self._with_contexts(batch)
         # One pass over the wire format in C (exporter/_example_scan.c), checks and defaults included.
         error, per_key = _example_scan.parse(batch, self._scan_keys)
         if error is not None:
@@ -251,6 +346,31 @@ class ExampleParser:
             else:
                 result[key] = _sparse(key, feature, scanned, n)
         return result
+
+
+    def _with_contexts(self, batch: list[Any]) -> list[Any]:
+        """Each ExampleWithContext as `context + example`, the context cut down (once per distinct
+        context) to the entries of the keys this parser reads: the scan sees what the whole
+        concatenation holds for those keys, and the unread rest of a context is never copied."""
+        cut: dict[int, bytes] = {}
+        out = batch
+        for i, blob in enumerate(batch):
+            context = getattr(blob, "context", None)
+            if context is None:
+                continue
+            if out is batch:
+                out = list(batch)
+            prefix = cut.get(id(context))
+            if prefix is None:
+                error, _ = _example_scan.parse([context], ())  # the context must decode, whatever it holds
+                try:
+                    if error is not None:
+                        raise ValueError("undecodable")
+                    prefix = cut[id(context)] = _kept_entries(context, self._names)
+                except ValueError:
+                    raise InvalidInputError(f"Name: <unknown>, Index: {i}. Could not parse example input") from None
+            out[i] = prefix + blob
+        return out
 
 
 def parse_example(

@@ -18,6 +18,8 @@ Decoding follows `Tensor::FromProto` / `make_ndarray`:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar
 
 import numpy as np
@@ -90,18 +92,38 @@ def _fill(values: np.ndarray, count: int, dtype: np.dtype) -> np.ndarray:
 MAX_TENSOR_BYTES = 2**31 - 1
 
 
-def proto_to_array(proto: Any, *, max_bytes: int = MAX_TENSOR_BYTES) -> np.ndarray:
-    """Decodes a TensorProto-shaped message into an ndarray (see the module docstring).
+@dataclass(frozen=True, slots=True)
+class TensorLayout:
+    """What a TensorProto decodes to, read from its header and value counts without decoding it.
 
-    An array decoded from `tensor_content` is a read-only view of the message's bytes (no copy).
-    Raises InvalidInputError for an unsupported dtype, a bad shape, a wrong content size, or a
-    tensor that would take more than `max_bytes` once expanded.
+    `fill_bytes` is what TF's fill would add: the bytes of the elements the message does not carry
+    (zeros, or the last value repeated). A sender pays for every other byte by sending it.
+    """
+
+    dtype: int
+    shape: tuple[int, ...]
+    numpy_dtype: np.dtype
+    fill_bytes: int
+    # The message's tensor_content, read once: every read of the field copies it out of the message.
+    content: bytes = field(default=b"", repr=False, compare=False)
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * max(self.numpy_dtype.itemsize, 1)
+
+
+def tensor_layout(proto: Any, *, max_bytes: int = MAX_TENSOR_BYTES) -> TensorLayout:
+    """The dtype, shape and fill of a TensorProto-shaped message, checked, in O(1): nothing is decoded.
+
+    Raises InvalidInputError for what `proto_to_array` would refuse before it reads a value: an
+    unsupported dtype, a bad shape, a `tensor_content` of the wrong size, or more than `max_bytes`.
     """
     dtype = int(proto.dtype)
     shape = _shape(proto)
     count = math.prod(shape)
     np_dtype = _numpy_dtype(dtype)
-    if count * max(np_dtype.itemsize, 1) > max_bytes:
+    itemsize = max(np_dtype.itemsize, 1)
+    if count * itemsize > max_bytes:
         raise InvalidInputError(
             f"tensor of shape {list(shape)} ({dtypes.name(dtype)}) would take "
             f"{count * np_dtype.itemsize} bytes, more than the limit of {max_bytes}"
@@ -110,12 +132,51 @@ def proto_to_array(proto: Any, *, max_bytes: int = MAX_TENSOR_BYTES) -> np.ndarr
     if content:
         if dtype == dtypes.STRING:
             raise InvalidInputError("DT_STRING tensors must use string_val, not tensor_content")
-        wire = _BFLOAT16_WIRE if dtype == dtypes.BFLOAT16 else np_dtype.newbyteorder("<")
-        if len(content) != count * wire.itemsize:
+        wire_size = _BFLOAT16_WIRE.itemsize if dtype == dtypes.BFLOAT16 else np_dtype.itemsize
+        if len(content) != count * wire_size:
             raise InvalidInputError(
                 f"tensor_content has {len(content)} bytes but a {dtypes.name(dtype)} tensor of shape "
-                f"{list(shape)} needs {count * wire.itemsize}"
+                f"{list(shape)} needs {count * wire_size}"
             )
+        return TensorLayout(dtype, shape, np_dtype, 0, content)
+    if dtype == dtypes.STRING:
+        have = len(proto.string_val)
+    else:
+        try:
+            values_field, _ = _FIELDS[dtype]
+        except KeyError:
+            raise InvalidInputError(f"unsupported tensor dtype {dtypes.name(dtype)}") from None
+        have = len(getattr(proto, values_field))  # O(1) on a repeated field
+        if dtype in dtypes.COMPLEX:
+            have //= 2
+    return TensorLayout(dtype, shape, np_dtype, max(count - have, 0) * itemsize)
+
+
+def proto_to_array(proto: Any, *, max_bytes: int = MAX_TENSOR_BYTES) -> np.ndarray:
+    """Decodes a TensorProto-shaped message into an ndarray (see the module docstring).
+
+    An array decoded from `tensor_content` is a read-only view of the message's bytes (no copy).
+    Raises InvalidInputError for an unsupported dtype, a bad shape, a wrong content size, or a
+    tensor that would take more than `max_bytes` once expanded.
+    """
+    return decode_tensor(proto, tensor_layout(proto, max_bytes=max_bytes))
+
+
+# Strings are converted this many at a time, so a worker thread decoding a long string list lets
+# the event loop's thread take the GIL between chunks, and `check` can stop a request that expired.
+_STRING_CHUNK = 1 << 16
+
+
+def decode_tensor(proto: Any, layout: TensorLayout, check: Callable[[], None] | None = None) -> np.ndarray:
+    """Decodes `proto`, whose `tensor_layout` is `layout` (the checks are already done).
+
+    `check`, if given, is called between chunks of a long string list; it raises to abort.
+    """
+    dtype, shape, np_dtype = layout.dtype, layout.shape, layout.numpy_dtype
+    count = math.prod(shape)
+    content = layout.content
+    if content:
+        wire = _BFLOAT16_WIRE if dtype == dtypes.BFLOAT16 else np_dtype.newbyteorder("<")
         flat = np.frombuffer(content, dtype=wire)
         if dtype == dtypes.BFLOAT16:
             flat = _bfloat16_to_float32(flat)
@@ -124,15 +185,18 @@ def proto_to_array(proto: Any, *, max_bytes: int = MAX_TENSOR_BYTES) -> np.ndarr
         return flat.reshape(shape)
     if dtype == dtypes.STRING:
         # The only per-element Python work: building the object array of bytes.
-        values = np.empty(len(proto.string_val), dtype=object)
-        values[:] = list(proto.string_val)
+        strings = proto.string_val
+        have = min(len(strings), count)  # values past the shape are dropped: never convert them
+        values = np.empty(have, dtype=object)
+        for start in range(0, have, _STRING_CHUNK):
+            if check is not None and start:
+                check()
+            stop = min(start + _STRING_CHUNK, have)
+            values[start:stop] = strings[start:stop]
         return _fill(values, count, np_dtype).reshape(shape)
-    try:
-        field, field_dtype = _FIELDS[dtype]
-    except KeyError:
-        raise InvalidInputError(f"unsupported tensor dtype {dtypes.name(dtype)}") from None
+    values_field, field_dtype = _FIELDS[dtype]
     # upb's repeated scalar containers implement __array__: one C-level copy, no Python loop.
-    raw = np.asarray(getattr(proto, field), dtype=field_dtype)
+    raw = np.asarray(getattr(proto, values_field), dtype=field_dtype)
     if dtype in dtypes.COMPLEX:
         # An odd trailing component is ignored, as TensorFlow does.
         raw = raw[: raw.shape[0] // 2 * 2].view(np_dtype)
@@ -202,7 +266,7 @@ def array_to_proto(array: Any, proto: P, *, use_tensor_content: bool = True, dty
         return proto
     if dtype not in _FIELDS:
         raise InvalidInputError(f"unsupported tensor dtype {dtypes.name(dtype)}")
-    field, _ = _FIELDS[dtype]
+    values_field, _ = _FIELDS[dtype]
     if dtype == dtypes.HALF:
         values = flat.view(np.uint16).astype(np.int32)
     elif dtype == dtypes.BFLOAT16:
@@ -212,5 +276,5 @@ def array_to_proto(array: Any, proto: P, *, use_tensor_content: bool = True, dty
     else:
         values = flat
     # tolist() converts in C; extending a repeated field from Python scalars is its fast path.
-    getattr(msg, field).extend(values.tolist())
+    getattr(msg, values_field).extend(values.tolist())
     return proto

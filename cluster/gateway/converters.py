@@ -12,8 +12,8 @@ the serialized bytes the replica parses once, in its batch.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, Final, TypeVar
 
 import numpy as np
 from google.protobuf import empty_pb2, unknown_fields
@@ -33,10 +33,11 @@ from cluster.requests import (
     RegressResult,
     ResolvedSpec,
 )
+from cluster.routing.validation import check_claimed_tensors, check_input_aliases
 from cluster.types import VersionRequest, VersionStatus
 from exporter.errors import InvalidInputError
 from exporter.signature import Signature, TensorInfo
-from exporter.tensor_codec import array_to_proto, proto_to_array
+from exporter.tensor_codec import TensorLayout, array_to_proto, decode_tensor, tensor_layout
 from protos.tensorflow.core.protobuf import meta_graph_pb2
 from protos.tensorflow_serving.apis import (
     classification_pb2,
@@ -51,6 +52,9 @@ from protos.tensorflow_serving.apis import (
 from protos.tensorflow_serving.apis.internal import serialized_input_pb2
 
 SIGNATURE_DEF_FIELD = "signature_def"
+# What TF's fill may add to one request's tensors (`tessera serve --max_request_fill_bytes`).
+DEFAULT_MAX_FILL_BYTES: Final = 64 * 1024 * 1024
+M = TypeVar("M")
 _LENGTH_DELIMITED = 2
 _OK = 0
 
@@ -78,18 +82,63 @@ def _required_spec(request: Any) -> ModelSpec:
     return model_spec(request.model_spec)
 
 
-def predict_request(request: predict_pb2.PredictRequest, deadline: float | None = None) -> PredictRequest:
-    """A PredictRequest with its tensors decoded (zero-copy views for `tensor_content`)."""
+def predict_spec(request: predict_pb2.PredictRequest) -> ModelSpec:
+    """The ModelSpec of a PredictRequest (refused if missing or nameless, as TF Serving does)."""
+    return _required_spec(request)
+
+
+def predict_request(
+    request: predict_pb2.PredictRequest,
+    deadline: float | None = None,
+    *,
+    signature: Signature | None = None,
+    max_fill_bytes: int = DEFAULT_MAX_FILL_BYTES,
+    check: Callable[[], None] | None = None,
+) -> PredictRequest:
+    """A PredictRequest with its tensors decoded (zero-copy views for `tensor_content`).
+
+    Nothing is allocated before the request is checked: with the `signature` of the version it
+    resolves to, the input aliases, then each tensor's header (the "tensor parsing error"s), then
+    dtypes and shapes; and, with or without it, what TF's fill would add (the elements a tensor
+    claims but does not carry) against `max_fill_bytes`. `check` is called between tensors (and
+    inside long string lists); it raises to abort a conversion that is no longer wanted.
+    """
     spec = _required_spec(request)
-    inputs = {alias: _decode_tensor(alias, proto) for alias, proto in request.inputs.items()}
+    protos = request.inputs
+    if signature is not None:
+        check_input_aliases(signature, protos.keys())
+    layouts = {alias: _layout(alias, proto) for alias, proto in protos.items()}
+    if signature is not None:
+        claimed = {alias: (layout.numpy_dtype, layout.shape) for alias, layout in layouts.items()}
+        check_claimed_tensors(signature, claimed)
+    fill = sum(layout.fill_bytes for layout in layouts.values())
+    if fill > max_fill_bytes:
+        raise InvalidArgument(
+            f"the request's tensors claim {fill} bytes more than the values they carry (TF fills "
+            f"missing values with zeros or the last value); the limit is {max_fill_bytes} bytes per "
+            "request (--max_request_fill_bytes)"
+        )
+    inputs = {}
+    for alias, proto in protos.items():
+        if check is not None:
+            check()
+        inputs[alias] = decode_tensor(proto, layouts[alias], check)
     return PredictRequest(spec, inputs, tuple(request.output_filter), deadline)
 
 
-def _decode_tensor(alias: str, proto: Any) -> np.ndarray:
+def _layout(alias: str, proto: Any) -> TensorLayout:
     try:
-        return proto_to_array(proto)
+        return tensor_layout(proto)
     except (InvalidInputError, ValueError) as exc:
         raise InvalidArgument(f"tensor parsing error: {alias}") from exc
+
+
+def parse(message_type: type[M], raw: bytes) -> M:
+    """A gRPC request's bytes as `message_type`; an undecodable message is INVALID_ARGUMENT."""
+    try:
+        return message_type.FromString(raw)
+    except DecodeError as exc:
+        raise InvalidArgument(f"Could not parse the request as {message_type.DESCRIPTOR.name}: {exc}") from None
 
 
 def examples_request(
@@ -105,7 +154,8 @@ def examples_request(
     if 1 not in fields:
         raise InvalidArgument("Missing ModelSpec")
     spec = model_spec(_merged(model_pb2.ModelSpec, fields[1]))
-    return ExamplesRequest(spec, _serialized_examples(fields.get(2, ())), deadline)
+    examples, context = _serialized_examples(fields.get(2, ()))
+    return ExamplesRequest(spec, examples, deadline, context)
 
 
 def multi_inference_request(
@@ -118,7 +168,8 @@ def multi_inference_request(
     if not tasks:
         raise InvalidArgument("ModelSpec has no name specified.")
     domain_tasks = [InferenceTask(model_spec(task.model_spec), task.method_name) for task in tasks]
-    return MultiInferenceRequest(domain_tasks, _serialized_examples(fields.get(2, ())), deadline)
+    examples, context = _serialized_examples(fields.get(2, ()))
+    return MultiInferenceRequest(domain_tasks, examples, deadline, context)
 
 
 def metadata_request(request: get_model_metadata_pb2.GetModelMetadataRequest) -> ModelSpec:
@@ -164,26 +215,25 @@ def _merged(message_type: Any, chunks: Sequence[bytes]) -> Any:
         raise InvalidArgument(f"Could not parse {message_type.DESCRIPTOR.name}: {exc}") from exc
 
 
-def _serialized_examples(chunks: Sequence[bytes]) -> list[bytes]:
-    """The Examples of an `Input` as bytes; with a context, context bytes + example bytes each."""
+def _serialized_examples(chunks: Sequence[bytes]) -> tuple[list[bytes], bytes]:
+    """The Examples of an `Input` as bytes, and the serialized context they share (b"": none).
+
+    The context is not copied onto each example here: it travels once (see ExamplesRequest).
+    """
     serialized = _merged(serialized_input_pb2.SerializedInput, chunks)
     kind = serialized.WhichOneof("kind")
+    context = b""
     if kind == "example_list":
         examples = list(serialized.example_list.examples)
     elif kind == "example_list_with_context":
         with_context = serialized.example_list_with_context
+        examples = list(with_context.examples)
         context = with_context.context
-        # Concatenated messages merge on parse, so example features override context ones.
-        examples = (
-            [context + example for example in with_context.examples]
-            if context
-            else list(with_context.examples)
-        )
     else:
         examples = []
     if not examples:
         raise InvalidArgument("Input is empty.")
-    return examples
+    return examples, context
 
 
 # ---------------------------------------------------------------------------------------------

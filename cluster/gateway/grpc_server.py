@@ -21,7 +21,8 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from cluster.gateway.servicers import ModelServicer, PredictionServicer
+from cluster.gateway.converters import DEFAULT_MAX_FILL_BYTES
+from cluster.gateway.servicers import MetadataLookup, ModelServicer, PredictionServicer
 from cluster.requests import ServingAPI
 from protos.tensorflow_serving.apis import (
     classification_pb2,
@@ -43,40 +44,28 @@ MAX_MESSAGE_BYTES: Final = 2**31 - 1  # INT32_MAX, as TF Serving's SetMaxMessage
 READINESS_POLL_SECONDS: Final = 0.5
 
 
-def _unary(method: Any, request_type: Any | None, response_type: Any) -> grpc.RpcMethodHandler:
-    # request_type None: the handler receives the request's bytes undecoded.
-    return grpc.unary_unary_rpc_method_handler(
-        method,
-        request_deserializer=None if request_type is None else request_type.FromString,
-        response_serializer=response_type.SerializeToString,
-    )
+def _unary(method: Any, response_type: Any) -> grpc.RpcMethodHandler:
+    # No deserializer: every handler receives the request's bytes and parses them itself, so an
+    # undecodable message gets INVALID_ARGUMENT (grpc's own failure would be UNKNOWN, with the
+    # Python exception's name), and a big one is parsed off the event loop.
+    return grpc.unary_unary_rpc_method_handler(method, response_serializer=response_type.SerializeToString)
 
 
 def prediction_handlers(servicer: PredictionServicer) -> dict[str, grpc.RpcMethodHandler]:
     return {
-        "Classify": _unary(servicer.Classify, None, classification_pb2.ClassificationResponse),
-        "Regress": _unary(servicer.Regress, None, regression_pb2.RegressionResponse),
-        "Predict": _unary(servicer.Predict, predict_pb2.PredictRequest, predict_pb2.PredictResponse),
-        "MultiInference": _unary(servicer.MultiInference, None, inference_pb2.MultiInferenceResponse),
-        "GetModelMetadata": _unary(
-            servicer.GetModelMetadata,
-            get_model_metadata_pb2.GetModelMetadataRequest,
-            get_model_metadata_pb2.GetModelMetadataResponse,
-        ),
+        "Classify": _unary(servicer.Classify, classification_pb2.ClassificationResponse),
+        "Regress": _unary(servicer.Regress, regression_pb2.RegressionResponse),
+        "Predict": _unary(servicer.Predict, predict_pb2.PredictResponse),
+        "MultiInference": _unary(servicer.MultiInference, inference_pb2.MultiInferenceResponse),
+        "GetModelMetadata": _unary(servicer.GetModelMetadata, get_model_metadata_pb2.GetModelMetadataResponse),
     }
 
 
 def model_handlers(servicer: ModelServicer) -> dict[str, grpc.RpcMethodHandler]:
     return {
-        "GetModelStatus": _unary(
-            servicer.GetModelStatus,
-            get_model_status_pb2.GetModelStatusRequest,
-            get_model_status_pb2.GetModelStatusResponse,
-        ),
+        "GetModelStatus": _unary(servicer.GetModelStatus, get_model_status_pb2.GetModelStatusResponse),
         "HandleReloadConfigRequest": _unary(
-            servicer.HandleReloadConfigRequest,
-            model_management_pb2.ReloadConfigRequest,
-            model_management_pb2.ReloadConfigResponse,
+            servicer.HandleReloadConfigRequest, model_management_pb2.ReloadConfigResponse
         ),
     }
 
@@ -87,6 +76,7 @@ class GatewayServer:
     `tensor_content` sends Predict outputs as raw `tensor_content` (TF's
     `--enable_serialization_as_tensor_content`); by default they use the typed `*_val` fields.
     `options` are extra grpc channel arguments (the message size limits are always INT32_MAX).
+    `metadata_lookup` and `max_fill_bytes`: see `PredictionServicer`.
     """
 
     def __init__(
@@ -98,8 +88,12 @@ class GatewayServer:
         readiness_poll_seconds: float = READINESS_POLL_SECONDS,
         credentials: grpc.ServerCredentials | None = None,
         socket_path: str = "",
+        metadata_lookup: MetadataLookup | None = None,
+        max_fill_bytes: int = DEFAULT_MAX_FILL_BYTES,
     ) -> None:
         self._api = api
+        self._metadata_lookup = metadata_lookup
+        self._max_fill_bytes = max_fill_bytes
         self._tensor_content = tensor_content
         self._options = [
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -126,7 +120,12 @@ class GatewayServer:
         self._register(
             server,
             PREDICTION_SERVICE,
-            prediction_handlers(PredictionServicer(self._api, tensor_content=self._tensor_content)),
+            prediction_handlers(
+                PredictionServicer(
+                    self._api, tensor_content=self._tensor_content, metadata_lookup=self._metadata_lookup,
+                    max_fill_bytes=self._max_fill_bytes,
+                )
+            ),
         )
         self._register(server, MODEL_SERVICE, model_handlers(ModelServicer(self._api)))
         self._health = health.aio.HealthServicer()

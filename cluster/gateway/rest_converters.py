@@ -44,6 +44,17 @@ def _object(body: bytes) -> dict[str, Any]:
     return document
 
 
+def _json_kind(value: Any) -> str:
+    """The JSON name of a parsed value's type, for messages (a Python class name means nothing to a client)."""
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, str | bytes):
+        return "a string"
+    if isinstance(value, bool):
+        return "a boolean"
+    return "null" if value is None else "a number"
+
+
 def _signature_name(document: Mapping[str, Any]) -> str:
     name = document.get("signature_name", "")
     if not isinstance(name, str):
@@ -101,7 +112,7 @@ def _rows(instances: Any, signature: Signature) -> dict[str, np.ndarray]:
         expected = set(names)
         for i, row in enumerate(instances):
             if not isinstance(row, dict) or row.keys() != expected:
-                got = sorted(row) if isinstance(row, dict) else type(row).__name__
+                got = sorted(row) if isinstance(row, dict) else _json_kind(row)
                 raise InvalidArgument(
                     f"Expecting object with keys {sorted(expected)} at item {i} of 'instances', got {got}"
                 )
@@ -163,9 +174,8 @@ def examples_request(
 ) -> ExamplesRequest:
     """`{"signature_name"?, "context"?, "examples": [...]}` as serialized tf.Examples (spec §8.7).
 
-    A context is serialized once and prepended to each example: parsing the concatenation merges
-    the two, example features winning, which is what the gRPC gateway does for
-    `example_list_with_context`.
+    A context is serialized once and travels once, as for gRPC's `example_list_with_context`: the
+    replica merges it into each example as it parses them, example features winning.
     """
     document = _object(body)
     signature_name = _signature_name(document)
@@ -177,11 +187,8 @@ def examples_request(
     context = b""
     if "context" in document:
         context = _example(document["context"], "'context'").SerializeToString()
-    serialized = [
-        context + _example(example, f"item {i} of 'examples'").SerializeToString()
-        for i, example in enumerate(examples)
-    ]
-    return ExamplesRequest(ModelSpec(name, version, signature_name), serialized, deadline)
+    serialized = [_example(example, f"item {i} of 'examples'").SerializeToString() for i, example in enumerate(examples)]
+    return ExamplesRequest(ModelSpec(name, version, signature_name), serialized, deadline, context)
 
 
 def _example(features: Any, where: str) -> example_pb2.Example:

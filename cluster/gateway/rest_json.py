@@ -211,7 +211,7 @@ def to_json(alias: str, array: np.ndarray) -> Any:
 def _string_out(item: Any, as_b64: bool, alias: str) -> Any:
     raw = item.encode() if isinstance(item, str) else item
     if not isinstance(raw, bytes):
-        raise InvalidArgument(f"Failed to write JSON value for tensor type: string (output {alias} holds {type(item).__name__})")
+        raise InvalidArgument(f"Failed to write JSON value for tensor type: string (output {alias} holds a non-string value)")
     if as_b64:
         return {"b64": base64.b64encode(raw).decode("ascii")}
     # A JSON string must be text; binary outputs should use the `_bytes` suffix.

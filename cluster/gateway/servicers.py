@@ -1,9 +1,15 @@
 """grpc.aio servicers for TF Serving's PredictionService and ModelService.
 
 Each method converts the request, awaits the `ServingAPI` and converts the result back; every
-error leaves through the status table (`cluster.gateway.status`). Classify, Regress and
-MultiInference receive the request as raw bytes (see `converters.examples_request`), which is
-why `grpc_server` registers these methods with its own (identity) deserializers.
+error leaves through the status table (`cluster.gateway.status`). Every method receives the
+request's raw bytes (`grpc_server` registers no deserializers): parsing is the servicer's, so an
+undecodable message is INVALID_ARGUMENT like any other bad request, and a big one is parsed off
+the event loop. Classify, Regress and MultiInference never decode their Examples at all (see
+`converters.examples_request`).
+
+Predict is checked against the signature before its tensors are decoded: the servicer first looks
+up the signatures of the version the request resolves to (`metadata_lookup`), so a tiny message
+that claims a huge tensor of the wrong dtype, shape or alias allocates nothing.
 """
 
 from __future__ import annotations
@@ -16,9 +22,12 @@ from typing import Any, TypeVar
 
 import grpc
 
+from cluster import errors
 from cluster.gateway import config_converters, converters
+from cluster.gateway.offload import OFFLOAD_BYTES, Abort, in_thread
 from cluster.gateway.status import log_failure, status_of
-from cluster.requests import ServingAPI
+from cluster.requests import ModelMetadata, ModelSpec, ServingAPI
+from exporter.signature import Signature
 from protos.tensorflow_serving.apis import (
     classification_pb2,
     get_model_metadata_pb2,
@@ -32,6 +41,8 @@ from protos.tensorflow_serving.apis import (
 logger = logging.getLogger(__name__)
 
 Response = TypeVar("Response")
+T = TypeVar("T")
+MetadataLookup = Callable[[ModelSpec], Awaitable[ModelMetadata]]
 Handler = Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[Response]]
 
 
@@ -65,39 +76,82 @@ def _deadline(context: grpc.aio.ServicerContext) -> float | None:
     return None if remaining is None else time.monotonic() + remaining
 
 
-class PredictionServicer:
-    """tensorflow.serving.PredictionService over a ServingAPI."""
+async def _convert(raw: bytes, abort: Abort, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """`fn(*args)` inline for a small request, in a worker thread for a big one (by wire size)."""
+    if len(raw) < OFFLOAD_BYTES:
+        return fn(*args, **kwargs)
+    return await in_thread(abort, fn, *args, **kwargs)
 
-    def __init__(self, api: ServingAPI, *, tensor_content: bool = False) -> None:
+
+async def _parse(message_type: type[T], raw: bytes, abort: Abort) -> T:
+    return await _convert(raw, abort, converters.parse, message_type, raw)
+
+
+class PredictionServicer:
+    """tensorflow.serving.PredictionService over a ServingAPI.
+
+    `metadata_lookup` (default `api.model_metadata`) gives a Predict's signature before its tensors
+    are decoded; pass the uninstrumented service's method when `api` counts requests.
+    `max_fill_bytes` bounds what TF's fill may add to one Predict's tensors.
+    """
+
+    def __init__(
+        self,
+        api: ServingAPI,
+        *,
+        tensor_content: bool = False,
+        metadata_lookup: MetadataLookup | None = None,
+        max_fill_bytes: int = converters.DEFAULT_MAX_FILL_BYTES,
+    ) -> None:
         self._api = api
         self._tensor_content = tensor_content  # TF's --enable_serialization_as_tensor_content
+        self._metadata = metadata_lookup or api.model_metadata
+        self._max_fill_bytes = max_fill_bytes
 
     @_guarded
     async def Classify(self, request: bytes, context: Any) -> classification_pb2.ClassificationResponse:
-        domain = converters.examples_request(request, _deadline(context))
+        deadline = _deadline(context)
+        domain = await _convert(request, Abort(deadline), converters.examples_request, request, deadline)
         return converters.classification_response(await self._api.classify(domain))
 
     @_guarded
     async def Regress(self, request: bytes, context: Any) -> regression_pb2.RegressionResponse:
-        domain = converters.examples_request(request, _deadline(context))
+        deadline = _deadline(context)
+        domain = await _convert(request, Abort(deadline), converters.examples_request, request, deadline)
         return converters.regression_response(await self._api.regress(domain))
 
     @_guarded
-    async def Predict(self, request: predict_pb2.PredictRequest, context: Any) -> predict_pb2.PredictResponse:
-        domain = converters.predict_request(request, _deadline(context))
+    async def Predict(self, request: bytes, context: Any) -> predict_pb2.PredictResponse:
+        deadline = _deadline(context)
+        abort = Abort(deadline)
+        message = await _parse(predict_pb2.PredictRequest, request, abort)
+        signature = await self._signature(converters.predict_spec(message))
+        domain = await _convert(
+            request, abort, converters.predict_request, message, deadline,
+            signature=signature, max_fill_bytes=self._max_fill_bytes, check=abort.check,
+        )
         result = await self._api.predict(domain)
         return converters.predict_response(result, tensor_content=self._tensor_content)
 
+    async def _signature(self, spec: ModelSpec) -> Signature | None:
+        """The signature `spec` resolves to now, or None: then the service refuses the spec itself
+        (with its own error, counted in its metrics), and the tensors are only bounded by the fill limit."""
+        try:
+            metadata = await self._metadata(spec)
+        except errors.ServingError:
+            return None
+        return metadata.signatures.get(spec.signature_key)
+
     @_guarded
     async def MultiInference(self, request: bytes, context: Any) -> inference_pb2.MultiInferenceResponse:
-        domain = converters.multi_inference_request(request, _deadline(context))
+        deadline = _deadline(context)
+        domain = await _convert(request, Abort(deadline), converters.multi_inference_request, request, deadline)
         return converters.multi_inference_response(await self._api.multi_inference(domain))
 
     @_guarded
-    async def GetModelMetadata(
-        self, request: get_model_metadata_pb2.GetModelMetadataRequest, context: Any
-    ) -> get_model_metadata_pb2.GetModelMetadataResponse:
-        spec = converters.metadata_request(request)
+    async def GetModelMetadata(self, request: bytes, context: Any) -> get_model_metadata_pb2.GetModelMetadataResponse:
+        message = await _parse(get_model_metadata_pb2.GetModelMetadataRequest, request, Abort(_deadline(context)))
+        spec = converters.metadata_request(message)
         return converters.metadata_response(await self._api.model_metadata(spec))
 
 
@@ -108,16 +162,14 @@ class ModelServicer:
         self._api = api
 
     @_guarded
-    async def GetModelStatus(
-        self, request: get_model_status_pb2.GetModelStatusRequest, context: Any
-    ) -> get_model_status_pb2.GetModelStatusResponse:
-        name, version = converters.status_request(request)
+    async def GetModelStatus(self, request: bytes, context: Any) -> get_model_status_pb2.GetModelStatusResponse:
+        message = await _parse(get_model_status_pb2.GetModelStatusRequest, request, Abort(_deadline(context)))
+        name, version = converters.status_request(message)
         return converters.status_response(await self._api.model_status(name, version))
 
     @_guarded
-    async def HandleReloadConfigRequest(
-        self, request: model_management_pb2.ReloadConfigRequest, context: Any
-    ) -> model_management_pb2.ReloadConfigResponse:
+    async def HandleReloadConfigRequest(self, request: bytes, context: Any) -> model_management_pb2.ReloadConfigResponse:
+        message = await _parse(model_management_pb2.ReloadConfigRequest, request, Abort(_deadline(context)))
         # A failure is the RPC's status, not a response body (spec §7.6), as in TF Serving.
-        await self._api.reload_config(config_converters.server_config_from_proto(request.config))
+        await self._api.reload_config(config_converters.server_config_from_proto(message.config))
         return converters.reload_response()

@@ -17,13 +17,16 @@ from types import SimpleNamespace
 import numpy as np
 import ray
 
+from cluster import errors
 from cluster.config import BatchingConfig
 from cluster.logs import configure_logging
 from cluster.replica.batched import BatchedRunner
 from cluster.replica.contract import RunResult
 from cluster.replica.data_plane import DataPlaneServer
 from cluster.replica.replica import Replica, compute
+from cluster.requests import EXAMPLE_CONTEXT_FEED
 from cluster.stats import ReplicaStats
+from exporter.features import with_context
 from exporter.servable import LoadOptions
 from exporter.signature import Signature
 
@@ -35,6 +38,19 @@ def threads_for(num_cpus: float | None) -> int:
     than this process may run on."""
     available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     return max(1, min(available, int(num_cpus or 1)))
+
+
+def examples_with_context(feeds: Mapping[str, np.ndarray]) -> Mapping[str, np.ndarray]:
+    """A Classify/Regress call's feeds as the parser gets them: a context sent once beside the
+    examples (EXAMPLE_CONTEXT_FEED) is attached to each example, to be merged as they are parsed."""
+    context = feeds.get(EXAMPLE_CONTEXT_FEED)
+    if context is None:
+        return feeds
+    others = {alias: column for alias, column in feeds.items() if alias != EXAMPLE_CONTEXT_FEED}
+    if len(others) != 1 or context.size != 1:
+        raise errors.InvalidArgument("a context comes with one vector of examples")
+    ((alias, examples),) = others.items()
+    return {alias: with_context(bytes(context.reshape(-1)[0]), examples.reshape(-1).tolist())}
 
 
 @ray.remote(num_cpus=0)
@@ -83,6 +99,7 @@ class ReplicaActor:
         timeouts: Sequence[float | None] | None = None,
     ) -> list[RunResult]:
         """The run contract (`cluster.replica.contract.Runner`)."""
+        requests = [examples_with_context(r) for r in requests]
         self._in_flight += len(requests)
         try:
             if self._batched is not None:

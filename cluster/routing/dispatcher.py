@@ -19,6 +19,7 @@ import numpy as np
 from cluster import errors
 from cluster.config import ServerConfig
 from cluster.requests import (
+    EXAMPLE_CONTEXT_FEED,
     ClassifyResult,
     ExamplesRequest,
     ModelMetadata,
@@ -230,14 +231,14 @@ class Dispatcher:
     async def classify(self, request: ExamplesRequest) -> ClassifyResult:
         route, version, key, signature = self._examples_signature(request.spec)
         input_alias = check_classify_signature(signature)
-        outputs = await self._run(route, version, key, _examples(input_alias, request.examples), (), request.deadline)
+        outputs = await self._run(route, version, key, _examples(input_alias, request.examples, request.context), (), request.deadline)
         labels, scores = classify_outputs(outputs, len(request.examples))
         return ClassifyResult(ResolvedSpec(route.name, version, key), labels, scores)
 
     async def regress(self, request: ExamplesRequest) -> RegressResult:
         route, version, key, signature = self._examples_signature(request.spec)
         input_alias = check_regress_signature(signature)
-        outputs = await self._run(route, version, key, _examples(input_alias, request.examples), (), request.deadline)
+        outputs = await self._run(route, version, key, _examples(input_alias, request.examples, request.context), (), request.deadline)
         return RegressResult(ResolvedSpec(route.name, version, key), regress_outputs(outputs, len(request.examples)))
 
     async def multi_inference(self, request: MultiInferenceRequest) -> list[ClassifyResult | RegressResult]:
@@ -247,7 +248,7 @@ class Dispatcher:
         for task, method in zip(request.tasks, methods, strict=True):
             # Every task runs on the servable the first task names (spec §7.3).
             spec = ModelSpec(first.name, first.version, task.spec.signature_name)
-            sub = ExamplesRequest(spec, request.examples, request.deadline)
+            sub = ExamplesRequest(spec, request.examples, request.deadline, request.context)
             calls.append(self.classify(sub) if method == "classify" else self.regress(sub))
         return list(await asyncio.gather(*calls))
 
@@ -275,9 +276,15 @@ def _expire(future: asyncio.Future[Any]) -> None:
         future.set_exception(errors.DeadlineExceeded("Deadline exceeded while the request was queued or run"))
 
 
-def _examples(alias: str, examples: Any) -> dict[str, np.ndarray]:
+def _examples(alias: str, examples: Any, context: bytes = b"") -> dict[str, np.ndarray]:
+    """The feeds of a Classify/Regress call: the examples, and their shared context once, if any."""
     if len(examples) == 0:
         raise errors.InvalidArgument("Input is empty.")
     column = np.empty(len(examples), dtype=object)
     column[:] = list(examples)
-    return {alias: column}
+    feeds = {alias: column}
+    if context:
+        shared = np.empty(1, dtype=object)
+        shared[0] = context
+        feeds[EXAMPLE_CONTEXT_FEED] = shared
+    return feeds

@@ -6,7 +6,7 @@ TF Serving's wording, since clients and their tests match on them.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 import numpy as np
 
@@ -21,25 +21,43 @@ def _set(names: object) -> str:
     return "{" + ",".join(sorted(names)) + "}"  # type: ignore[arg-type]
 
 
-def check_predict_request(
-    signature: Signature, inputs: Mapping[str, np.ndarray], output_filter: Sequence[str]
-) -> None:
-    """Input aliases, count, dtypes and shapes; then the output filter."""
+def check_input_aliases(signature: Signature, aliases: Collection[str]) -> None:
+    """The request's input aliases are exactly the signature's (count first, as TF checks)."""
     expected = signature.inputs
-    if len(inputs) != len(expected):
-        extra = set(inputs) - set(expected)
-        missing = set(expected) - set(inputs)
+    if len(aliases) != len(expected):
+        extra = set(aliases) - set(expected)
+        missing = set(expected) - set(aliases)
         raise errors.InvalidArgument(
-            f"input size does not match signature: {len(inputs)}!={len(expected)} "
-            f"len({_set(inputs)}) != len({_set(expected)}). Sent extra: {_set(extra)}. "
+            f"input size does not match signature: {len(aliases)}!={len(expected)} "
+            f"len({_set(aliases)}) != len({_set(expected)}). Sent extra: {_set(extra)}. "
             f"Missing but required: {_set(missing)}."
         )
-    for alias in inputs:
+    for alias in aliases:
         if alias not in expected:
             raise errors.InvalidArgument(
                 f"input tensor alias not found in signature: {alias}. "
                 f"Inputs expected to be in the set {_set(expected)}."
             )
+
+
+def check_claimed_tensors(signature: Signature, claimed: Mapping[str, tuple[np.dtype, tuple[int, ...]]]) -> None:
+    """Dtypes and shapes as a request claims them (alias -> numpy dtype, shape), before decoding.
+
+    The same checks and messages as on decoded arrays: each claim stands in as a zero-stride
+    broadcast of one element, which has the claimed dtype and shape and takes no memory.
+    """
+    stand_ins = {alias: np.broadcast_to(np.zeros((), dtype), shape) for alias, (dtype, shape) in claimed.items()}
+    try:
+        check_feeds(signature, stand_ins)
+    except InvalidInputError as e:
+        raise errors.InvalidArgument(str(e)) from None
+
+
+def check_predict_request(
+    signature: Signature, inputs: Mapping[str, np.ndarray], output_filter: Sequence[str]
+) -> None:
+    """Input aliases, count, dtypes and shapes; then the output filter."""
+    check_input_aliases(signature, inputs.keys())
     try:
         check_feeds(signature, inputs)
     except InvalidInputError as e:

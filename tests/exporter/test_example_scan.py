@@ -250,3 +250,17 @@ def test_negative_int64s_and_non_bytes_items() -> None:
     np.testing.assert_array_equal(out["n"], [[-1, -(2**63), 2**63 - 1]])
     with pytest.raises(InvalidInputError, match=r"Index: 1\. Could not parse example input"):
         parse_example(np.array([ex.SerializeToString(), "text"], dtype=object), {"n": VarLenFeature(dtypes.INT64)})
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_examples_with_a_shared_context_parse_as_their_concatenations(seed: int) -> None:
+    """ExampleListWithContext: the parser cuts the context to the keys it reads, once; the result
+    must be what parsing `context + example` gives, in every encoding the generator makes."""
+    from exporter.features import with_context
+
+    rng = np.random.default_rng(3000 + seed)
+    contexts = [_example(SPEC, rng) for _ in range(2)]
+    groups = [[_example(SPEC, rng) for _ in range(int(rng.integers(1, 5)))] for _ in contexts]
+    batch = np.concatenate([with_context(c, g) for c, g in zip(contexts, groups, strict=True)])
+    plain = [c + e for c, g in zip(contexts, groups, strict=True) for e in g]
+    _same(parse_example(batch, SPEC), parse_example(plain, SPEC))

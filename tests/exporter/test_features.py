@@ -232,3 +232,67 @@ def test_output_layout_and_infer() -> None:
         op.infer([TensorType(dtypes.FLOAT, (None,))], spec_to_attrs(spec))
     with pytest.raises(GraphError, match="vector"):
         op.infer([TensorType(dtypes.STRING, (None, 2))], spec_to_attrs(spec))
+
+
+# ---------------------------------------------------------------------------------------------
+# Examples that share a context (issue 9: the context is merged where the examples are parsed)
+
+
+def _assert_same_parse(a: dict[str, Any], b: dict[str, Any]) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        for x, y in zip(np.atleast_1d(a[key]) if not isinstance(a[key], tuple) else a[key],
+                        np.atleast_1d(b[key]) if not isinstance(b[key], tuple) else b[key], strict=True):
+            np.testing.assert_array_equal(x, y)
+
+
+def test_with_context_parses_as_the_concatenation_would() -> None:
+    from exporter.features import with_context
+
+    spec = {
+        "x": FixedLenFeature([1], "float32", default_value=[-1.0]),
+        "c": FixedLenFeature([], "string", default_value=b"?"),
+        "v": VarLenFeature("int64"),
+        "n": FixedLenFeature([], "int64", default_value=7),
+    }
+    context = _example(x=[9.0], c=[b"ctx"], v=[1, 2, 3], n=[5])
+    # An example's own list wins; an entry of its own with no list set leaves the context's be (TF).
+    examples = [_example(x=[1.0]), _example(v=[4]), _example(n=None), _example()]
+    merged = parse_example(with_context(context, examples), spec)
+    _assert_same_parse(merged, parse_example([context + e for e in examples], spec))
+    assert merged["x"].ravel().tolist() == [1.0, 9.0, 9.0, 9.0] and merged["n"].tolist() == [5, 5, 5, 5]
+
+    # A batch that mixes two contexts and examples without one (the replica merges requests).
+    other = _example(c=[b"other"])
+    batch = np.concatenate([with_context(context, examples[:2]), with_context(other, examples[2:]),
+                            np.array(examples[:1], dtype=object)])
+    plain = [context + e for e in examples[:2]] + [other + e for e in examples[2:]] + examples[:1]
+    _assert_same_parse(parse_example(batch, spec), parse_example(plain, spec))
+
+    with pytest.raises(InvalidInputError, match="Index: 1. Could not parse example input"):
+        parse_example(np.concatenate([np.array(examples[:1], dtype=object),
+                                      with_context(b"\xff\xff\xff", examples[:1])]), spec)
+    # A context full of features the parser does not read is cut down to nothing, once.
+    noisy = _example(**{f"f{i}": [float(i)] for i in range(50)}, c=[b"kept"])
+    out = parse_example(with_context(noisy, examples), spec)
+    _assert_same_parse(out, parse_example([noisy + e for e in examples], spec))
+
+
+def test_a_big_context_is_parsed_once_not_once_per_example() -> None:
+    import tracemalloc
+
+    from exporter.features import with_context
+
+    # 256 KB of context (a feature the model does not read) shared by 4,000 examples: merged by
+    # concatenation this is 1 GB of strings to build and parse (issue 9 measured +4.9 GB, 13 s).
+    context = _example(unused=[b"z" * 256 * 1024], c=[b"ctx"])
+    examples = [_example(x=[float(i)]) for i in range(4000)]
+    spec = {"x": FixedLenFeature([1], "float32"), "c": FixedLenFeature([], "string")}
+    tracemalloc.start()
+    try:
+        out = parse_example(with_context(context, examples), spec)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert out["x"].ravel().tolist() == [float(i) for i in range(4000)] and set(out["c"].tolist()) == {b"ctx"}
+    assert peak < 16 * 1024 * 1024, peak

@@ -95,9 +95,10 @@ class FakeAPI:
         return ResolvedSpec(spec.name, version, spec.signature_key)
 
     @staticmethod
-    def _xs(examples: list[bytes]) -> np.ndarray:
-        # Each example is parsed here, as a replica would: the gateway must have left them as bytes.
-        parsed = [example_pb2.Example.FromString(raw) for raw in examples]
+    def _xs(request: Any) -> np.ndarray:
+        # Each example is parsed here, as a replica would (the context, sent once, merged into each):
+        # the gateway must have left them as bytes.
+        parsed = [example_pb2.Example.FromString(request.context + raw) for raw in request.examples]
         return np.array([p.features.feature["x"].float_list.value[0] for p in parsed], dtype=np.float32)
 
     async def predict(self, request: PredictRequest) -> PredictResult:
@@ -116,18 +117,18 @@ class FakeAPI:
     async def classify(self, request: ExamplesRequest) -> ClassifyResult:
         self.seen.append(request)
         spec = self._resolve(request.spec)
-        x = self._xs(list(request.examples))
+        x = self._xs(request)
         labels = np.array([[b"pos", b"neg"]] * len(x), dtype=object)
         return ClassifyResult(spec, labels, np.stack([x, 1 - x], axis=1))
 
     async def regress(self, request: ExamplesRequest) -> RegressResult:
         self.seen.append(request)
-        return RegressResult(self._resolve(request.spec), 2 * self._xs(list(request.examples)))
+        return RegressResult(self._resolve(request.spec), 2 * self._xs(request))
 
     async def multi_inference(self, request: MultiInferenceRequest) -> list[ClassifyResult | RegressResult]:
         results: list[ClassifyResult | RegressResult] = []
         for task in request.tasks:
-            one = ExamplesRequest(task.spec, request.examples, request.deadline)
+            one = ExamplesRequest(task.spec, request.examples, request.deadline, request.context)
             if task.method == "tensorflow/serving/classify":
                 results.append(await self.classify(one))
             elif task.method == "tensorflow/serving/regress":

@@ -223,7 +223,8 @@ def _examples(body: Any) -> list[example_pb2.Example]:
     request = convert.examples_request(json.dumps(body).encode(), "m", VersionRequest.labelled("stable"), 3.0)
     assert request.spec.version.choice is VersionChoice.LABEL and request.deadline == 3.0
     assert request.spec.signature_name == body.get("signature_name", "")
-    return [example_pb2.Example.FromString(raw) for raw in request.examples]
+    # The context travels once; parsed as the replica merges it: context + example, the example winning.
+    return [example_pb2.Example.FromString(request.context + raw) for raw in request.examples]
 
 
 def test_examples_feature_typing() -> None:

@@ -101,8 +101,9 @@ class FakeAPI:
         return ResolvedSpec(spec.name, version, spec.signature_key)
 
     @staticmethod
-    def _xs(examples: Any) -> np.ndarray:
-        parsed = [example_pb2.Example.FromString(raw) for raw in examples]
+    def _xs(request: Any) -> np.ndarray:
+        # Parsed as a replica merges the context it gets once: context + example, the example winning.
+        parsed = [example_pb2.Example.FromString(request.context + raw) for raw in request.examples]
         return np.array([p.features.feature["x"].float_list.value[0] for p in parsed], dtype=np.float32)
 
     async def predict(self, request: PredictRequest) -> PredictResult:
@@ -121,13 +122,13 @@ class FakeAPI:
     async def classify(self, request: ExamplesRequest) -> ClassifyResult:
         self.seen.append(request)
         spec = self._resolve(request.spec)
-        x = self._xs(request.examples)
+        x = self._xs(request)
         labels = np.array([[b"pos", b"neg"]] * len(x), dtype=object)
         return ClassifyResult(spec, labels, np.stack([x, 1 - x], axis=1))
 
     async def regress(self, request: ExamplesRequest) -> RegressResult:
         self.seen.append(request)
-        return RegressResult(self._resolve(request.spec), 2 * self._xs(request.examples))
+        return RegressResult(self._resolve(request.spec), 2 * self._xs(request))
 
     async def multi_inference(self, request: MultiInferenceRequest) -> list[ClassifyResult | RegressResult]:
         raise errors.Unimplemented("not over REST")
