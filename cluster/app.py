@@ -126,6 +126,8 @@ class TesseraServer:
         self._grpc = GatewayServer(
             self._instrumented("grpc"), tensor_content=opts.serialize_as_tensor_content,
             credentials=credentials, socket_path=opts.grpc_socket_path,
+            # The signature lookup that checks a Predict before decoding it is not a request of its own.
+            metadata_lookup=self.dispatcher.model_metadata, max_fill_bytes=opts.max_request_fill_bytes,
         )
         await self._dispatcher.start()
         self.grpc_port = await self._grpc.start(opts.host, opts.grpc_port)

@@ -61,6 +61,10 @@ class ServerConfig:
         return next((m for m in self.models if m.name == name), None)
 
 
+# `tessera serve --max_request_fill_bytes`: room for any fill a client means (a [4096, 4096] float
+# tensor of zeros), far from the 2 GB a 39-byte message could otherwise claim.
+DEFAULT_MAX_REQUEST_FILL_BYTES = 64 * 1024 * 1024
+
 @dataclass(frozen=True)
 class ServeOptions:
     """Process-level settings from `tessera serve` flags."""
@@ -96,3 +100,6 @@ class ServeOptions:
     # TF's --tensorflow_intra_op_parallelism / --tensorflow_inter_op_parallelism, applied to each
     # onnxruntime session (0: intra-op from the replica's CPUs, inter-op sequential).
     session_threads: tuple[int, int] = (0, 0)
+    # What TF's fill (fewer values than the shape: the last one repeats) may add to one request's
+    # tensors, in bytes: a 39-byte Predict could otherwise claim 2 GB.
+    max_request_fill_bytes: int = DEFAULT_MAX_REQUEST_FILL_BYTES

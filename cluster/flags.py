@@ -16,7 +16,13 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from cluster.config import BatchingConfig, ModelConfig, ServeOptions, ServerConfig
+from cluster.config import (
+    DEFAULT_MAX_REQUEST_FILL_BYTES,
+    BatchingConfig,
+    ModelConfig,
+    ServeOptions,
+    ServerConfig,
+)
 from cluster.errors import InvalidArgument
 from cluster.gateway import config_converters
 from exporter import servable
@@ -103,6 +109,13 @@ _OUR_FLAGS: tuple[tuple[str, type, object, str, str], ...] = (
     ("downscale_delay_s", float, 30.0, "S", "autoscaling: least time between a change and a scale-down"),
     ("replica_num_cpus", float, 0.5, "CPUS", "CPUs reserved per replica actor"),
     ("log_format", str, "text", "FORMAT", "text, or json for one JSON object per line"),
+    (
+        "max_request_fill_bytes",
+        int,
+        DEFAULT_MAX_REQUEST_FILL_BYTES,
+        "BYTES",
+        "bytes TF's fill (a tensor with fewer values than its shape repeats the last) may add to one Predict",
+    ),
 )
 
 
@@ -160,6 +173,7 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         "model_config_file_poll_wait_seconds": 0,
         "tensorflow_intra_op_parallelism": 0,
         "tensorflow_inter_op_parallelism": 0,
+        "max_request_fill_bytes": 0,
     }
     for flag, minimum in minimums.items():
         if getattr(args, flag) < minimum:
@@ -216,6 +230,7 @@ def _options(args: argparse.Namespace) -> ServeOptions:
         upscale_delay_s=args.upscale_delay_s,
         downscale_delay_s=args.downscale_delay_s,
         session_threads=(args.tensorflow_intra_op_parallelism, args.tensorflow_inter_op_parallelism),
+        max_request_fill_bytes=args.max_request_fill_bytes,
     )
 
 

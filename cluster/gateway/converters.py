@@ -19,6 +19,7 @@ import numpy as np
 from google.protobuf import empty_pb2, unknown_fields
 from google.protobuf.message import DecodeError
 
+from cluster.config import DEFAULT_MAX_REQUEST_FILL_BYTES
 from cluster.errors import Internal, InvalidArgument
 from cluster.gateway.status import code_for_kind, tf_error_code, truncate
 from cluster.requests import (
@@ -53,7 +54,7 @@ from protos.tensorflow_serving.apis.internal import serialized_input_pb2
 
 SIGNATURE_DEF_FIELD = "signature_def"
 # What TF's fill may add to one request's tensors (`tessera serve --max_request_fill_bytes`).
-DEFAULT_MAX_FILL_BYTES: Final = 64 * 1024 * 1024
+DEFAULT_MAX_FILL_BYTES: Final = DEFAULT_MAX_REQUEST_FILL_BYTES
 M = TypeVar("M")
 _LENGTH_DELIMITED = 2
 _OK = 0

@@ -9,9 +9,10 @@ Classify/Regress bodies become serialized tf.Examples here, as the gRPC gateway 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import functools
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import numpy as np
 from google.protobuf import json_format
@@ -42,6 +43,24 @@ def _object(body: bytes) -> dict[str, Any]:
     if not isinstance(document, dict):
         raise InvalidArgument("JSON Parse error: the request body must be a JSON object")
     return document
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _text_checked(convert: F) -> F:
+    """A JSON string may escape a lone UTF-16 surrogate (\\ud800), which no UTF-8 text holds: a
+    bad request (TF's parser refuses it too), found where the string is encoded, not a server error."""
+
+    @functools.wraps(convert)
+    def checked(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return convert(*args, **kwargs)
+        except UnicodeEncodeError as exc:
+            bad = exc.object[exc.start : exc.end].encode("unicode_escape").decode("ascii")
+            raise InvalidArgument(f"JSON Parse error: a string holds an unpaired surrogate ({bad})") from None
+
+    return checked  # type: ignore[return-value]
 
 
 def _json_kind(value: Any) -> str:
@@ -88,6 +107,7 @@ def predict_body(body: bytes) -> PredictBody:
     return PredictBody(signature_name, has_instances, document[key])
 
 
+@_text_checked
 def predict_request(
     body: PredictBody, name: str, metadata: ModelMetadata, deadline: float | None = None
 ) -> PredictRequest:
@@ -102,6 +122,15 @@ def predict_request(
         raise FailedPrecondition(f'Serving signature key "{spec.signature_key}" not found.')
     inputs = _rows(body.payload, signature) if body.row_format else _columns(body.payload, signature)
     return PredictRequest(spec, inputs, (), deadline)
+
+
+def predict_conversion(
+    body: bytes, name: str, metadata: ModelMetadata, deadline: float | None = None
+) -> tuple[PredictRequest, bool]:
+    """`predict_body` then `predict_request` in one call (one trip to the conversion process);
+    returns the request and whether the body was in the row format."""
+    parsed = predict_body(body)
+    return predict_request(parsed, name, metadata, deadline), parsed.row_format
 
 
 def _rows(instances: Any, signature: Signature) -> dict[str, np.ndarray]:
@@ -169,6 +198,7 @@ def predict_response(result: PredictResult, row_format: bool) -> bytes:
 # Classify / Regress
 
 
+@_text_checked
 def examples_request(
     body: bytes, name: str, version: VersionRequest, deadline: float | None = None
 ) -> ExamplesRequest:

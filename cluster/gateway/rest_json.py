@@ -48,7 +48,7 @@ def _b64_hook(obj: dict[str, Any]) -> Any:
 def loads(body: bytes) -> Any:
     """Parses a request body; NaN, Infinity, -Infinity, Inf and -Inf are numbers, b64 objects bytes."""
     try:
-        return json.loads(body, object_hook=_b64_hook)
+        return _parse(body)
     except json.JSONDecodeError as exc:
         error = exc
     except UnicodeDecodeError as exc:
@@ -58,10 +58,23 @@ def loads(body: bytes) -> Any:
     fixed = _INF_TOKEN.sub(lambda m: m.group(0) if m.group(0)[0] == '"' else f"{m.group(1)}Infinity", text)
     if fixed != text:
         try:
-            return json.loads(fixed, object_hook=_b64_hook)
+            return _parse(fixed)
         except json.JSONDecodeError:
             pass
     raise InvalidArgument(f"JSON Parse error: {error.msg} at offset: {error.pos}")
+
+
+def _parse(text: bytes | str) -> Any:
+    """json.loads, with the documents it refuses by other exceptions than JSONDecodeError as 400s."""
+    try:
+        return json.loads(text, object_hook=_b64_hook)
+    except RecursionError:
+        raise InvalidArgument("JSON Parse error: the document is nested too deeply") from None
+    except ValueError as exc:
+        if isinstance(exc, json.JSONDecodeError | UnicodeDecodeError):
+            raise
+        # Python refuses to convert integers of more than 4,300 digits (CVE-2020-10735): quadratic.
+        raise InvalidArgument("JSON Parse error: a number has too many digits") from None
 
 
 def to_array(value: Any, dtype: int, alias: str, *, rows: bool = False) -> np.ndarray:

@@ -31,6 +31,7 @@ from aiohttp import web
 from cluster import errors
 from cluster.config import ServeOptions
 from cluster.gateway import rest_converters as convert
+from cluster.gateway.offload import OFFLOAD_BYTES, ConversionProcess
 from cluster.gateway.rest_json import dumps, error_body
 from cluster.gateway.status import log_failure, status_of
 from cluster.logs import REQUEST_ID
@@ -101,12 +102,7 @@ def _version(version: str | None, label: str | None) -> VersionRequest:
     return VersionRequest.latest()
 
 
-OFFLOAD_BYTES: Final = 256 * 1024
 T = TypeVar("T")
-
-
-async def _inline(fn: Callable[..., T], *args: Any) -> T:
-    return fn(*args)
 
 
 class RestServer:
@@ -138,6 +134,7 @@ class RestServer:
         self._max_body_bytes = max_body_bytes
         self._routes: dict[str, Handler] = {LIVENESS_PATH: self._liveness, READINESS_PATH: self._readiness}
         self._runner: web.AppRunner | None = None
+        self._converter = ConversionProcess()  # started on the first big body
 
     def add_get_route(self, path: str, handler: Handler) -> None:
         """Serves `handler` for GET (and HEAD) on the exact `path`, e.g. the Prometheus metrics route."""
@@ -172,6 +169,7 @@ class RestServer:
         if grace is not None:
             runner._shutdown_timeout = grace  # noqa: SLF001 - aiohttp only takes it at construction
         await runner.cleanup()
+        self._converter.kill()
 
     # -- HTTP ----------------------------------------------------------------------------------
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
@@ -201,16 +199,22 @@ class RestServer:
         return self._reply(200, payload)
 
     async def _serve(self, route: Route, body: bytes, deadline: float | None) -> bytes:
-        """One REST call: convert, await the api, convert back."""
+        """One REST call: convert, await the api, convert back.
+
+        A body of OFFLOAD_BYTES or more is converted (both ways) in the conversion process, which
+        is killed if the REST timeout cancels this call: see `cluster.gateway.offload`.
+        """
         api, name, version = self._api, route.name, route.version
-        # JSON work on a big body would hold the event loop (and every gRPC call) for a while:
-        # off to a worker thread above a size where the thread hop is cheap by comparison.
-        cpu = _inline if len(body) < OFFLOAD_BYTES else asyncio.to_thread
+        big = len(body) >= OFFLOAD_BYTES
+
+        async def cpu(fn: Callable[..., T], *args: Any) -> T:
+            return await self._converter.call(fn, *args, deadline=deadline) if big else fn(*args)
+
         if route.verb == "predict":
-            parsed = await cpu(convert.predict_body, body)
-            metadata = await self._metadata(ModelSpec(name, version, parsed.signature_name))
-            request = await cpu(convert.predict_request, parsed, name, metadata, deadline)
-            return await cpu(convert.predict_response, await api.predict(request), parsed.row_format)
+            # All the version's signatures: the one the body names is picked during conversion.
+            metadata = await self._metadata(ModelSpec(name, version))
+            request, row_format = await cpu(convert.predict_conversion, body, name, metadata, deadline)
+            return await cpu(convert.predict_response, await api.predict(request), row_format)
         if route.verb in ("classify", "regress"):
             request = await cpu(convert.examples_request, body, name, version, deadline)
             if route.verb == "classify":
@@ -220,6 +224,11 @@ class RestServer:
             return convert.metadata_response(await api.model_metadata(ModelSpec(name, version)))
         # A version label is ignored by GetModelStatus, as in TF (spec §7.5).
         return convert.status_response(await api.model_status(name, version.version))
+
+    @property
+    def conversion_pid(self) -> int | None:
+        """The conversion process's id while one runs (for tests and the chaos scenarios)."""
+        return self._converter.pid
 
     async def _body(self, request: web.Request) -> bytes:
         # aiohttp inflates `Content-Encoding: gzip` (and deflate/br) bodies itself; the size limit

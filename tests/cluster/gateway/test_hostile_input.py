@@ -9,13 +9,13 @@ its buffers to it), never timed.
 from __future__ import annotations
 
 import asyncio
+import json
 import tracemalloc
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import grpc
-import numpy as np
 import pytest
 
 from cluster import errors
@@ -204,3 +204,95 @@ def test_gateway_sources_send_no_exception_names_to_clients() -> None:
     hits = [f"{p.name}:{n}" for p in sorted(gateway.glob("*.py"))
             for n, line in enumerate(p.read_text().splitlines(), 1) if pattern.search(line)]
     assert not hits, hits
+
+
+# ---------------------------------------------------------------------------------------------
+# REST
+
+
+BAD_JSON = {
+    "nested 100,000 deep": b"[" * 100_000 + b"]" * 100_000,
+    "nested deep inside the body": b'{"instances": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+    "an integer of 5,000 digits": b'{"instances": [' + b"1" * 5000 + b"]}",
+    "bad UTF-8": b'{"instances": ["\xff"]}',
+    "a lone surrogate": b'{"inputs": {"a": [[1, 2]], "s": ["\\ud800"]}, "signature_name": "multi"}',
+    "more dimensions than numpy has": b'{"instances": ' + b"[" * 70 + b"1" + b"]" * 70 + b"}",
+}
+BAD_EXAMPLES_JSON = {
+    "examples nested 100,000 deep": b'{"examples": [' + b"[" * 100_000 + b"]" * 100_000 + b"]}",
+    "a feature of 5,000 digits": b'{"examples": [{"x": ' + b"1" * 5000 + b"}]}",
+    "a lone surrogate in a feature": b'{"examples": [{"x": "\\ud800"}]}',
+    "a lone surrogate in a context key": b'{"context": {"\\ud800": 1}, "examples": [{"x": 1}]}',
+}
+
+
+@pytest.mark.parametrize("verb_body", [("predict", b) for b in BAD_JSON.values()]
+                         + [("classify", b) for b in BAD_EXAMPLES_JSON.values()],
+                         ids=list(BAD_JSON) + list(BAD_EXAMPLES_JSON))
+def test_unacceptable_json_is_400_never_500(verb_body: tuple[str, bytes]) -> None:
+    from tests.cluster.gateway.test_rest_server import Client as RestClient
+    from tests.cluster.gateway.test_rest_server import run as run_rest
+
+    verb, body = verb_body
+
+    async def test(c: RestClient) -> None:
+        reply = await c.call("POST", f"/v1/models/half:{verb}", raw=body)
+        assert reply.status == 400, reply.text[:300]
+        assert "Error" not in reply.json["error"] and "<class" not in reply.json["error"], reply.json
+
+    run_rest(test)
+
+
+def test_a_big_rest_body_is_killed_at_its_timeout_and_the_gateway_stays_responsive() -> None:
+    import os
+
+    from cluster.config import ServeOptions
+    from tests.cluster.gateway.test_rest_server import Client as RestClient
+    from tests.cluster.gateway.test_rest_server import run as run_rest
+
+    # ~24 MB of numbers: seconds of json.loads and typing, one C call that holds the GIL throughout.
+    body = b'{"instances": [' + b",".join([b"1.25"] * 5_000_000) + b"]}"
+
+    async def test(c: RestClient) -> None:
+        big = asyncio.ensure_future(c.call("POST", "/v1/models/half:predict", raw=body))
+        pids: list[int] = []
+        answered_meanwhile = 0
+        while not big.done():
+            # The loop keeps answering while the big body converts elsewhere.
+            probe = await c.call("GET", "/healthz")
+            assert probe.status == 200
+            answered_meanwhile += 1
+            if c.server.conversion_pid is not None:
+                pids.append(c.server.conversion_pid)
+            await asyncio.sleep(0.02)
+        reply = await big
+        assert reply.status == 504, reply.text[:200]
+        assert pids and answered_meanwhile >= 3
+        # Nothing keeps running after the 504: the conversion process was killed.
+        assert c.server.conversion_pid is None
+        with pytest.raises(ProcessLookupError):
+            os.kill(pids[-1], 0)
+        # The next big body gets a new process (and a small one never needs one).
+        assert (await c.call("POST", "/v1/models/half:predict", {"instances": [1.0]})).status == 200
+
+    run_rest(test, options=ServeOptions(rest_api_timeout_in_ms=1500))
+
+
+def test_a_big_rest_body_within_its_timeout_converts_in_the_process_with_the_same_answer() -> None:
+    from tests.cluster.gateway.test_rest_server import Client as RestClient
+    from tests.cluster.gateway.test_rest_server import run as run_rest
+
+    values = [float(i % 89) / 8 for i in range(100_000)]
+
+    async def test(c: RestClient) -> None:
+        reply = await c.call("POST", "/v1/models/half:predict", raw=json.dumps({"instances": values}).encode())
+        assert reply.status == 200, reply.text[:200]
+        assert reply.json["predictions"] == [2 * v for v in values]
+        bad = json.dumps({"instances": values, "signature_name": "zz"}).encode()
+        reply = await c.call("POST", "/v1/models/half:predict", raw=bad)
+        assert (reply.status, reply.json) == (400, {"error": 'Serving signature key "zz" not found.'})
+        examples = json.dumps({"context": {"c": "x" * 1000}, "examples": [{"x": v} for v in values[:20_000]]})
+        reply = await c.call("POST", "/v1/models/half:regress", raw=examples.encode())
+        assert reply.status == 200 and len(reply.json["results"]) == 20_000
+
+    run_rest(test)
