@@ -155,11 +155,13 @@ def read_bundle(
 
     A remote URI (s3://, gs://, hdfs://) is first copied to `cache_dir` (default
     ``~/.cache/tessera/bundles``, or ``$TESSERA_CACHE_DIR``) with `storage.copy_to_cache`; a local
-    path or file:// URI is read in place. With `verify` every file's sha256 is checked against the
-    manifest (sizes and the file set are always checked).
+    path or file:// URI is read in place, after `storage.check_inside_base` (no link out of the
+    base path, the version directory's parent; and no link at all inside a bundle). With `verify`
+    every file's sha256 is checked against the manifest (sizes and the file set are always checked).
     """
     fs, fs_path = storage.resolve(path_or_uri)
     if fs.type_name == "local":
+        storage.check_inside_base(fs_path)  # before anything is read through a link
         root = pathlib.Path(fs_path)
     else:
         cache = cache_dir if cache_dir is not None else os.environ.get("TESSERA_CACHE_DIR", _DEFAULT_CACHE)

@@ -224,6 +224,38 @@ def keep(
     return doomed
 
 
+def check_inside_base(version_path: str | os.PathLike[str]) -> None:
+    """Refuses a local version directory that leads outside its base path (the directory's parent).
+
+    The version directory itself, and every symbolic link under it (a file, `variables/`,
+    `assets/`), must resolve to somewhere strictly inside the base path as it resolves: a link
+    could otherwise serve any directory or file of the host (a vocabulary read from /etc, say) as
+    a model. A base path that is itself a link (a mounted volume) is the operator's choice and
+    fine. Raises BundleError naming the link and where it leads; object stores have no links.
+    """
+    fs, path = resolve(version_path)
+    if fs.type_name != "local":
+        return
+    version = pathlib.Path(path)
+    base = os.path.realpath(version.parent)
+
+    def outside(entry: pathlib.Path | str) -> str | None:
+        real = os.path.realpath(entry)
+        return None if real.startswith(base.rstrip(os.sep) + os.sep) else real
+
+    escaped = outside(version)
+    if escaped is not None:
+        raise BundleError(
+            f"{version}: the version directory is a symbolic link to {escaped}, outside the base "
+            f"path {base}: refused"
+        )
+    for dirpath, dirnames, filenames in os.walk(version, followlinks=False):
+        for name in dirnames + filenames:
+            full = os.path.join(dirpath, name)
+            if os.path.islink(full) and (escaped := outside(full)) is not None:
+                raise BundleError(f"{full}: a symbolic link to {escaped}, outside the base path {base}: refused")
+
+
 def copy_to_cache(
     version_uri: str | os.PathLike[str],
     cache_dir: str | os.PathLike[str],

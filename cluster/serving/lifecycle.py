@@ -141,7 +141,7 @@ class ServableStream:
         previous = self._records.get(version, VersionRecord(ServableState.START))
         self._records[version] = VersionRecord(
             ServableState.END,
-            error_message=str(error) or type(error).__name__,
+            error_message=str(error) or "the load failed without a message",
             error_kind=error_kind(error),
             failed_loads=previous.failed_loads + 1,
             retry_at=now + self.retry.retry_interval_s,
@@ -155,7 +155,7 @@ class ServableStream:
             self._records[version] = VersionRecord(ServableState.END)
         else:
             self._records[version] = VersionRecord(
-                ServableState.END, error_message=str(error) or type(error).__name__, error_kind=error_kind(error)
+                ServableState.END, error_message=str(error) or "the load failed without a message", error_kind=error_kind(error)
             )
 
     def record(self, version: int) -> VersionRecord | None:

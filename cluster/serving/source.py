@@ -108,8 +108,7 @@ class FileSystemSource:
             return SourceReport(
                 self.name,
                 None,
-                error=f"Failed to list base path {self.base_path} for servable {self.name}: "
-                f"{type(exc).__name__}: {exc}",
+                error=f"Failed to list base path {self.base_path} for servable {self.name}: {exc}",
             )
 
         warnings: list[str] = []

@@ -213,7 +213,7 @@ def _corrupt_symlink(d: pathlib.Path) -> None:
         (_corrupt_string_variable, r"variable 's'.*not a plain numeric"),
         (_corrupt_structured_variable, r"variable 'r'.*not a plain numeric"),
         (_corrupt_graph, r"graph\.pb: not a valid MetaGraph"),
-        (_corrupt_symlink, r"link: symbolic links are not allowed"),
+        (_corrupt_symlink, r"link: a symbolic link to /etc/hostname, outside the base path"),
     ],
 )
 def test_reader_refuses_corrupt_bundle(bundle_dir: pathlib.Path, corrupt, message: str) -> None:  # noqa: ANN001
@@ -239,3 +239,53 @@ def test_not_a_directory(tmp_path: pathlib.Path) -> None:
 def test_file_uri_is_read_in_place(bundle_dir: pathlib.Path) -> None:
     bundle = read_bundle(f"file://{bundle_dir}")
     assert bundle.path == bundle_dir and bundle.version == 42
+
+
+# ---------------------------------------------------------------------------------------------
+# Bundles stay inside their base path (issue 9, point 8)
+
+
+def test_a_version_directory_linked_out_of_the_base_path_is_refused(bundle_dir: pathlib.Path, tmp_path: pathlib.Path) -> None:
+    other_base = tmp_path / "elsewhere"
+    other_base.mkdir()
+    outside = other_base / "7"
+    bundle_dir.rename(outside)  # a whole, sound bundle, outside `base`
+    read_bundle(outside)
+    link = tmp_path / "base" / "43"
+    link.symlink_to(outside, target_is_directory=True)
+    with pytest.raises(BundleError, match=r"43: the version directory is a symbolic link to .*elsewhere/7, outside the base path .*base: refused"):
+        read_bundle(link)
+    # The same through a relative link, and a link to the base path itself.
+    relative = tmp_path / "base" / "44"
+    relative.symlink_to(pathlib.Path("..") / "elsewhere" / "7")
+    with pytest.raises(BundleError, match="outside the base path"):
+        read_bundle(relative)
+    (tmp_path / "base" / "45").symlink_to(tmp_path / "base")
+    with pytest.raises(BundleError, match="outside the base path"):
+        read_bundle(tmp_path / "base" / "45")
+
+
+@pytest.mark.parametrize("what", ["graph.pb", "variables", "assets", "assets/vocab.txt", "assets.extra"])
+def test_anything_under_a_version_linked_out_of_the_base_path_is_refused(bundle_dir: pathlib.Path, tmp_path: pathlib.Path, what: str) -> None:
+    target = bundle_dir / what
+    moved = tmp_path / "outside" / what.replace("/", "_")
+    moved.parent.mkdir(exist_ok=True)
+    target.rename(moved)
+    target.symlink_to(moved)
+    with pytest.raises(BundleError, match=rf"{what}: a symbolic link to .*outside.*, outside the base path"):
+        read_bundle(bundle_dir)
+
+
+def test_links_inside_the_base_path_and_a_linked_base_path_are_fine(bundle_dir: pathlib.Path, tmp_path: pathlib.Path) -> None:
+    # A version that is a link to another version of the same base path (a "current" alias).
+    (tmp_path / "base" / "50").symlink_to("0042")
+    assert read_bundle(tmp_path / "base" / "50").path.name == "50"
+    # A base path that is itself a link (a mounted volume): the operator's choice.
+    (tmp_path / "mounted").symlink_to(tmp_path / "base")
+    assert read_bundle(tmp_path / "mounted" / "0042").version == 42
+
+
+def test_a_link_inside_a_bundle_is_refused_even_when_it_stays_in_the_base_path(bundle_dir: pathlib.Path) -> None:
+    (bundle_dir / "assets" / "again").symlink_to(bundle_dir / "assets" / "vocab.txt")
+    with pytest.raises(BundleError, match="again: symbolic links are not allowed"):
+        read_bundle(bundle_dir)

@@ -274,6 +274,30 @@ def test_live_version_swap_and_corrupt_version(server, predict_stub, model_stub,
     assert "checksum" in v3.status.error_message or "size" in v3.status.error_message
 
 
+def test_a_version_linked_out_of_the_base_path_is_refused_with_its_reason_in_status(
+    predict_stub, model_stub, model_dir, tmp_path  # noqa: ANN001
+) -> None:
+    # Issue 9, point 8: a version directory that links to a bundle outside the base path was
+    # loaded and served. It must fail to load, say why in GetModelStatus, and serve nothing.
+    outside = pathlib.Path(write_version(tmp_path / "outside", 9, 9.0))
+    link = model_dir / "m" / "9"
+    link.symlink_to(outside, target_is_directory=True)
+    try:
+        def v9_refused() -> bool:
+            status = model_stub.GetModelStatus(get_model_status_pb2.GetModelStatusRequest(model_spec={"name": "m"}))
+            by_version = {s.version: s for s in status.model_version_status}
+            return 9 in by_version and by_version[9].state == 50 and by_version[9].status.error_code != 0
+
+        wait_until(v9_refused, timeout=60)
+        status = model_stub.GetModelStatus(get_model_status_pb2.GetModelStatusRequest(model_spec={"name": "m"}))
+        v9 = next(s for s in status.model_version_status if s.version == 9)
+        assert "outside the base path" in v9.status.error_message and "symbolic link" in v9.status.error_message
+        out = predict(predict_stub, "m", np.ones((1, 2), np.float32))
+        assert out.model_spec.version.value != 9 and make_ndarray(out.outputs["y"])[0, 0] != 9.0
+    finally:
+        link.unlink()
+
+
 def test_config_reload_adds_and_removes_models(server, predict_stub, model_stub, model_dir) -> None:  # noqa: ANN001
     errors: list[Exception] = []
     stop = threading.Event()
