@@ -359,6 +359,38 @@ def _rest_100mb(cluster: _Cluster, body: bytes) -> tuple[int, str]:
                         f"(REST timeout 3 s); conversion process {'still running' if left else 'gone'} 1 s later")
 
 
+def _grpc_100mb_bodies() -> list[bytes]:
+    """Two valid ~100 MB Predicts on `target` (x float [N, 2]): typed float_val, and tensor_content."""
+    from protos.tensorflow_serving.apis import predict_pb2
+
+    x = np.full((12_500_000, 2), 0.5, np.float32)
+    bodies = []
+    for content in (False, True):
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = "target"
+        request.output_filter.append("y")
+        tensor = request.inputs["x"]
+        tensor.dtype = 1
+        tensor.tensor_shape.dim.add().size = x.shape[0]
+        tensor.tensor_shape.dim.add().size = 2
+        if content:
+            tensor.tensor_content = x.tobytes()
+        else:
+            tensor.float_val.extend(x.ravel().tolist())
+        bodies.append(request.SerializeToString())
+    return bodies
+
+
+def _grpc_100mb(cluster: _Cluster, bodies: list[bytes]) -> tuple[int, str]:
+    notes, unexpected = [], 0
+    for body, kind in zip(bodies, ("float_val", "tensor_content"), strict=True):
+        code, details, elapsed = _raw(cluster, PREDICT, body, timeout=60)
+        unexpected += code != grpc.StatusCode.OK
+        notes.append(f"{kind}: {code.name} in {elapsed:.1f} s")
+        time.sleep(0.5)
+    return unexpected, f"{len(bodies[0]) / 2**20:.0f} MiB Predicts, " + ", ".join(notes)
+
+
 def _undecodable(cluster: _Cluster, _: Any) -> tuple[int, str]:
     codes = [_raw(cluster, f"/tensorflow.serving.{m}", b"\x0a\xff\xff\xff\xff\x0f")[:2] for m in (
         "PredictionService/Predict", "PredictionService/Classify", "PredictionService/GetModelMetadata",
@@ -412,4 +444,5 @@ SCENARIOS = [
     Scenario("input: unacceptable REST JSON", _scenario(_bad_json), fast=True),
     Scenario("input: version linked out of base path", _scenario(_symlinked_version), fast=True),
     Scenario("input: 100 MB REST body", _scenario(_rest_100mb, _body_100mb), fast=False),
+    Scenario("input: 100 MB gRPC Predicts", _scenario(_grpc_100mb, _grpc_100mb_bodies), fast=False),
 ]

@@ -31,7 +31,6 @@ from protos.tensorflow_serving.apis import (
     inference_pb2,
     model_management_pb2,
     model_service_pb2,
-    predict_pb2,
     prediction_service_pb2,
     regression_pb2,
 )
@@ -44,18 +43,20 @@ MAX_MESSAGE_BYTES: Final = 2**31 - 1  # INT32_MAX, as TF Serving's SetMaxMessage
 READINESS_POLL_SECONDS: Final = 0.5
 
 
-def _unary(method: Any, response_type: Any) -> grpc.RpcMethodHandler:
+def _unary(method: Any, response_type: Any | None) -> grpc.RpcMethodHandler:
     # No deserializer: every handler receives the request's bytes and parses them itself, so an
     # undecodable message gets INVALID_ARGUMENT (grpc's own failure would be UNKNOWN, with the
-    # Python exception's name), and a big one is parsed off the event loop.
-    return grpc.unary_unary_rpc_method_handler(method, response_serializer=response_type.SerializeToString)
+    # Python exception's name), and a big one is parsed off the event loop. response_type None:
+    # the handler returns its response serialized (Predict: big answers are written off the loop).
+    serializer = None if response_type is None else response_type.SerializeToString
+    return grpc.unary_unary_rpc_method_handler(method, response_serializer=serializer)
 
 
 def prediction_handlers(servicer: PredictionServicer) -> dict[str, grpc.RpcMethodHandler]:
     return {
         "Classify": _unary(servicer.Classify, classification_pb2.ClassificationResponse),
         "Regress": _unary(servicer.Regress, regression_pb2.RegressionResponse),
-        "Predict": _unary(servicer.Predict, predict_pb2.PredictResponse),
+        "Predict": _unary(servicer.Predict, None),
         "MultiInference": _unary(servicer.MultiInference, inference_pb2.MultiInferenceResponse),
         "GetModelMetadata": _unary(servicer.GetModelMetadata, get_model_metadata_pb2.GetModelMetadataResponse),
     }

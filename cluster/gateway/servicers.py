@@ -14,19 +14,21 @@ that claims a huge tensor of the wrong dtype, shape or alias allocates nothing.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
 import grpc
+import numpy as np
 
 from cluster import errors
 from cluster.gateway import config_converters, converters
 from cluster.gateway.offload import OFFLOAD_BYTES, Abort, in_thread
 from cluster.gateway.status import log_failure, status_of
-from cluster.requests import ModelMetadata, ModelSpec, ServingAPI
+from cluster.requests import ClassifyResult, ModelMetadata, ModelSpec, ServingAPI
 from exporter.signature import Signature
 from protos.tensorflow_serving.apis import (
     classification_pb2,
@@ -83,6 +85,14 @@ async def _convert(raw: bytes, abort: Abort, fn: Callable[..., T], *args: Any, *
     return await in_thread(abort, fn, *args, **kwargs)
 
 
+async def _respond(arrays: Iterable[np.ndarray | None], fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """`fn(*args)` (a result's conversion to its message) inline, or in a worker thread when the
+    result's arrays hold OFFLOAD_BYTES or more: a big answer must not hold the loop either."""
+    if sum(a.nbytes for a in arrays if a is not None) < OFFLOAD_BYTES:
+        return fn(*args, **kwargs)
+    return await asyncio.to_thread(fn, *args, **kwargs)
+
+
 async def _parse(message_type: type[T], raw: bytes, abort: Abort) -> T:
     return await _convert(raw, abort, converters.parse, message_type, raw)
 
@@ -112,16 +122,18 @@ class PredictionServicer:
     async def Classify(self, request: bytes, context: Any) -> classification_pb2.ClassificationResponse:
         deadline = _deadline(context)
         domain = await _convert(request, Abort(deadline), converters.examples_request, request, deadline)
-        return converters.classification_response(await self._api.classify(domain))
+        result = await self._api.classify(domain)
+        return await _respond((result.labels, result.scores), converters.classification_response, result)
 
     @_guarded
     async def Regress(self, request: bytes, context: Any) -> regression_pb2.RegressionResponse:
         deadline = _deadline(context)
         domain = await _convert(request, Abort(deadline), converters.examples_request, request, deadline)
-        return converters.regression_response(await self._api.regress(domain))
+        result = await self._api.regress(domain)
+        return await _respond((result.values,), converters.regression_response, result)
 
     @_guarded
-    async def Predict(self, request: bytes, context: Any) -> predict_pb2.PredictResponse:
+    async def Predict(self, request: bytes, context: Any) -> bytes:
         deadline = _deadline(context)
         abort = Abort(deadline)
         message = await _parse(predict_pb2.PredictRequest, request, abort)
@@ -131,7 +143,10 @@ class PredictionServicer:
             signature=signature, max_fill_bytes=self._max_fill_bytes, check=abort.check,
         )
         result = await self._api.predict(domain)
-        return converters.predict_response(result, tensor_content=self._tensor_content)
+        # Serialized here, not by grpc on the loop: a big response is written in a worker thread.
+        if sum(a.nbytes for a in result.outputs.values()) < OFFLOAD_BYTES:
+            return converters.predict_response(result, tensor_content=self._tensor_content).SerializeToString()
+        return await asyncio.to_thread(converters.predict_response_bytes, result, tensor_content=self._tensor_content)
 
     async def _signature(self, spec: ModelSpec) -> Signature | None:
         """The signature `spec` resolves to now, or None: then the service refuses the spec itself
@@ -146,7 +161,9 @@ class PredictionServicer:
     async def MultiInference(self, request: bytes, context: Any) -> inference_pb2.MultiInferenceResponse:
         deadline = _deadline(context)
         domain = await _convert(request, Abort(deadline), converters.multi_inference_request, request, deadline)
-        return converters.multi_inference_response(await self._api.multi_inference(domain))
+        results = await self._api.multi_inference(domain)
+        arrays = [a for r in results for a in ((r.labels, r.scores) if isinstance(r, ClassifyResult) else (r.values,))]
+        return await _respond(arrays, converters.multi_inference_response, results)
 
     @_guarded
     async def GetModelMetadata(self, request: bytes, context: Any) -> get_model_metadata_pb2.GetModelMetadataResponse:

@@ -211,3 +211,13 @@ def test_model_platform_and_session_threads() -> None:
     assert options.session_threads == (2, 1)
     _, config = parse_serve_args(["--model_base_path=/m", "--model_platform=onnxruntime_onnx"])
     assert config.models[0].platform == "onnxruntime_onnx"
+
+
+def test_max_request_fill_bytes() -> None:
+    options, _ = parse_serve_args(["--model_base_path=/m"])
+    assert options.max_request_fill_bytes == 64 * 1024 * 1024
+    options, _ = parse_serve_args(["--model_base_path=/m", "--max_request_fill_bytes=0"])
+    assert options.max_request_fill_bytes == 0  # no fill at all: every value must be sent
+    with pytest.raises(SystemExit) as exit_info:
+        parse_serve_args(["--model_base_path=/m", "--max_request_fill_bytes=-1"])
+    assert exit_info.value.code == 2

@@ -210,3 +210,34 @@ def test_unencodable_array_raises_invalid_input() -> None:
         array_to_proto(np.array(["2020-01-01"], dtype="datetime64[D]"), tensor_pb2.TensorProto())
     with pytest.raises(InvalidInputError, match="str or bytes, got int"):
         array_to_proto(np.array([b"a", 3], dtype=object), tensor_pb2.TensorProto())
+
+
+@pytest.mark.parametrize(
+    "array",
+    [
+        np.linspace(-3, 3, 10_000, dtype=np.float32).reshape(100, 100),
+        np.linspace(-3, 3, 9_000, dtype=np.float64),
+        (np.arange(5_000) % 3 == 0),
+        (np.arange(6_000, dtype=np.float32) + 1j * np.arange(6_000, dtype=np.float32)).astype(np.complex64),
+        np.arange(300_000, dtype=np.complex128) * (1 - 2j),
+        np.arange(300_000, dtype=np.int64) - 150_000,
+    ],
+    ids=["float", "double", "bool", "complex64", "complex128-chunked", "int64-chunked"],
+)
+def test_big_typed_fields_are_merged_as_wire_bytes_with_the_same_message(array: np.ndarray) -> None:
+    """Big typed outputs are written as packed wire bytes (and in chunks): the same message as
+    extending the repeated field value by value, which is what TF's AsProtoField gives."""
+    from protos.tensorflow.core.framework import tensor_pb2
+
+    ours = array_to_proto(array, tensor_pb2.TensorProto(), use_tensor_content=False)
+    reference = tensor_pb2.TensorProto(dtype=ours.dtype)
+    reference.tensor_shape.CopyFrom(ours.tensor_shape)
+    field = {  # the typed field of each dtype
+        dtypes.FLOAT: "float_val", dtypes.DOUBLE: "double_val", dtypes.BOOL: "bool_val",
+        dtypes.COMPLEX64: "scomplex_val", dtypes.COMPLEX128: "dcomplex_val", dtypes.INT64: "int64_val",
+    }[ours.dtype]
+    flat = array.reshape(-1)
+    values = flat.view(flat.real.dtype) if np.iscomplexobj(flat) else flat
+    getattr(reference, field).extend(values.tolist())
+    assert ours == reference
+    assert_same_array(proto_to_array(ours), array)
