@@ -218,6 +218,18 @@ def _merged(message_type: Any, chunks: Sequence[bytes]) -> Any:
         raise InvalidArgument(f"Could not parse {message_type.DESCRIPTOR.name}: {exc}") from exc
 
 
+_EXAMPLES_CHUNK: Final = 1 << 15
+
+
+def _listed(items: Sequence[bytes]) -> list[bytes]:
+    """A repeated bytes field as a list, in chunks: list() of a million examples is one C call that
+    holds the GIL for a while, which a worker thread must not do to the event loop's thread."""
+    out: list[bytes] = []
+    for start in range(0, len(items), _EXAMPLES_CHUNK):
+        out.extend(items[start : start + _EXAMPLES_CHUNK])
+    return out
+
+
 def _serialized_examples(chunks: Sequence[bytes]) -> tuple[list[bytes], bytes]:
     """The Examples of an `Input` as bytes, and the serialized context they share (b"": none).
 
@@ -227,10 +239,10 @@ def _serialized_examples(chunks: Sequence[bytes]) -> tuple[list[bytes], bytes]:
     kind = serialized.WhichOneof("kind")
     context = b""
     if kind == "example_list":
-        examples = list(serialized.example_list.examples)
+        examples = _listed(serialized.example_list.examples)
     elif kind == "example_list_with_context":
         with_context = serialized.example_list_with_context
-        examples = list(with_context.examples)
+        examples = _listed(with_context.examples)
         context = with_context.context
     else:
         examples = []

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import NoReturn, TypeVar
 
 from cluster.config import ServerConfig
 from cluster.gateway.status import code_of
@@ -60,6 +60,16 @@ class InstrumentedAPI:
             model = spec.name if spec is not None and self._is_known(spec.name) else ""
             signature = spec.signature_key if spec is not None and per_signature and status == "OK" else ""
             self._metrics.observe(model, signature, method, status, self._entrypoint, time.perf_counter() - started)
+
+    async def refuse(self, method: str, spec: ModelSpec | None, error: BaseException) -> NoReturn:
+        """Counts a request the gateway refused before it reached the service (a Predict whose
+        tensors do not fit the signature is refused before they are decoded), and raises `error`."""
+
+        async def fail() -> NoReturn:
+            raise error
+
+        await self._observe(method, spec, fail())
+        raise error  # unreachable: _observe re-raises
 
     async def predict(self, request: PredictRequest) -> PredictResult:
         return await self._observe("predict", request.spec, self._api.predict(request))

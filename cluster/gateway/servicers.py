@@ -137,11 +137,19 @@ class PredictionServicer:
         deadline = _deadline(context)
         abort = Abort(deadline)
         message = await _parse(predict_pb2.PredictRequest, request, abort)
-        signature = await self._signature(converters.predict_spec(message))
-        domain = await _convert(
-            request, abort, converters.predict_request, message, deadline,
-            signature=signature, max_fill_bytes=self._max_fill_bytes, check=abort.check,
-        )
+        spec = converters.predict_spec(message)
+        signature = await self._signature(spec)
+        try:
+            domain = await _convert(
+                request, abort, converters.predict_request, message, deadline,
+                signature=signature, max_fill_bytes=self._max_fill_bytes, check=abort.check,
+            )
+        except errors.ServingError as exc:
+            # Refused before the service saw it: still counted, as the service's own refusals are.
+            refuse = getattr(self._api, "refuse", None)  # InstrumentedAPI's; a plain ServingAPI has none
+            if refuse is not None:
+                await refuse("predict", spec, exc)
+            raise
         result = await self._api.predict(domain)
         # Serialized here, not by grpc on the loop: a big response is written in a worker thread.
         if sum(a.nbytes for a in result.outputs.values()) < OFFLOAD_BYTES:
