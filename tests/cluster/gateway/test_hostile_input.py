@@ -102,18 +102,20 @@ def test_a_fill_within_the_budget_is_tf_fill() -> None:
         converters.predict_request(request, signature=SIGNATURE, max_fill_bytes=7)
 
 
-def test_unknown_aliases_claiming_6gb_are_refused_before_anything_is_allocated() -> None:
+def test_unknown_aliases_claiming_gigabytes_are_refused_before_anything_is_allocated() -> None:
+    # The case is uint8 [2^31-1] three times (6 GB); 2^29 each keeps a regression of this
+    # test at 1.5 GB on a shared machine, and the bound below catches it as surely.
     request = predict_pb2.PredictRequest()
     request.model_spec.name = MODEL
     for alias in ("a", "b", "c"):
-        _claim(request, alias, dtypes.UINT8, [HUGE], int_val=[1])
+        _claim(request, alias, dtypes.UINT8, [2**29], int_val=[1])
     assert request.ByteSize() < 90
     with _allocated() as peak:
         with pytest.raises(errors.InvalidArgument, match=r"input size does not match signature: 3!=1"):
             converters.predict_request(request, signature=SIGNATURE)
         one = predict_pb2.PredictRequest()
         one.model_spec.name = MODEL
-        _claim(one, "a", dtypes.UINT8, [HUGE], int_val=[1])
+        _claim(one, "a", dtypes.UINT8, [2**29], int_val=[1])
         with pytest.raises(errors.InvalidArgument, match="input tensor alias not found in signature: a"):
             converters.predict_request(one, signature=SIGNATURE)
         assert peak() < 1024 * 1024
@@ -177,11 +179,16 @@ def test_an_undecodable_message_is_invalid_argument_on_every_method() -> None:
 
 def test_hostile_predicts_are_refused_and_the_gateway_keeps_serving() -> None:
     async def test(client: Client, api: FakeAPI) -> None:
+        # Claims of 256 MB, not 2 GB: on a regression this test must not take a shared machine's memory.
+        claim = 2**28
+        one = predict_pb2.PredictRequest()
+        one.model_spec.name = MODEL
+        _claim(one, "x", dtypes.BOOL, [claim], bool_val=[True])
         three = predict_pb2.PredictRequest()
         three.model_spec.name = MODEL
         for alias in ("a", "b", "c"):
-            _claim(three, alias, dtypes.UINT8, [HUGE], int_val=[1])
-        calls = [client.prediction.Predict(_one_bool_claiming_2g()), client.prediction.Predict(three)] * 2
+            _claim(three, alias, dtypes.UINT8, [claim], int_val=[1])
+        calls = [client.prediction.Predict(one), client.prediction.Predict(three)] * 2
         outcomes = await asyncio.gather(*calls, return_exceptions=True)
         for outcome in outcomes:
             assert isinstance(outcome, grpc.aio.AioRpcError) and outcome.code() == grpc.StatusCode.INVALID_ARGUMENT
