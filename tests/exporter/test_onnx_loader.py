@@ -116,3 +116,19 @@ def test_a_fixed_batch_dimension_is_reported_as_is(tmp_path: pathlib.Path) -> No
 def test_describe_of_an_onnx_version_is_its_signature(tmp_path: pathlib.Path) -> None:
     root = write_onnx_version(tmp_path / "m", 1, 1.0)
     assert set(servable.describe("onnx", str(root))) == {DEFAULT_SERVING_SIGNATURE}
+
+
+def test_an_onnx_version_linked_out_of_its_base_path_is_refused(tmp_path: pathlib.Path) -> None:
+    """Issue 9, point 8, for every platform: `load_servable` checks before any loader reads."""
+    outside = write_onnx_version(tmp_path / "elsewhere", 1, 2.0)
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "2").symlink_to(outside, target_is_directory=True)
+    with pytest.raises(BundleError, match="version directory is a symbolic link to .*, outside the base path"):
+        servable.load_servable("onnx", str(tmp_path / "m" / "2"))
+    with pytest.raises(BundleError, match="outside the base path"):
+        servable.describe("onnx", str(tmp_path / "m" / "2"))
+    inside = write_onnx_version(tmp_path / "m", 3, 2.0)
+    (inside / "model.onnx").unlink()
+    (inside / "model.onnx").symlink_to(outside / "model.onnx")
+    with pytest.raises(BundleError, match=r"model\.onnx: a symbolic link to .*, outside the base path"):
+        servable.load_servable("onnx", str(inside))
