@@ -110,5 +110,6 @@ def _as_result(outcome: object) -> RunResult:
     if isinstance(outcome, InvalidInputError):
         return errors.InvalidArgument(str(outcome))
     if isinstance(outcome, BaseException):
-        return errors.Internal(f"{type(outcome).__name__}: {outcome}")
+        # No Python class name in what a client reads (issue 9).
+        return errors.Internal(f"the servable failed: {outcome}" if str(outcome) else "the servable failed")
     return outcome  # type: ignore[return-value]

@@ -202,7 +202,8 @@ class Replica:
         except Exception as e:  # noqa: BLE001 - a fault of the servable: its requests fail, the replica stays
             log.exception("model %s: signature %s failed", self.model_name, signature_key)
             for i in members:
-                results[i] = errors.Internal(f"{type(e).__name__}: {e}")
+                # The class name stays in the log above: clients get the message only.
+                results[i] = errors.Internal(f"the servable failed: {e}" if str(e) else "the servable failed")
             return
         # A data-dependent error (say, an id out of range) in a merged batch: run each request on
         # its own so only the offending one fails.
