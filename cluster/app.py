@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import secrets
 import signal
 import time
 from collections.abc import Sequence
@@ -22,6 +23,8 @@ from cluster.config import BatchingConfig, ServeOptions, ServerConfig
 from cluster.controller.actor import ControllerActor
 from cluster.controller.controller import ControllerOptions
 from cluster.metrics import CONTENT_TYPE, MetricsExporter
+from cluster.replica.data_plane import DataPlaneConfig
+from cluster.routing.channel import ReplicaChannel
 from cluster.routing.dispatcher import Dispatcher
 from cluster.serving.lifecycle import RetryPolicy
 
@@ -103,16 +106,29 @@ class TesseraServer:
             downscale_delay_s=opts.downscale_delay_s,
         )
         batching = (opts.batching or BatchingConfig()) if opts.enable_batching else None
-        # Restarted by Ray if its process dies; its replicas (detached, named) survive and are
-        # adopted again, and the dispatcher sends it the config again.
-        self._controller = ControllerActor.options(max_concurrency=1000, max_restarts=-1).remote(
+        # The data plane admits only this cluster's gateways: a secret made here, handed to the
+        # controller and the replicas as actor arguments and to gateways by the controller (all
+        # over Ray). The embedded cluster's replicas listen on loopback only.
+        data_plane = DataPlaneConfig(
+            secrets.token_bytes(32), host=None if opts.ray_address else "127.0.0.1",
+            max_frame=opts.data_plane_max_frame_bytes,
+        )
+        # Restarted by Ray if its process dies (same arguments: same secret, same replica names);
+        # its replicas (detached, named) survive and are adopted again, and the dispatcher sends it
+        # the config again. Kept on this node, so losing another node never takes it along.
+        self._controller = ControllerActor.options(
+            max_concurrency=1000, max_restarts=-1, scheduling_strategy=_this_node(),
+        ).remote(
             controller_options, opts.replica_num_cpus, opts.enable_model_warmup, batching, opts.log_format,
-            f"tessera-{os.getpid()}-{id(self):x}", opts.session_threads,
+            f"tessera-{os.getpid()}-{id(self):x}", opts.session_threads, data_plane,
         )
         controller = self._controller
         gateway_id = f"gateway-{os.getpid()}-{id(self):x}"
         await controller.set_config.remote(self.config)
+        secret = await controller.data_plane_secret.remote()
+        max_frame = opts.data_plane_max_frame_bytes
         self._dispatcher = Dispatcher(
+            connect=lambda ref: ReplicaChannel(ref.address, secret, max_frame=max_frame),
             poll_table=lambda epoch, incarnation: controller.get_routing_table.remote(epoch, 10.0, incarnation),
             reload=self._reload,
             report_load=lambda loads: controller.report_load.remote(gateway_id, loads),
@@ -219,6 +235,13 @@ class TesseraServer:
             finally:
                 ray.kill(self._controller)
         log.info("stopped")
+
+
+def _this_node() -> Any:
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    # Soft: if this node is gone the controller may run elsewhere rather than not at all.
+    return NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
 
 
 async def _serve_until_signal(server: TesseraServer) -> None:

@@ -79,7 +79,9 @@ class ServeOptions:
     batching: BatchingConfig | None = None
     enable_model_warmup: bool = True
     num_replicas: int = 1
-    replica_num_cpus: float = 0.5
+    # A reservation, not a cap: Ray never limits a replica's CPU use. 0.02 places 50 replicas per
+    # CPU (50 small models on a 2-CPU laptop) and still shows a cluster autoscaler the demand.
+    replica_num_cpus: float = 0.02
     ray_address: str | None = None
     rest_api_timeout_in_ms: int = 30000
     # TF's --rest_api_enable_cors_support: CORS headers on REST replies, OPTIONS preflight allowed.
@@ -103,3 +105,4 @@ class ServeOptions:
     # What TF's fill (fewer values than the shape: the last one repeats) may add to one request's
     # tensors, in bytes: a 39-byte Predict could otherwise claim 2 GB.
     max_request_fill_bytes: int = DEFAULT_MAX_REQUEST_FILL_BYTES
+    data_plane_max_frame_bytes: int = 1 << 30  # a larger gateway<->replica frame is refused unread

@@ -107,7 +107,11 @@ _OUR_FLAGS: tuple[tuple[str, type, object, str, str], ...] = (
     ("target_ongoing_requests", float, 8.0, "N", "autoscaling target: requests in flight per replica"),
     ("upscale_delay_s", float, 3.0, "S", "autoscaling: least time between a change and a scale-up"),
     ("downscale_delay_s", float, 30.0, "S", "autoscaling: least time between a change and a scale-down"),
-    ("replica_num_cpus", float, 0.5, "CPUS", "CPUs reserved per replica actor"),
+    # A Ray CPU reservation is a scheduling token, not a cap; small models sit idle most of the
+    # time, so 0.02 (50 replicas per CPU) fits 50 models on a 2-CPU laptop. Raise it for big models.
+    ("replica_num_cpus", float, 0.02, "CPUS", "CPUs reserved per replica actor (a reservation, not a limit)"),
+    ("data_plane_max_frame_bytes", int, 1 << 30, "BYTES",
+     "largest gateway-replica data-plane frame; a larger one is refused before it is read"),
     ("log_format", str, "text", "FORMAT", "text, or json for one JSON object per line"),
     (
         "max_request_fill_bytes",
@@ -167,6 +171,7 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     minimums = {
         "num_replicas": 1,
         "replica_num_cpus": 0,
+        "data_plane_max_frame_bytes": 1 << 16,
         "rest_api_timeout_in_ms": 1,
         "max_num_load_retries": 0,
         "load_retry_interval_micros": 0,
@@ -216,6 +221,7 @@ def _options(args: argparse.Namespace) -> ServeOptions:
         enable_model_warmup=args.enable_model_warmup,
         num_replicas=args.num_replicas,
         replica_num_cpus=args.replica_num_cpus,
+        data_plane_max_frame_bytes=args.data_plane_max_frame_bytes,
         ray_address=args.ray_address,
         rest_api_timeout_in_ms=args.rest_api_timeout_in_ms,
         monitoring_path=monitoring_path,

@@ -74,7 +74,10 @@ class ClusterCollector(Collector):
         self._snapshot = snapshot
 
     def collect(self) -> Iterator[Metric]:
-        replicas = GaugeMetricFamily("tessera_replicas", "Replica actors per model", labels=["model"])
+        replicas = GaugeMetricFamily("tessera_replicas", "Replica actors serving each model", labels=["model"])
+        unplaced = GaugeMetricFamily(
+            "tessera_replicas_unplaced", "Replicas of each model that Ray has no room to place yet", labels=["model"]
+        )
         state = GaugeMetricFamily(
             "tessera_model_version_state",
             "State of each known version (TF Serving's numbers: 10 START, 20 LOADING, 30 AVAILABLE, "
@@ -94,6 +97,7 @@ class ClusterCollector(Collector):
         batch = _histogram_family("tessera_batch_size", "Rows per executed batch", ["model"])
         for model in self._snapshot:
             replicas.add_metric([model.model], model.replica_count)
+            unplaced.add_metric([model.model], model.replicas_unplaced)
             for version, value in sorted(model.versions.items()):
                 state.add_metric([model.model, str(version)], value)
             _add_histogram(load, [model.model], model.load_seconds)
@@ -106,7 +110,7 @@ class ClusterCollector(Collector):
                 warmups.merge(replica.warmup_seconds)
             _add_histogram(batch, [model.model], batches)
             _add_histogram(warmup, [model.model], warmups)
-        yield from (replicas, state, in_flight, queue, load, warmup, batch)
+        yield from (replicas, unplaced, state, in_flight, queue, load, warmup, batch)
 
 
 class MetricsExporter:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from types import SimpleNamespace
 from typing import Any
@@ -12,6 +13,7 @@ from cluster.config import BatchingConfig, ModelConfig, ServerConfig
 from cluster.controller.controller import Controller, ControllerOptions
 from cluster.logs import configure_logging
 from cluster.replica.actor import ReplicaActor
+from cluster.replica.data_plane import DataPlaneConfig
 from cluster.routing.table import RoutingTable
 from cluster.stats import ModelStats
 
@@ -33,6 +35,21 @@ async def _import_saved_models(model: ModelConfig, path: str) -> str:
     return await resolve_version(model.platform, path)
 
 
+def _unplaced_reason(handle: Any, num_cpus: float) -> str | None:
+    """Why Ray has not started this replica, from its actor table (GCS, no dashboard needed)."""
+    from ray._private import state  # the public state API needs the dashboard, which may be off
+
+    info = state.actors(actor_id=handle._actor_id.hex())  # noqa: SLF001 - Ray's own id accessor
+    status = info.get("State") if isinstance(info, dict) else None
+    if status in ("PENDING_CREATION", "DEPENDENCIES_UNREADY"):
+        free = ray.available_resources().get("CPU", 0.0)
+        return (f"Ray has no room for it: it needs {num_cpus:g} CPU and the cluster has {free:g} free "
+                "(lower --replica_num_cpus, fewer replicas, or add nodes); it starts once room frees up")
+    if status in (None, "ALIVE"):
+        return None  # running, just slow to answer: the start keeps waiting
+    return f"replica actor is {status}"
+
+
 @ray.remote(num_cpus=0)
 class ControllerActor:
     """Thin Ray wrapper: every method delegates to the Controller on this actor's event loop."""
@@ -46,8 +63,10 @@ class ControllerActor:
         log_format: str = "text",
         server_id: str = "tessera",
         session_threads: tuple[int, int] = (0, 0),
+        data_plane: DataPlaneConfig | None = None,
     ) -> None:
         configure_logging(SimpleNamespace(log_format=log_format))
+        self._data_plane = data_plane
 
         def new_replica(model: ModelConfig, index: int) -> Any:
             # Named and detached: replicas outlive a controller that crashes, and the restarted
@@ -56,9 +75,12 @@ class ControllerActor:
             return ReplicaActor.options(
                 name=replica_id, get_if_exists=True, lifetime="detached",
                 num_cpus=replica_num_cpus, max_concurrency=1000,
-            ).remote(model.name, replica_id, enable_warmup, model.batching or batching, log_format, session_threads)
+            ).remote(model.name, replica_id, enable_warmup, model.batching or batching, log_format, session_threads, data_plane)
 
-        self._controller = Controller(options, new_replica, _kill, resolve_path=_import_saved_models)
+        async def probe(handle: Any) -> str | None:
+            return await asyncio.to_thread(_unplaced_reason, handle, replica_num_cpus)
+
+        self._controller = Controller(options, new_replica, _kill, resolve_path=_import_saved_models, placement_probe=probe)
 
     async def set_config(self, config: ServerConfig) -> None:
         await self._controller.set_config(config)
@@ -79,6 +101,12 @@ class ControllerActor:
 
     async def replica_memory(self, name: str) -> list[dict[str, int]]:
         return await self._controller.replica_memory(name)
+
+    async def data_plane_secret(self) -> bytes:
+        """The cluster's data-plane secret, for a gateway joining (over Ray, never the data plane)."""
+        if self._data_plane is None:
+            raise RuntimeError("this cluster was started without a data-plane secret")
+        return self._data_plane.secret
 
     async def pid(self) -> int:
         return os.getpid()

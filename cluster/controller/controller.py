@@ -5,6 +5,10 @@ base path (the source), asks the lifecycle planner what to load and unload (avai
 preserving: a new version is loaded and warmed on every replica before traffic moves; the old one
 leaves the routing table, drains, then unloads), applies the plan on the replicas, replaces dead
 replicas, and publishes a new routing table on every change for the gateways' long-poll.
+
+Per-model work never waits on another model: replicas start in their own tasks (one Ray cannot
+place yet is reported and waits in Ray's queue), health checks ping every replica at once with a
+short timeout, and every other wait on a replica has a timeout too.
 """
 
 from __future__ import annotations
@@ -13,17 +17,18 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from cluster import errors, stats
 from cluster.autoscaler.scaler import AutoscalingConfig, ModelScaler
 from cluster.config import ModelConfig, ServerConfig
-from cluster.controller.replica_set import ReplicaSet, unwrap_error
+from cluster.controller.replica_set import HealthOptions, PlacementProbe, ReplicaSet, unwrap_error
 from cluster.routing.table import ModelRoute, RoutingTable
 from cluster.serving.lifecycle import ActionKind, RetryPolicy, ServableStream
 from cluster.serving.source import FileSystemSource, SourceReport
+from cluster.types import ServableState, VersionStatus
 from exporter.signature import Signature
 
 log = logging.getLogger("tessera.controller")
@@ -43,10 +48,10 @@ async def _same_path(model: ModelConfig, path: str) -> str:
 @dataclass(frozen=True)
 class ControllerOptions:
     poll_seconds: float = 1.0  # --file_system_poll_wait_seconds
-    drain_seconds: float = 1.0  # between leaving the routing table and unloading
+    drain_seconds: float = 1.0  # between leaving the routing table and draining (gateways see it)
     num_replicas: int = 1  # per model, unless its config says otherwise
     retry: RetryPolicy = field(default_factory=RetryPolicy)
-    health_check_timeout: float = 10.0
+    health: HealthOptions = field(default_factory=HealthOptions)
     # Autoscaling: between the model's replica count and max_replicas (None or <= count: off),
     # aiming at target_ongoing_requests in flight per replica, as gateways report them.
     max_replicas: int | None = None
@@ -54,7 +59,7 @@ class ControllerOptions:
     upscale_delay_s: float = 3.0
     downscale_delay_s: float = 30.0
     load_report_ttl_s: float = 5.0  # a gateway that has not reported for this long counts as gone
-    tick_seconds: float = 2.0  # health checks and autoscaling, whatever the storage poll interval
+    tick_seconds: float = 2.0  # autoscaling, whatever the storage poll interval
 
 
 @dataclass
@@ -69,7 +74,6 @@ class _Model:
     source_error: str | None = None
     load_seconds: stats.Histogram = field(default_factory=lambda: stats.Histogram(stats.LATENCY_BUCKETS))
     scaler: ModelScaler | None = None
-    scaling: bool = False  # a scale-up or -down is under way
     last_poll: float | None = None  # when the source was last listed
 
 
@@ -83,11 +87,13 @@ class Controller:
         replica_killer: ReplicaKiller = lambda handle: None,
         clock: Callable[[], float] = time.monotonic,
         resolve_path: PathResolver = _same_path,
+        placement_probe: PlacementProbe | None = None,
     ) -> None:
         self._options = options
         self._resolve_path = resolve_path
         self._new_replica = replica_factory
         self._kill_replica = replica_killer
+        self._probe = placement_probe
         self._clock = clock
         self._models: dict[str, _Model] = {}
         self._incarnation = uuid.uuid4().hex
@@ -96,6 +102,9 @@ class Controller:
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loop_task: asyncio.Task[None] | None = None
+        self._health_task: asyncio.Task[None] | None = None
+        self._publish_due = asyncio.Event()
+        self._publisher: asyncio.Task[None] | None = None
         self._loads: dict[str, tuple[float, Mapping[str, float]]] = {}  # gateway -> (when, model -> in flight)
 
     # -- desired state -------------------------------------------------------------------------
@@ -118,7 +127,10 @@ class Controller:
         await self._publish()
         self._wake.set()
         if self._loop_task is None:
-            self._loop_task = asyncio.get_running_loop().create_task(self._poll_loop())
+            loop = asyncio.get_running_loop()
+            self._loop_task = loop.create_task(self._poll_loop())
+            self._health_task = loop.create_task(self._health_loop())
+            self._publisher = loop.create_task(self._publish_loop())
 
     def _check_labels(self, model: ModelConfig) -> None:
         current = self._models.get(model.name)
@@ -140,7 +152,22 @@ class Controller:
             current = self._models.get(initial.name)  # new replicas follow config updates
             return self._new_replica(current.config if current else initial, index)
 
-        replicas = ReplicaSet(model.name, count, start, self._kill_replica, self._options.health_check_timeout)
+        def wanted(name: str = model.name) -> dict[int, str]:
+            current = self._models.get(name)
+            if current is None:
+                return {}
+            # What replicas load: the resolved path (an imported SavedModel's bundle), else the source's.
+            return {v: current.load_paths.get(v, current.paths[v]) for v in current.stream.available_versions()}
+
+        def platform(name: str = model.name) -> str:
+            current = self._models.get(name)
+            return current.config.platform if current is not None else model.platform
+
+        replicas = ReplicaSet(
+            model.name, count, start, self._kill_replica, wanted=wanted, platform=platform,
+            on_change=self._publish_due.set,
+            health=self._options.health, probe=self._probe, clock=self._clock,
+        )
         scaling = AutoscalingConfig(
             min_replicas=count,
             max_replicas=max(count, self._options.max_replicas or count),
@@ -167,13 +194,9 @@ class Controller:
 
     def _remove_model(self, name: str) -> None:
         model = self._models.pop(name)
-        log.info("model %s removed: unloading %d replica(s)", name, len(model.replicas))
-        self._spawn(self._retire_replicas(list(model.replicas.handles)))
-
-    async def _retire_replicas(self, replicas: list[Any]) -> None:
-        await asyncio.sleep(self._options.drain_seconds)  # gateways stop routing to them first
-        for handle in replicas:
-            self._kill_replica(handle)
+        log.info("model %s removed: draining and stopping %d replica(s)", name, len(model.replicas))
+        # Out of the routing table first (the publish that follows), then drained and stopped.
+        self._spawn(model.replicas.retire(model.replicas.shrink(0), self._options.drain_seconds))
 
     # -- the loop --------------------------------------------------------------------------------
     async def _poll_loop(self) -> None:
@@ -196,17 +219,17 @@ class Controller:
             self._wake.clear()
 
     async def reconcile(self) -> None:
-        """One tick: poll sources, replace dead replicas, start the planned loads and unloads."""
+        """One tick: poll sources, autoscale, start the planned loads and unloads."""
         changed = False
         for model in list(self._models.values()):
-            if not model.scaling:
-                changed |= await model.replicas.replace_dead(lambda fresh, m=model: self._bring_up(m, fresh))
-                self._autoscale(model)
+            self._autoscale(model)
             if self._source_due(model):
                 model.last_poll = self._clock()
                 self._take_report(model, await asyncio.to_thread(model.source.poll_once))
             for action in model.stream.plan(self._clock()):
                 if action.kind is ActionKind.LOAD:
+                    if not model.replicas.ready():
+                        continue  # no replica has started yet: planned again at the next tick
                     model.stream.load_started(action.version)
                     self._spawn(self._load(model, action.version))
                 else:
@@ -215,6 +238,24 @@ class Controller:
                 changed = True
         if changed:
             await self._publish()
+
+    async def _health_loop(self) -> None:
+        """Pings every replica of every model at once, each `health.period_s`; one that is gone
+        leaves the routing table at once and is replaced in the background."""
+        while True:
+            await asyncio.sleep(self._options.health.period_s)
+            try:
+                await asyncio.gather(*(m.replicas.check() for m in list(self._models.values())))
+            except Exception:  # one bad check must not stop the others for good
+                log.exception("health check failed")
+
+    async def _publish_loop(self) -> None:
+        """Publishes once for any number of replica changes that happen together."""
+        while True:
+            await self._publish_due.wait()
+            self._publish_due.clear()
+            await self._publish()
+            self._wake.set()  # versions may now load on a model's first replica
 
     @staticmethod
     def _take_report(model: _Model, report: SourceReport) -> None:
@@ -261,17 +302,6 @@ class Controller:
         log.info("model %s version %d unloaded", model.config.name, version)
         await self._publish()
 
-    async def _bring_up(self, model: _Model, fresh: Sequence[Any]) -> None:
-        """Loads every available version on new replicas, catching up on versions that become
-        available meanwhile."""
-        loaded: set[int] = set()
-        while missing := model.stream.available_versions() - loaded:
-            platform = model.config.platform
-            await asyncio.gather(*(
-                r.load.remote(v, model.load_paths.get(v, model.paths[v]), platform) for r in fresh for v in missing
-            ))  # fmt: skip
-            loaded |= missing
-
     # -- autoscaling --------------------------------------------------------------------------
     def report_load(self, gateway: str, in_flight: Mapping[str, float]) -> None:
         """A gateway's requests in flight per model (sent about once a second)."""
@@ -289,22 +319,14 @@ class Controller:
         if desired == current:
             return
         model.scaler.changed(now, current, desired)
-        model.scaling = True
-        self._spawn(self._scale(model, current, desired))
-
-    async def _scale(self, model: _Model, current: int, desired: int) -> None:
-        try:
-            if desired > current:
-                if not await model.replicas.grow(desired, lambda fresh: self._bring_up(model, fresh)):
-                    return
-            else:
-                # Out of the routing table first (the publish below), then drained and stopped.
-                self._spawn(self._retire_replicas(model.replicas.shrink(desired)))
-            log.info("model %s scaled from %d to %d replicas (load %.1f in flight)", model.config.name,
-                     current, desired, model.scaler.smoothed_load() if model.scaler else 0.0)
-            await self._publish()
-        finally:
-            model.scaling = False
+        if desired > current:
+            model.replicas.grow(desired)  # each takes traffic once it holds the available versions
+        else:
+            # Out of the routing table first (the publish below), then drained and stopped.
+            self._spawn(model.replicas.retire(model.replicas.shrink(desired), self._options.drain_seconds))
+            self._publish_due.set()
+        log.info("model %s scaling from %d to %d replicas (load %.1f in flight)", model.config.name,
+                 current, desired, model.scaler.smoothed_load())
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -322,12 +344,26 @@ class Controller:
                 name=name,
                 available=available,
                 labels=model.config.label_map(),
-                replicas=await model.replicas.refs(),
-                statuses=tuple(model.stream.statuses()),
+                replicas=model.replicas.refs(frozenset(available)),
+                statuses=self._statuses(model),
             )
         async with self._changed:
             self._table = RoutingTable(self._table.epoch + 1, models, self._incarnation)
             self._changed.notify_all()
+
+    @staticmethod
+    def _statuses(model: _Model) -> tuple[VersionStatus, ...]:
+        """GetModelStatus: a version waiting to load because no replica could start says why."""
+        statuses = model.stream.statuses()
+        if model.replicas.ready():
+            return tuple(statuses)
+        unplaced = model.replicas.unplaced()
+        why = "waiting for a replica to start" + (f": {unplaced[0]}" if unplaced else "")
+        return tuple(
+            VersionStatus(s.version, s.state, why, "Unavailable")
+            if s.state is ServableState.START and s.error_message is None else s
+            for s in statuses
+        )
 
     async def get_routing_table(
         self, known_epoch: int = -1, timeout: float = 10.0, incarnation: str = ""
@@ -362,28 +398,31 @@ class Controller:
         """
         snapshot = []
         for name, model in self._models.items():
-            calls = [asyncio.wait_for(r.stats.remote(), timeout) for r in model.replicas.handles]
+            calls = [asyncio.wait_for(m.handle.stats.remote(), timeout) for m in model.replicas.ready()]
             replies = await asyncio.gather(*calls, return_exceptions=True)
             snapshot.append(stats.ModelStats(
                 model=name,
                 versions={s.version: int(s.state) for s in model.stream.statuses()},
                 load_seconds=model.load_seconds,
                 replicas=[r for r in replies if isinstance(r, stats.ReplicaStats)],
-                replica_count=len(model.replicas),
+                replica_count=len(model.replicas.ready()),
+                replicas_unplaced=len(model.replicas.unplaced()),
             ))
         return snapshot
 
-    async def replica_memory(self, name: str) -> list[dict[str, int]]:
+    async def replica_memory(self, name: str, timeout: float = 2.0) -> list[dict[str, int]]:
         model = self._models.get(name)
         if model is None:
             raise errors.NotFound(f"no model {name}")
-        replies = await asyncio.gather(*(r.memory.remote() for r in model.replicas.handles), return_exceptions=True)
+        calls = (asyncio.wait_for(m.handle.memory.remote(), timeout) for m in model.replicas.ready())
+        replies = await asyncio.gather(*calls, return_exceptions=True)
         return [r for r in replies if isinstance(r, dict)]  # a dead replica has no memory to report
 
     async def shutdown(self) -> None:
         """Stops polling and kills every replica (their versions unload with them)."""
-        if self._loop_task is not None:
-            self._loop_task.cancel()
+        for loop_task in (self._loop_task, self._health_task, self._publisher):
+            if loop_task is not None:
+                loop_task.cancel()
         for task in list(self._tasks):
             task.cancel()
         for model in self._models.values():

@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Mapping, Sequence
+import secrets
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from types import SimpleNamespace
 
 import numpy as np
@@ -22,7 +24,7 @@ from cluster.config import BatchingConfig
 from cluster.logs import configure_logging
 from cluster.replica.batched import BatchedRunner
 from cluster.replica.contract import RunResult
-from cluster.replica.data_plane import DataPlaneServer
+from cluster.replica.data_plane import DataPlaneConfig, DataPlaneServer
 from cluster.replica.replica import Replica, compute
 from cluster.requests import EXAMPLE_CONTEXT_FEED
 from cluster.stats import ReplicaStats
@@ -65,11 +67,13 @@ class ReplicaActor:
         batching: BatchingConfig | None = None,
         log_format: str = "text",
         session_threads: tuple[int, int] = (0, 0),
+        data_plane: DataPlaneConfig | None = None,
     ) -> None:
         configure_logging(SimpleNamespace(log_format=log_format))
         log.info("replica %s of model %s started (pid %d)", replica_id, model_name, os.getpid())
         self.replica_id = replica_id
         self._in_flight = 0
+        self._by_version: Counter[int] = Counter()  # requests in flight per version (unload waits)
         cpus = ray.get_runtime_context().get_assigned_resources().get("CPU")
         intra, inter = session_threads
         options = LoadOptions(intra_op_threads=intra or threads_for(cpus), inter_op_threads=inter)
@@ -77,12 +81,18 @@ class ReplicaActor:
         # Without batching parameters, each call's requests (coalesced by the gateway) still run
         # as one merged batch; with them, a queue also merges across calls and gateways.
         self._batched = BatchedRunner(self._replica, batching) if batching is not None else None
-        self._data_plane = DataPlaneServer(self.run)
+        # Without a config (tests), a secret of its own: nobody can connect, which is the safe default.
+        self._data_config = data_plane or DataPlaneConfig(secrets.token_bytes(32))
+        self._data_plane = DataPlaneServer(
+            self.run, self._data_config.secret, max_frame=self._data_config.max_frame
+        )
 
     async def load(self, version: int, path: str, platform: str = "tensorflow") -> dict[str, Signature]:
         return await asyncio.to_thread(self._replica.load, version, path, platform)
 
-    async def unload(self, version: int) -> None:
+    async def unload(self, version: int, drain_timeout_s: float = 30.0) -> None:
+        """Unloads `version` once the requests running on it finish (bounded by `drain_timeout_s`)."""
+        await self._until_idle(lambda: self._by_version[version] == 0, drain_timeout_s)
         if self._batched is not None:
             await self._batched.unload(version)
         self._replica.unload(version)
@@ -101,6 +111,7 @@ class ReplicaActor:
         """The run contract (`cluster.replica.contract.Runner`)."""
         requests = [examples_with_context(r) for r in requests]
         self._in_flight += len(requests)
+        self._by_version[version] += len(requests)
         try:
             if self._batched is not None:
                 return await self._batched.run(version, signature_key, requests, output_filter, timeouts)
@@ -109,6 +120,7 @@ class ReplicaActor:
             )
         finally:
             self._in_flight -= len(requests)
+            self._by_version[version] -= len(requests)
 
     async def stats(self) -> ReplicaStats:
         return ReplicaStats(
@@ -122,7 +134,21 @@ class ReplicaActor:
 
     async def data_address(self) -> tuple[str, int]:
         """Where gateways send requests (the data plane); starts its server on first use."""
-        return await self._data_plane.start(ray.util.get_node_ip_address())
+        return await self._data_plane.start(self._data_config.host or ray.util.get_node_ip_address())
+
+    async def drain(self, timeout_s: float = 30.0) -> int:
+        """Refuses new calls (gateways retry them elsewhere), waits up to `timeout_s` for those
+        running to finish, and returns how many were still running. The replica is out of the
+        routing table before this is called; stopping it is the caller's next step."""
+        self._data_plane.draining = True
+        await self._until_idle(lambda: self._data_plane.busy() == 0 and self._in_flight == 0, timeout_s)
+        return self._data_plane.busy()
+
+    @staticmethod
+    async def _until_idle(idle: Callable[[], bool], timeout_s: float) -> None:
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while not idle() and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.01)
 
     async def memory(self) -> dict[str, int]:
         return self._replica.memory()

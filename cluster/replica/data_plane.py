@@ -2,16 +2,24 @@
 
 Frames (cluster.replica.wire) arrive on long-lived connections from gateways; each call is run
 as its own task, so a connection carries many calls at once and answers them as they finish.
+
+Only the cluster's own gateways get that far: a connection first answers a challenge with the
+cluster's secret (see `wire`), within `handshake_timeout_s`, or is closed; a frame whose length
+says more than `max_frame` bytes closes the connection before its body is read. Pings are
+answered from the reading loop itself, so a gateway can tell a busy replica from a hung one.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
+from cluster import errors
 from cluster.replica import wire
 from cluster.replica.contract import RunResult
 
@@ -23,13 +31,41 @@ RunFn = Callable[
 ]  # `Runner.run` (cluster.replica.contract)
 
 
-class DataPlaneServer:
-    """Serves `run` over TCP; start() binds `host` on a free port and returns the address."""
+@dataclass(frozen=True)
+class DataPlaneConfig:
+    """How a replica serves the data plane: the cluster's secret (handed to replicas and gateways
+    over Ray), the address to bind (None: this node's address; the embedded cluster uses loopback)
+    and the largest frame accepted."""
 
-    def __init__(self, run: RunFn) -> None:
+    secret: bytes
+    host: str | None = None
+    max_frame: int = wire.DEFAULT_MAX_FRAME
+
+    def __repr__(self) -> str:  # never log the secret
+        return f"DataPlaneConfig(host={self.host!r}, max_frame={self.max_frame})"
+
+
+class DataPlaneServer:
+    """Serves `run` over TCP to peers that know `secret`; start() binds `host` on a free port."""
+
+    def __init__(
+        self,
+        run: RunFn,
+        secret: bytes,
+        *,
+        max_frame: int = wire.DEFAULT_MAX_FRAME,
+        handshake_timeout_s: float = 5.0,
+    ) -> None:
+        if not secret:
+            raise ValueError("the data plane needs the cluster's secret")
         self._run = run
+        self._secret = secret
+        self._max_frame = max_frame
+        self._handshake_timeout = handshake_timeout_s
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self.refused = 0  # connections that failed the challenge (or sent an oversized frame)
+        self.draining = False  # new calls are refused with Unavailable (the gateway retries elsewhere)
 
     async def start(self, host: str) -> tuple[str, int]:
         if self._server is None:
@@ -37,14 +73,38 @@ class DataPlaneServer:
         address = self._server.sockets[0].getsockname()
         return str(address[0]), int(address[1])
 
+    async def _admit(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        nonce = os.urandom(wire.NONCE_BYTES)
+        writer.write(wire.MAGIC + nonce)
+        try:
+            answer = await asyncio.wait_for(reader.readexactly(wire.PROOF_BYTES), self._handshake_timeout)
+        except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
+            answer = b""
+        if not wire.check_proof(self._secret, nonce, answer):
+            self.refused += 1
+            log.warning("data-plane connection from %s refused: it does not know the cluster secret",
+                        writer.get_extra_info("peername"))
+            return False
+        writer.write(wire.ACCEPTED)
+        return True
+
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
+            if not await self._admit(reader, writer):
+                return
             while True:
                 (length,) = wire.FRAME_LENGTH.unpack(await reader.readexactly(wire.FRAME_LENGTH.size))
-                if length > wire.MAX_FRAME:
-                    raise ValueError(f"frame of {length} bytes is over the limit")
+                if length > self._max_frame:
+                    self.refused += 1
+                    log.warning("data-plane frame of %d bytes refused (limit %d); connection closed",
+                                length, self._max_frame)
+                    return
                 body = memoryview(await reader.readexactly(length))
-                task = asyncio.get_running_loop().create_task(self._answer(body, writer))
+                call_id, header, payload = wire.split_frame(body)
+                if "ping" in header:
+                    writer.writelines(wire.control_frame(call_id, wire.PONG))
+                    continue
+                task = asyncio.get_running_loop().create_task(self._answer(call_id, header, payload, writer))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
         except (asyncio.IncompleteReadError, ConnectionError):
@@ -54,17 +114,22 @@ class DataPlaneServer:
         finally:
             writer.close()
 
-    async def _answer(self, body: memoryview, writer: asyncio.StreamWriter) -> None:
-        call_id = 0
+    async def _answer(self, call_id: int, header: dict, payload: memoryview, writer: asyncio.StreamWriter) -> None:
         try:
-            call_id, header, payload = wire.split_frame(body)
+            if self.draining:
+                raise errors.Unavailable("replica is draining")
             version, signature, requests, output_filter, timeouts = wire.decode_call(header, payload)
-            frame = wire.encode_results(call_id, await self._run(version, signature, requests, output_filter, timeouts))
+            results = await self._run(version, signature, requests, output_filter, timeouts)
+            frame = wire.encode_results(call_id, results, self._max_frame)
         except Exception as exc:  # noqa: BLE001 - the call fails, the connection stays
             frame = wire.encode_failure(call_id, exc)
         if not writer.is_closing():
             writer.writelines(frame)
             await writer.drain()
+
+    def busy(self) -> int:
+        """Calls received and not yet answered."""
+        return len(self._tasks)
 
     async def close(self) -> None:
         if self._server is not None:

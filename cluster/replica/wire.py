@@ -5,10 +5,17 @@ The header lists every tensor (alias, dtype, shape, byte length); the payload ho
 back to back, so numeric arrays are written and read with one copy and no pickle: nothing a peer
 sends is ever executed. DT_STRING tensors (object arrays of bytes) travel as u32-length-prefixed
 items. Errors travel as (class name, message) and come back as `cluster.errors` instances.
+
+A connection opens with a challenge: the replica sends `MAGIC | 16-byte nonce`, the gateway answers
+HMAC-SHA256(cluster secret, nonce), and the replica compares it in constant time and answers one
+byte, ACCEPTED, before any frame is read; the secret itself never crosses the network. A frame
+header `{"ping": 1}` is answered at once with `{"pong": 1}` (liveness while calls run).
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import struct
 from collections.abc import Mapping, Sequence
@@ -22,7 +29,15 @@ from cluster.replica.contract import RunResult
 FRAME = struct.Struct("<IQI")  # total length after this field, call id, header length
 FRAME_LENGTH = struct.Struct("<I")
 _U32 = struct.Struct("<I")
-MAX_FRAME = 2**31 - 1
+MAX_FRAME = 2**31 - 1  # what the length field can say; the configured limit is lower
+DEFAULT_MAX_FRAME = 1 << 30  # --data_plane_max_frame_bytes
+MAGIC = b"TSDP1"
+NONCE_BYTES = 16
+CHALLENGE_BYTES = len(MAGIC) + NONCE_BYTES
+PROOF_BYTES = hashlib.sha256().digest_size
+ACCEPTED = b"\x01"
+PING = {"ping": 1}
+PONG = {"pong": 1}
 Tensors = Mapping[str, np.ndarray]
 
 
@@ -60,12 +75,28 @@ def _decode_tensors(specs: list[list[Any]], payload: memoryview, offset: int) ->
     return out, offset
 
 
-def _frame(call_id: int, header: dict[str, Any], chunks: list[bytes | memoryview]) -> list[bytes | memoryview]:
+def proof(secret: bytes, nonce: bytes) -> bytes:
+    """What a gateway sends back for the replica's challenge `nonce`."""
+    return hmac.new(secret, nonce, hashlib.sha256).digest()
+
+
+def check_proof(secret: bytes, nonce: bytes, answer: bytes) -> bool:
+    return hmac.compare_digest(proof(secret, nonce), answer)  # constant time
+
+
+def _frame(
+    call_id: int, header: dict[str, Any], chunks: list[bytes | memoryview], limit: int = MAX_FRAME
+) -> list[bytes | memoryview]:
     head = json.dumps(header, separators=(",", ":")).encode()
     total = FRAME.size - 4 + len(head) + sum(len(c) for c in chunks)
-    if total > MAX_FRAME:
-        raise errors.ResourceExhausted(f"message of {total} bytes is larger than the limit of {MAX_FRAME}")
+    if total > min(limit, MAX_FRAME):
+        raise errors.ResourceExhausted(f"message of {total} bytes is larger than the limit of {min(limit, MAX_FRAME)}")
     return [FRAME.pack(total, call_id, len(head)), head, *chunks]
+
+
+def control_frame(call_id: int, header: dict[str, Any]) -> list[bytes | memoryview]:
+    """A frame with a header and no tensors (ping, pong)."""
+    return _frame(call_id, header, [])
 
 
 def encode_call(
@@ -75,6 +106,7 @@ def encode_call(
     requests: Sequence[Tensors],
     output_filter: Sequence[str],
     timeouts: Sequence[float | None] | None,
+    limit: int = MAX_FRAME,
 ) -> list[bytes | memoryview]:
     chunks: list[bytes | memoryview] = []
     header = {
@@ -84,7 +116,7 @@ def encode_call(
         "timeouts": None if timeouts is None else list(timeouts),
         "requests": [_encode_tensors(r, chunks) for r in requests],
     }
-    return _frame(call_id, header, chunks)
+    return _frame(call_id, header, chunks, limit)
 
 
 def decode_call(header: dict[str, Any], payload: memoryview) -> tuple[int, str, list[dict[str, np.ndarray]], tuple[str, ...], list[float | None] | None]:
@@ -95,7 +127,9 @@ def decode_call(header: dict[str, Any], payload: memoryview) -> tuple[int, str, 
     return header["version"], header["signature"], requests, tuple(header["output_filter"]), header["timeouts"]
 
 
-def encode_results(call_id: int, results: Sequence[RunResult | BaseException]) -> list[bytes | memoryview]:
+def encode_results(
+    call_id: int, results: Sequence[RunResult | BaseException], limit: int = MAX_FRAME
+) -> list[bytes | memoryview]:
     """One call's answer; an exception that is not a ServingError travels as Internal."""
     chunks: list[bytes | memoryview] = []
     entries: list[Any] = []
@@ -105,7 +139,7 @@ def encode_results(call_id: int, results: Sequence[RunResult | BaseException]) -
             entries.append({"error": [kind, str(result)]})
         else:
             entries.append({"tensors": _encode_tensors(result, chunks)})
-    return _frame(call_id, {"results": entries}, chunks)
+    return _frame(call_id, {"results": entries}, chunks, limit)
 
 
 def decode_results(header: dict[str, Any], payload: memoryview) -> list[RunResult]:

@@ -3,14 +3,20 @@
 Ray carries the control plane (load, unload, stats); requests go over a plain asyncio stream to
 the replica's data-plane port, because a Ray actor call costs 1–2 ms on a small machine while a
 frame over loopback costs a fraction of that. Calls are tagged with ids and answered in any
-order; a broken connection fails every pending call with Unavailable (the dispatcher then retries
+order; a broken connection fails every pending call with Unavailable (the coalescer then retries
 on another replica) and the next call reconnects.
+
+A connection opens by answering the replica's challenge with the cluster's secret. While calls
+are pending, the channel pings the replica every `ping_interval_s`: a replica that sends nothing
+(no answer, no pong) for `liveness_timeout_s` is taken for hung (a stopped process, a lost
+node), and its calls fail with Unavailable, so they are re-sent elsewhere instead of waiting.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -23,27 +29,74 @@ from cluster.replica.contract import RunResult
 class ReplicaChannel:
     """Sends coalesced calls to one replica's data-plane address and awaits their results."""
 
-    def __init__(self, address: tuple[str, int]) -> None:
+    def __init__(
+        self,
+        address: tuple[str, int],
+        secret: bytes,
+        *,
+        max_frame: int = wire.DEFAULT_MAX_FRAME,
+        connect_timeout_s: float = 2.0,
+        ping_interval_s: float = 0.5,
+        liveness_timeout_s: float = 2.0,
+    ) -> None:
         self.address = address
+        self._secret = secret
+        self._max_frame = max_frame
+        self._connect_timeout = connect_timeout_s
+        self._ping_interval = ping_interval_s
+        self._liveness_timeout = liveness_timeout_s
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future[list[RunResult]]] = {}
         self._writer: asyncio.StreamWriter | None = None
         self._reader_task: asyncio.Task[None] | None = None
+        self._watch_task: asyncio.Task[None] | None = None
         self._connecting = asyncio.Lock()
+        self._heard = time.monotonic()  # when the replica last sent anything
+        self._closing = False
+
+    def __repr__(self) -> str:
+        return f"ReplicaChannel({self.address[0]}:{self.address[1]})"
 
     async def _connection(self) -> asyncio.StreamWriter:
         if self._writer is not None:
             return self._writer
+        if self._closing:
+            raise errors.Unavailable(f"replica at {self._where()} left the routing table")
         async with self._connecting:
             if self._writer is None:
-                try:
-                    reader, writer = await asyncio.open_connection(*self.address)
-                except OSError as exc:
-                    raise errors.Unavailable(f"replica at {self.address[0]}:{self.address[1]} unreachable: {exc}") from None
+                reader, writer = await self._open()
                 self._writer = writer
+                self._heard = time.monotonic()
                 self._reader_task = asyncio.get_running_loop().create_task(self._read(reader, writer))
         assert self._writer is not None
         return self._writer
+
+    def _where(self) -> str:
+        return f"{self.address[0]}:{self.address[1]}"
+
+    async def _open(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """Connects and answers the replica's challenge, all within `connect_timeout_s`."""
+        writer: asyncio.StreamWriter | None = None
+        try:
+            async with asyncio.timeout(self._connect_timeout):
+                reader, writer = await asyncio.open_connection(*self.address)
+                challenge = await reader.readexactly(wire.CHALLENGE_BYTES)
+                if not challenge.startswith(wire.MAGIC):
+                    raise errors.Unavailable(f"{self._where()} is not a Tessera replica's data plane")
+                writer.write(wire.proof(self._secret, challenge[len(wire.MAGIC):]))
+                if await reader.readexactly(1) != wire.ACCEPTED:
+                    raise errors.Unavailable(f"replica at {self._where()} refused the connection")
+                return reader, writer
+        except errors.Unavailable:
+            if writer is not None:
+                writer.close()
+            raise
+        except (OSError, TimeoutError, asyncio.IncompleteReadError) as exc:
+            if writer is not None:
+                writer.close()
+            what = "refused this gateway (wrong cluster secret?)" if isinstance(exc, asyncio.IncompleteReadError) \
+                else f"unreachable: {exc!r}"
+            raise errors.Unavailable(f"replica at {self._where()} {what}") from None
 
     async def run(
         self,
@@ -53,49 +106,94 @@ class ReplicaChannel:
         output_filter: Sequence[str] = (),
         timeouts: Sequence[float | None] | None = None,
     ) -> list[RunResult]:
-        writer = await self._connection()
         call_id = next(self._ids)
+        # Encoded (and checked against the frame limit) before a connection is even opened.
+        frame = wire.encode_call(call_id, version, signature, requests, output_filter, timeouts, self._max_frame)
+        writer = await self._connection()
         future: asyncio.Future[list[RunResult]] = asyncio.get_running_loop().create_future()
+        if not self._pending:
+            self._heard = time.monotonic()  # silence is counted from the first call pending
         self._pending[call_id] = future
+        if self._watch_task is None or self._watch_task.done():
+            self._watch_task = asyncio.get_running_loop().create_task(self._watch())
         try:
-            writer.writelines(wire.encode_call(call_id, version, signature, requests, output_filter, timeouts))
+            writer.writelines(frame)
             await writer.drain()
             return await future
         finally:
             self._pending.pop(call_id, None)
 
+    async def _watch(self) -> None:
+        """While calls are pending: ping, and give the connection up if the replica stays silent."""
+        while self._pending:
+            await asyncio.sleep(self._ping_interval)
+            writer = self._writer
+            if writer is None:
+                continue  # the next call reconnects
+            silent = time.monotonic() - self._heard
+            if silent >= self._liveness_timeout:
+                self._fail(writer, errors.Unavailable(
+                    f"replica at {self._where()} sent nothing for {silent:.1f}s (hung or lost)"
+                ))
+            elif silent >= self._ping_interval and not writer.is_closing():
+                writer.writelines(wire.control_frame(0, wire.PING))
+
     async def _read(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        failure: BaseException = errors.Unavailable(f"connection to replica {self.address} closed")
+        failure: BaseException = errors.Unavailable(f"connection to replica {self._where()} closed")
         try:
             while True:
                 (length,) = wire.FRAME_LENGTH.unpack(await reader.readexactly(wire.FRAME_LENGTH.size))
-                call_id, header, payload = wire.split_frame(memoryview(await reader.readexactly(length)))
+                if length > self._max_frame:
+                    raise ValueError(f"frame of {length} bytes is over the limit of {self._max_frame}")
+                body = memoryview(await reader.readexactly(length))
+                self._heard = time.monotonic()
+                call_id, header, payload = wire.split_frame(body)
                 future = self._pending.get(call_id)
                 if future is None or future.done():
-                    continue  # the caller gave up (deadline): drop the late answer
+                    continue  # a pong, or the caller gave up (deadline): nothing to deliver
                 if "failure" in header:
                     kind, message = header["failure"]
-                    future.set_exception(getattr(errors, kind, errors.Internal)(message))
+                    cls = getattr(errors, kind, None)
+                    if not (isinstance(cls, type) and issubclass(cls, errors.ServingError)):
+                        cls = errors.Internal
+                    future.set_exception(cls(message))
                 else:
                     future.set_result(wire.decode_results(header, payload))
         except asyncio.CancelledError:
-            failure = errors.Unavailable(f"connection to replica {self.address} closed by the gateway")
+            failure = errors.Unavailable(f"connection to replica {self._where()} closed by the gateway")
             raise
         except (asyncio.IncompleteReadError, ConnectionError, OSError) as exc:
-            failure = errors.Unavailable(f"connection to replica {self.address} lost: {exc}")
+            failure = errors.Unavailable(f"connection to replica {self._where()} lost: {exc!r}")
         except Exception as exc:  # noqa: BLE001 - a malformed frame: drop the connection
-            failure = errors.Internal(f"bad frame from replica {self.address}: {exc!r}")
+            failure = errors.Internal(f"bad frame from replica {self._where()}: {exc!r}")
         finally:
-            if self._writer is writer:
-                self._writer = None
-            writer.close()
-            for future in self._pending.values():
-                if not future.done():
-                    future.set_exception(failure)
+            self._fail(writer, failure)
 
-    async def close(self) -> None:
-        """Closes the connection; pending calls fail with Unavailable."""
-        task, self._reader_task = self._reader_task, None
-        if task is not None:
+    def _fail(self, writer: asyncio.StreamWriter, failure: BaseException) -> None:
+        """Drops this connection: every call pending on it fails with `failure`."""
+        if self._writer is writer:
+            self._writer = None
+            if self._reader_task is not None and self._reader_task is not asyncio.current_task():
+                self._reader_task.cancel()
+            self._reader_task = None
+        writer.close()
+        for future in list(self._pending.values()):
+            if not future.done():
+                future.set_exception(failure)
+
+    def pending(self) -> int:
+        return len(self._pending)
+
+    async def close(self, grace_s: float = 0.0) -> None:
+        """Stops taking calls, waits up to `grace_s` for the pending ones to be answered (a replica
+        leaving the routing table finishes what it has), then closes; calls still pending fail
+        with Unavailable."""
+        self._closing = True
+        deadline = time.monotonic() + grace_s
+        while self._pending and time.monotonic() < deadline and self._writer is not None:
+            await asyncio.sleep(0.01)
+        tasks = [t for t in (self._reader_task, self._watch_task) if t is not None]
+        self._reader_task = self._watch_task = None
+        for task in tasks:
             task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)

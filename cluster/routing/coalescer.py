@@ -7,6 +7,11 @@ under load, batches grow by themselves and a call's fixed cost is paid per batch
 each call is chosen by power of two choices on the rows each replica has in flight, per *batch*:
 two replicas run two batches at once, each as large as one replica alone would get.
 
+A batch whose replica is gone or hung (Unavailable) is re-sent to another one; the replica is set
+aside meanwhile. With no replica to send to (the only one died, its replacement is starting), the
+batch waits for one, each request within its deadline and none longer than `max_wait_s`; the
+dispatcher bounds how many requests may wait at all.
+
 A replica target (from `connect`) is anything with `async run(version, signature, requests,
 output_filter, timeouts) -> [outputs | error, ...]`: in production a `ReplicaChannel`.
 """
@@ -49,9 +54,18 @@ class _Lane:
 class Coalescer:
     """Merges concurrent requests per (model, version, signature, output filter) into calls."""
 
-    def __init__(self, *, max_calls_per_replica: int = 1, max_requests_per_call: int = 256) -> None:
+    def __init__(
+        self,
+        *,
+        max_calls_per_replica: int = 1,
+        max_requests_per_call: int = 256,
+        max_wait_s: float = 30.0,
+        down_s: float = 5.0,
+    ) -> None:
         self._max_calls = max_calls_per_replica
         self._max_requests = max_requests_per_call
+        self._max_wait = max_wait_s
+        self._down = down_s
         self._lanes: dict[Hashable, _Lane] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -94,19 +108,7 @@ class Coalescer:
 
     async def _call(self, key: Hashable, lane: _Lane, batch: list[_Request]) -> None:
         try:
-            results = await self._run_with_retry(lane, batch)
-        except errors.ServingError as exc:
-            for r in batch:
-                if not r.future.done():
-                    r.future.set_exception(exc)
-        else:
-            for r, result in zip(batch, results, strict=True):
-                if r.future.done():
-                    continue
-                if isinstance(result, BaseException):
-                    r.future.set_exception(result)
-                else:
-                    r.future.set_result(result)
+            await self._run_with_retry(lane, batch)
         finally:
             lane.in_flight -= 1
             if lane.pending:
@@ -114,17 +116,41 @@ class Coalescer:
             elif lane.in_flight == 0:
                 self._lanes.pop(key, None)
 
-    async def _run_with_retry(self, lane: _Lane, batch: list[_Request]) -> list[Any]:
-        """Runs the batch on a replica; if that replica is gone, once more on another one."""
-        failed: Any = None
+    async def _run_with_retry(self, lane: _Lane, batch: list[_Request]) -> None:
+        """Runs the batch and settles every request's future. A replica that fails the whole call
+        with Unavailable is set aside and the live requests go to another; with none to go to, they
+        wait for one (within their deadlines, and `max_wait_s` at most)."""
+        give_up = time.monotonic() + self._max_wait
         while True:
-            with lane.router.acquire(len(batch), exclude=failed) as replica:
-                try:
-                    return await self._run_on(lane, replica, batch)
-                except errors.Unavailable:
-                    if failed is not None or len(lane.router.replicas) < 2:
+            batch = [r for r in batch if not r.future.done()]  # expired requests drop out
+            if not batch:
+                return
+            try:
+                with lane.router.acquire(len(batch)) as replica:
+                    try:
+                        results = await self._run_on(lane, replica, batch)
+                    except errors.Unavailable:
+                        lane.router.mark_down(replica, self._down)
                         raise
-                    failed = replica  # the controller replaces it; meanwhile, another one
+            except errors.Unavailable as exc:
+                remaining = give_up - time.monotonic()
+                if remaining <= 0:
+                    _fail(batch, exc)
+                    return
+                if not lane.router.has_live():
+                    await lane.router.wait_for_replica(min(remaining, 0.1))
+                continue
+            except errors.ServingError as exc:
+                _fail(batch, exc)
+                return
+            for r, result in zip(batch, results, strict=True):
+                if r.future.done():
+                    continue
+                if isinstance(result, BaseException):
+                    r.future.set_exception(result)
+                else:
+                    r.future.set_result(result)
+            return
 
     @staticmethod
     async def _run_on(lane: _Lane, replica: Any, batch: list[_Request]) -> list[Any]:
@@ -140,3 +166,9 @@ class Coalescer:
             raise
         except Exception as exc:  # noqa: BLE001 - the call broke: treat as the replica being gone
             raise errors.Unavailable(f"replica call failed: {type(exc).__name__}: {exc}") from None
+
+
+def _fail(batch: list[_Request], exc: BaseException) -> None:
+    for r in batch:
+        if not r.future.done():
+            r.future.set_exception(exc)

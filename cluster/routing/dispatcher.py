@@ -63,7 +63,9 @@ class Dispatcher:
         *,
         max_in_flight_per_replica: int = 1024,
         coalescer: Coalescer | None = None,
-        connect: Callable[[ReplicaRef], Any] = lambda ref: ReplicaChannel(ref.address),
+        connect: Callable[[ReplicaRef], Any] | None = None,
+        data_plane_secret: bytes = b"",
+        drain_grace_s: float = 30.0,
         report_load: Callable[[dict[str, float]], Awaitable[Any]] | None = None,
         report_interval_s: float = 1.0,
         on_controller_restart: Callable[[], Awaitable[Any]] | None = None,
@@ -74,7 +76,9 @@ class Dispatcher:
         self._coalescer = coalescer or Coalescer()
         self._table = RoutingTable()
         self._routers: dict[str, Router[ReplicaRef]] = {}
-        self._connect = connect
+        # One data-plane connection per replica, opened with the cluster's secret.
+        self._connect = connect or (lambda ref: ReplicaChannel(ref.address, data_plane_secret))
+        self._drain_grace = drain_grace_s
         self._channels: dict[ReplicaRef, Any] = {}  # one data-plane connection per replica
         self._in_flight: dict[str, int] = {}  # requests per model, from arrival to answer
         self._poll_task: asyncio.Task[None] | None = None
@@ -149,9 +153,11 @@ class Dispatcher:
             del self._routers[name]
         live = {ref for route in table.models.values() for ref in route.replicas}
         for ref in set(self._channels) - live:
+            # A replica leaving the table (retired, replaced, its model removed) answers what it
+            # has: its calls are not cut off, the connection closes once they are answered.
             channel = self._channels.pop(ref)
             if hasattr(channel, "close"):
-                asyncio.get_running_loop().create_task(channel.close())
+                asyncio.get_running_loop().create_task(channel.close(self._drain_grace))
         self._table = table
 
     @property

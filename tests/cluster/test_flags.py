@@ -17,7 +17,7 @@ def test_defaults_single_model_mode() -> None:
     assert (options.grpc_port, options.rest_port, options.host) == (8500, 0, "0.0.0.0")
     assert options.file_system_poll_wait_seconds == 1 and options.enable_model_warmup
     assert options.load_retry_interval_seconds == 60.0 and options.max_num_load_retries == 5
-    assert options.ray_address is None and options.num_replicas == 1 and options.replica_num_cpus == 0.5
+    assert options.ray_address is None and options.num_replicas == 1 and options.replica_num_cpus == 0.02
     assert config == ServerConfig((ModelConfig("default", "/models/half", "tensorflow", VersionPolicy()),))
 
 

@@ -8,6 +8,7 @@ from typing import Any
 
 from cluster.config import ModelConfig, ServerConfig
 from cluster.controller.controller import Controller, ControllerOptions
+from cluster.controller.replica_set import HealthOptions
 from tests.cluster.controller.test_replica_set import FakeHandle
 
 
@@ -72,6 +73,79 @@ def test_a_new_version_replaces_the_old_without_a_gap(tmp_path: pathlib.Path) ->
         watcher.cancel()
         assert all(s for s in seen)  # never a moment without an available version
         await _until(lambda: started[0].loaded == {2})  # then the old one is unloaded, after the drain
+        await controller.shutdown()
+
+    asyncio.run(main())
+
+
+def _crowded_controller(started: list[FakeHandle], unplaced: set[str], **options: Any) -> Controller:
+    """Replicas of the models in `unplaced` are never placed by 'Ray' (their calls never return)."""
+
+    def new_replica(model: ModelConfig, index: int) -> FakeHandle:
+        handle = FakeHandle(index, hung=model.name in unplaced)
+        handle.model = model.name  # type: ignore[attr-defined]
+        started.append(handle)
+        return handle
+
+    def kill(handle: FakeHandle) -> None:
+        handle.killed = True
+
+    async def probe(handle: FakeHandle) -> str | None:
+        return "Ray has no room for it: it needs 0.5 CPU and the cluster has 0 free" if handle.hung else None
+
+    health = HealthOptions(period_s=0.05, timeout_s=0.1, report_unplaced_after_s=0.05)
+    return Controller(ControllerOptions(drain_seconds=0.01, health=health, **options), new_replica, kill,
+                      placement_probe=probe)
+
+
+def test_a_model_whose_replica_cannot_be_placed_is_reported_and_holds_back_no_other(tmp_path: pathlib.Path) -> None:
+    names = [f"m{i}" for i in range(6)]
+    for name in names:
+        (tmp_path / name / "1").mkdir(parents=True)
+    started: list[FakeHandle] = []
+
+    async def main() -> None:
+        controller = _crowded_controller(started, {"m2", "m4"}, poll_seconds=0.05, tick_seconds=0.05)
+        await controller.set_config(ServerConfig(tuple(ModelConfig(n, str(tmp_path / n)) for n in names)))
+        table = lambda: controller._table  # noqa: E731, SLF001
+        await _until(lambda: all(table().models[n].available for n in names if n not in ("m2", "m4")))
+        for name in ("m2", "m4"):
+            route = table().models[name]
+            assert not route.available and not route.replicas
+            await _until(lambda n=name: "no room" in (table().models[n].statuses[0].error_message or ""))
+            assert table().models[name].statuses[0].error_kind == "Unavailable"
+        stats = {s.model: s for s in await controller.cluster_stats()}
+        assert stats["m2"].replicas_unplaced == 1 and stats["m0"].replicas_unplaced == 0
+        for handle in started:  # room frees up: the waiting replicas start, load, serve
+            handle.hung = False
+        await _until(lambda: table().ready() and all(table().models[n].replicas for n in names))
+        assert table().models["m2"].statuses[0].error_message is None
+        assert not any(h.killed for h in started)  # waited in Ray's queue: never killed and re-made
+        await controller.shutdown()
+
+    asyncio.run(main())
+
+
+def test_a_hung_replica_leaves_the_routing_table_within_the_health_timeout(tmp_path: pathlib.Path) -> None:
+    (tmp_path / "m" / "1").mkdir(parents=True)
+    (tmp_path / "other" / "1").mkdir(parents=True)
+    started: list[FakeHandle] = []
+
+    async def main() -> None:
+        controller = _crowded_controller(started, set(), poll_seconds=0.05, tick_seconds=0.05, num_replicas=2)
+        await controller.set_config(ServerConfig((
+            ModelConfig("m", str(tmp_path / "m")), ModelConfig("other", str(tmp_path / "other")),
+        )))
+        table = lambda: controller._table  # noqa: E731, SLF001
+        await _until(lambda: table().ready() and all(len(r.replicas) == 2 for r in table().models.values()))
+        hung = table().models["m"].replicas[0].handle
+        hung.hung = True  # SIGSTOP
+        stopped = asyncio.get_running_loop().time()
+        await _until(lambda: all(r.handle is not hung for r in table().models["m"].replicas), timeout=1.0)
+        assert asyncio.get_running_loop().time() - stopped < 0.5  # period 0.05 + timeout 0.1
+        assert hung.killed
+        await _until(lambda: len(table().models["m"].replicas) == 2)  # replaced, versions loaded first
+        assert len(table().models["other"].replicas) == 2  # the other model never noticed
         await controller.shutdown()
 
     asyncio.run(main())

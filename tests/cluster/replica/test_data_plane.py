@@ -12,6 +12,8 @@ from cluster.replica import wire
 from cluster.replica.data_plane import DataPlaneServer
 from cluster.routing.channel import ReplicaChannel
 
+SECRET = b"s" * 32
+
 
 def _strings(*items: bytes) -> np.ndarray:
     out = np.empty(len(items), dtype=object)
@@ -52,9 +54,9 @@ def test_channel_and_server_multiplex_concurrent_calls_and_survive_a_bad_call() 
         return [{"y": r["x"] * version} for r in requests]
 
     async def main() -> None:
-        server = DataPlaneServer(run)
+        server = DataPlaneServer(run, SECRET)
         address = await server.start("127.0.0.1")
-        channel = ReplicaChannel(address)
+        channel = ReplicaChannel(address, SECRET)
         calls = [
             channel.run(2, "s", [{"x": np.full((1, 2), i, np.float32)}] * (i % 4 + 1)) for i in range(20)
         ]
@@ -75,12 +77,13 @@ def test_channel_and_server_multiplex_concurrent_calls_and_survive_a_bad_call() 
 def test_a_lost_replica_fails_pending_calls_with_unavailable() -> None:
     async def main() -> None:
         async def dies_mid_call(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await _accept(reader, writer)
             await reader.read(1)  # a call arrived; the replica process dies before answering
             writer.close()
 
         server = await asyncio.start_server(dies_mid_call, "127.0.0.1", 0)
         address = server.sockets[0].getsockname()[:2]
-        channel = ReplicaChannel(address)
+        channel = ReplicaChannel(address, SECRET)
         with pytest.raises(errors.Unavailable, match="lost|closed"):
             await channel.run(1, "s", [{"x": np.zeros((1, 1), np.float32)}])
         server.close()
@@ -88,5 +91,130 @@ def test_a_lost_replica_fails_pending_calls_with_unavailable() -> None:
         with pytest.raises(errors.Unavailable, match="unreachable"):
             await channel.run(1, "s", [{"x": np.zeros((1, 1), np.float32)}])
         await channel.close()
+
+    asyncio.run(main())
+
+
+async def _accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """The replica's side of the handshake, for fake replicas."""
+    nonce = b"n" * wire.NONCE_BYTES
+    writer.write(wire.MAGIC + nonce)
+    assert wire.check_proof(SECRET, nonce, await reader.readexactly(wire.PROOF_BYTES))
+    writer.write(wire.ACCEPTED)
+
+
+async def _echo(version, signature, requests, output_filter, timeouts):  # noqa: ANN001, ANN202
+    return [{"y": r["x"]} for r in requests]
+
+
+ONE = [{"x": np.ones((1, 2), np.float32)}]
+
+
+def test_a_stranger_without_the_cluster_secret_never_reaches_a_run() -> None:
+    ran: list[int] = []
+
+    async def run(version, signature, requests, output_filter, timeouts):  # noqa: ANN001, ANN202
+        ran.append(version)
+        return [{} for _ in requests]
+
+    async def main() -> None:
+        server = DataPlaneServer(run, SECRET, handshake_timeout_s=0.5)
+        address = await server.start("127.0.0.1")
+        # A process on the node network sends a well-formed call frame without answering the challenge.
+        reader, writer = await asyncio.open_connection(*address)
+        assert (await reader.readexactly(wire.CHALLENGE_BYTES)).startswith(wire.MAGIC)
+        for chunk in wire.encode_call(1, 1, "s", ONE, [], None):
+            writer.write(bytes(chunk))
+        assert await reader.read() == b""  # closed, nothing answered
+        writer.close()
+        # One that says nothing is dropped after the handshake timeout.
+        reader, writer = await asyncio.open_connection(*address)
+        said = await asyncio.wait_for(reader.read(), 2.0)  # the challenge, then the connection closes
+        assert said.startswith(wire.MAGIC) and len(said) == wire.CHALLENGE_BYTES
+        writer.close()
+        # A gateway of another cluster (another secret) is refused, with a clear error.
+        with pytest.raises(errors.Unavailable, match="refused"):
+            await ReplicaChannel(address, b"x" * 32).run(1, "s", ONE)
+        assert ran == [] and server.refused == 3
+        (ok,) = await ReplicaChannel(address, SECRET).run(1, "s", ONE)  # while our own gateway gets in
+        assert ran == [1] and ok == {}
+        await server.close()
+
+    asyncio.run(main())
+
+
+def test_a_frame_over_the_limit_is_refused_before_it_is_read() -> None:
+    async def main() -> None:
+        server = DataPlaneServer(_echo, SECRET, max_frame=1024)
+        address = await server.start("127.0.0.1")
+        reader, writer = await asyncio.open_connection(*address)
+        challenge = await reader.readexactly(wire.CHALLENGE_BYTES)
+        writer.write(wire.proof(SECRET, challenge[len(wire.MAGIC):]))
+        assert await reader.readexactly(1) == wire.ACCEPTED
+        writer.write(wire.FRAME_LENGTH.pack(2**31 - 1))  # claims 2 GiB; the body never comes
+        assert await asyncio.wait_for(reader.read(), 2.0) == b""  # closed at once, not waiting for it
+        assert server.refused == 1
+        # The gateway's side knows the limit too: an oversized call never leaves it.
+        channel = ReplicaChannel(address, SECRET, max_frame=1024)
+        with pytest.raises(errors.ResourceExhausted, match="limit of 1024"):
+            await channel.run(1, "s", [{"x": np.zeros(1024, np.float32)}])
+        (small,) = await channel.run(1, "s", ONE)
+        np.testing.assert_array_equal(small["y"], ONE[0]["x"])
+        await channel.close()
+        await server.close()
+
+    asyncio.run(main())
+
+
+def test_a_hung_replica_fails_its_calls_within_the_liveness_timeout_and_a_busy_one_does_not() -> None:
+    async def main() -> None:
+        async def stopped(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await _accept(reader, writer)
+            await asyncio.sleep(30)  # SIGSTOP: the socket stays open, nothing is answered
+
+        hung = await asyncio.start_server(stopped, "127.0.0.1", 0)
+        channel = ReplicaChannel(hung.sockets[0].getsockname()[:2], SECRET, ping_interval_s=0.05,
+                                 liveness_timeout_s=0.3)
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(errors.Unavailable, match="sent nothing"):
+            await channel.run(1, "s", ONE)  # no client deadline, yet it does not wait for long
+        assert asyncio.get_running_loop().time() - started < 1.5
+        await channel.close()
+        hung.close()
+
+        async def slow(version, signature, requests, output_filter, timeouts):  # noqa: ANN001, ANN202
+            await asyncio.sleep(1.0)  # a long batch: the replica still answers pings meanwhile
+            return await _echo(version, signature, requests, output_filter, timeouts)
+
+        server = DataPlaneServer(slow, SECRET)
+        busy = ReplicaChannel(await server.start("127.0.0.1"), SECRET, ping_interval_s=0.05, liveness_timeout_s=0.3)
+        (result,) = await busy.run(1, "s", ONE)
+        np.testing.assert_array_equal(result["y"], ONE[0]["x"])
+        await busy.close()
+        await server.close()
+
+    asyncio.run(main())
+
+
+def test_a_draining_replica_refuses_new_calls_and_a_leaving_channel_waits_for_its_answers() -> None:
+    async def slow(version, signature, requests, output_filter, timeouts):  # noqa: ANN001, ANN202
+        await asyncio.sleep(0.3)
+        return await _echo(version, signature, requests, output_filter, timeouts)
+
+    async def main() -> None:
+        server = DataPlaneServer(slow, SECRET)
+        channel = ReplicaChannel(await server.start("127.0.0.1"), SECRET)
+        running = asyncio.ensure_future(channel.run(1, "s", ONE))
+        await asyncio.sleep(0.05)
+        server.draining = True
+        with pytest.raises(errors.Unavailable, match="draining"):
+            await channel.run(1, "s", ONE)  # the gateway re-sends it to another replica
+        await channel.close(grace_s=5.0)  # left the routing table: answers what it has, then closes
+        (result,) = await running
+        np.testing.assert_array_equal(result["y"], ONE[0]["x"])
+        assert server.busy() == 0
+        with pytest.raises(errors.Unavailable, match="left the routing table"):
+            await channel.run(1, "s", ONE)
+        await server.close()
 
     asyncio.run(main())
