@@ -189,6 +189,10 @@ class Controller:
         if (old.base_path, old.version_policy, old.platform) != (model.base_path, model.version_policy, model.platform):
             current.source = FileSystemSource.for_model(model)
             current.last_poll = None  # list the new base path at the next tick
+        count = model.num_replicas or self._options.num_replicas
+        if count != (current.config.num_replicas or self._options.num_replicas) and current.scaler is None:
+            log.info("model %s: %d replica(s) configured, was %d", model.name, count, len(current.replicas))
+            self._resize(current, count)  # (an autoscaled model's count is its scaler's)
         current.config = model
         log.info("model %s config updated", model.name)
 
@@ -319,14 +323,17 @@ class Controller:
         if desired == current:
             return
         model.scaler.changed(now, current, desired)
-        if desired > current:
-            model.replicas.grow(desired)  # each takes traffic once it holds the available versions
-        else:
-            # Out of the routing table first (the publish below), then drained and stopped.
-            self._spawn(model.replicas.retire(model.replicas.shrink(desired), self._options.drain_seconds))
-            self._publish_due.set()
+        self._resize(model, desired)
         log.info("model %s scaling from %d to %d replicas (load %.1f in flight)", model.config.name,
                  current, desired, model.scaler.smoothed_load())
+
+    def _resize(self, model: _Model, desired: int) -> None:
+        if desired > len(model.replicas):
+            model.replicas.grow(desired)  # each takes traffic once it holds the available versions
+        elif desired < len(model.replicas):
+            # Out of the routing table first (the publish), then drained and stopped.
+            self._spawn(model.replicas.retire(model.replicas.shrink(desired), self._options.drain_seconds))
+            self._publish_due.set()
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
