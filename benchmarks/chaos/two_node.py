@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import os
 import pathlib
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 
@@ -60,8 +62,11 @@ class TwoNodeCluster:
     def start(self) -> None:
         port = free_port()
         self.address = f"127.0.0.1:{port}"
+        # A temp dir of its own: `ray start --head` records its address there, and under the default
+        # /tmp/ray every other `ray.init()` on the machine would join this cluster.
+        self._temp = tempfile.mkdtemp(prefix="tsr-")  # short: Ray's socket paths have a length limit
         self._start("head", ["--head", f"--port={port}", f"--num-cpus={self.head_cpus}",
-                             "--include-dashboard=false"])
+                             "--include-dashboard=false", f"--temp-dir={self._temp}"])
         self._wait_nodes(1)
         self.add_worker()
 
@@ -121,3 +126,5 @@ class TwoNodeCluster:
             except subprocess.TimeoutExpired:
                 pass
         self._nodes.clear()
+        if getattr(self, "_temp", None):
+            shutil.rmtree(self._temp, ignore_errors=True)
