@@ -183,3 +183,17 @@ def test_a_stranger_on_the_data_plane_is_refused_and_it_listens_on_loopback(
         with Stream(f"127.0.0.1:{server.grpc_port}", models=["m0"], clients=1) as load:
             time.sleep(0.5)
         assert load.sent and not load.failed, load.summary()  # our own gateway is let in
+
+
+def test_a_version_swapped_under_load_fails_no_request(
+    local_ray: None, loop_thread: LoopThread, tmp_path: pathlib.Path
+) -> None:
+    write_version(tmp_path / "m", 1, 2.0)
+    with serving(loop_thread, config(tmp_path, ["m"]), num_replicas=2) as server:
+        wait_until(lambda: routed(server, "m") == 2, what="two replicas")
+        with Stream(f"127.0.0.1:{server.grpc_port}", models=["m"], clients=4, timeout_s=30) as load:
+            time.sleep(0.5)
+            write_version(tmp_path / "m", 2, 3.0)  # latest: v2 loads, then v1 leaves, drains, unloads
+            wait_until(lambda: set(server.dispatcher.table.models["m"].available) == {2}, what="v2 alone")
+            time.sleep(2.0)  # past the drain and the unload of v1
+        assert load.sent > 50 and load.failed == 0, load.summary()
