@@ -74,7 +74,7 @@ class ClusterCollector(Collector):
         self._snapshot = snapshot
 
     def collect(self) -> Iterator[Metric]:
-        replicas = GaugeMetricFamily("tessera_replicas", "Replica actors serving each model", labels=["model"])
+        replicas = GaugeMetricFamily("tessera_replicas", "Replica actors per model (started or starting)", labels=["model"])
         unplaced = GaugeMetricFamily(
             "tessera_replicas_unplaced", "Replicas of each model that Ray has no room to place yet", labels=["model"]
         )

@@ -59,5 +59,5 @@ class ModelStats:
     versions: dict[int, int] = field(default_factory=dict)  # version -> ServableState number
     load_seconds: Histogram = field(default_factory=lambda: Histogram(LATENCY_BUCKETS))
     replicas: list[ReplicaStats] = field(default_factory=list)
-    replica_count: int = 0  # serving
+    replica_count: int = 0  # started or starting
     replicas_unplaced: int = 0  # waiting for Ray to find room for them

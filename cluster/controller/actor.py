@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 from types import SimpleNamespace
 from typing import Any
 
@@ -35,14 +36,18 @@ async def _import_saved_models(model: ModelConfig, path: str) -> str:
     return await resolve_version(model.platform, path)
 
 
+_GCS = threading.Lock()  # one state query at a time: Ray's global state accessor is not for threads at once
+
+
 def _unplaced_reason(handle: Any, num_cpus: float) -> str | None:
     """Why Ray has not started this replica, from its actor table (GCS, no dashboard needed)."""
     from ray._private import state  # the public state API needs the dashboard, which may be off
 
-    info = state.actors(actor_id=handle._actor_id.hex())  # noqa: SLF001 - Ray's own id accessor
+    with _GCS:
+        info = state.actors(actor_id=handle._actor_id.hex())  # noqa: SLF001 - Ray's own id accessor
+        free = ray.available_resources().get("CPU", 0.0)
     status = info.get("State") if isinstance(info, dict) else None
     if status in ("PENDING_CREATION", "DEPENDENCIES_UNREADY"):
-        free = ray.available_resources().get("CPU", 0.0)
         return (f"Ray has no room for it: it needs {num_cpus:g} CPU and the cluster has {free:g} free "
                 "(lower --replica_num_cpus, fewer replicas, or add nodes); it starts once room frees up")
     if status in (None, "ALIVE"):

@@ -401,27 +401,34 @@ class Controller:
     async def cluster_stats(self, timeout: float = 2.0) -> list[stats.ModelStats]:
         """Every model's versions, load latency and replicas' statistics (for a metrics scrape).
 
-        A replica that does not answer within `timeout` is left out of this snapshot.
+        Every replica is asked at once; one that does not answer within `timeout` (dead, hung, or
+        not placed yet) is left out of this snapshot.
         """
-        snapshot = []
-        for name, model in self._models.items():
-            calls = [asyncio.wait_for(m.handle.stats.remote(), timeout) for m in model.replicas.ready()]
+        models = list(self._models.items())
+
+        async def replicas(model: _Model) -> list[stats.ReplicaStats]:
+            calls = [asyncio.wait_for(m.handle.stats.remote(), timeout) for m in model.replicas.members]
             replies = await asyncio.gather(*calls, return_exceptions=True)
-            snapshot.append(stats.ModelStats(
+            return [r for r in replies if isinstance(r, stats.ReplicaStats)]
+
+        answers = await asyncio.gather(*(replicas(model) for _, model in models))
+        return [
+            stats.ModelStats(
                 model=name,
                 versions={s.version: int(s.state) for s in model.stream.statuses()},
                 load_seconds=model.load_seconds,
-                replicas=[r for r in replies if isinstance(r, stats.ReplicaStats)],
-                replica_count=len(model.replicas.ready()),
+                replicas=replies,
+                replica_count=len(model.replicas),
                 replicas_unplaced=len(model.replicas.unplaced()),
-            ))
-        return snapshot
+            )
+            for (name, model), replies in zip(models, answers, strict=True)
+        ]
 
     async def replica_memory(self, name: str, timeout: float = 2.0) -> list[dict[str, int]]:
         model = self._models.get(name)
         if model is None:
             raise errors.NotFound(f"no model {name}")
-        calls = (asyncio.wait_for(m.handle.memory.remote(), timeout) for m in model.replicas.ready())
+        calls = (asyncio.wait_for(m.handle.memory.remote(), timeout) for m in model.replicas.members)
         replies = await asyncio.gather(*calls, return_exceptions=True)
         return [r for r in replies if isinstance(r, dict)]  # a dead replica has no memory to report
 
