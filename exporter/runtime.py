@@ -18,6 +18,7 @@ import numpy as np
 from exporter import attrs as attr_codec
 from exporter import dtypes
 from exporter.errors import GraphError, InvalidInputError
+from exporter.features import FeatureSpec, SparseTensorValue, output_layout
 from exporter.ops.registry import KernelFn, LoadContext, Resource, TensorType, get_op
 from exporter.signature import Shape, Signature, TensorInfo, Tensors, check_feeds
 from protos.tessera import bundle_pb2
@@ -104,6 +105,7 @@ class Runtime:
         self._plans: dict[tuple[str, tuple[str, ...]], _Plan] = {}
         for key, sig in self.signatures.items():
             self._plans[(key, ())] = self._compile(sig, tuple(sorted(sig.outputs)))
+        self._feature_plans: dict[tuple[str, tuple[str, ...]], _Plan] = {}
 
     # -- load-time checks ----------------------------------------------------------------------
     def _topological_order(self) -> list[str]:
@@ -177,12 +179,16 @@ class Runtime:
                 raise GraphError(f"signature {key!r} input {alias!r} is not a Placeholder")
         return Signature(key, sig.method_name, inputs, infos(sig.outputs, "output"))
 
-    def _compile(self, sig: Signature, aliases: tuple[str, ...]) -> _Plan:
+    def _compile(
+        self, sig: Signature, aliases: tuple[str, ...], feed_refs: Mapping[str, str] | None = None
+    ) -> _Plan:
+        # feed_refs (alias -> tensor name) feeds tensors other than the signature's placeholders.
         slots: dict[tuple[str, int], int] = {}
         feeds = []
         fed_nodes = set()
-        for alias, info in sorted(sig.inputs.items()):
-            ref = _parse_ref(info.name)
+        refs = feed_refs if feed_refs is not None else {a: info.name for a, info in sig.inputs.items()}
+        for alias, name in sorted(refs.items()):
+            ref = _parse_ref(name)
             slots[ref] = len(slots)
             feeds.append((alias, slots[ref]))
             fed_nodes.add(ref[0])
@@ -208,6 +214,59 @@ class Runtime:
             steps.append(_Step(get_op(node.op).kernel, self._states[name], in_slots, first, name))
         fetches = tuple((a, slots[_parse_ref(sig.outputs[a].name)]) for a in aliases)
         return _Plan(tuple(feeds), tuple(steps), fetches, len(slots))
+
+    # -- the parsing receiver, bypassed ----------------------------------------------------------
+    def _parse_node(self, key: str) -> bundle_pb2.NodeDef | None:
+        sig = self.signatures.get(key)
+        if sig is None or len(sig.inputs) != 1:
+            return None
+        (info,) = sig.inputs.values()
+        placeholder = _parse_ref(info.name)[0]
+        consumers = [n for n in self._nodes.values() if any(_parse_ref(r)[0] == placeholder for r in n.inputs)]
+        if len(consumers) != 1 or consumers[0].op != "ParseExample":
+            return None
+        return consumers[0]
+
+    def example_features(self, key: str) -> dict[str, FeatureSpec] | None:
+        """The feature spec of signature `key`'s parsing receiver, if its one input is parsed by one.
+
+        With it a caller that already holds the features (batch prediction over columns) can skip
+        serializing tf.Examples only for the graph to parse them again: see `run_features`.
+        """
+        node = self._parse_node(key)
+        return None if node is None else dict(self._states[node.name])
+
+    def run_features(
+        self,
+        signature_key: str,
+        features: Mapping[str, np.ndarray | SparseTensorValue],
+        output_filter: Sequence[str] | None = None,
+    ) -> Tensors:
+        """Runs signature `signature_key` from its receiver's parsed features, as ParseExample
+        would have produced them (`exporter.features.parse_example`: dense [batch, *shape], or a
+        SparseTensorValue); the same outputs as `run` on the serialized Examples."""
+        node = self._parse_node(signature_key)
+        if node is None:
+            raise InvalidInputError(f"signature {signature_key!r} has no parsing receiver to bypass")
+        spec = self._states[node.name]
+        if features.keys() != spec.keys():
+            raise InvalidInputError(f"features {sorted(features)} do not match the receiver's {sorted(spec)}")
+        sig = self.signatures[signature_key]
+        aliases = tuple(sorted(output_filter or sig.outputs))
+        plan = self._feature_plans.get((signature_key, aliases))
+        if plan is None:
+            for alias in aliases:
+                if alias not in sig.outputs:
+                    raise InvalidInputError(f"output tensor alias not found in signature: {alias}")
+            refs = {f"{k}/{part}": f"{node.name}:{i}" for i, (k, part) in enumerate(output_layout(spec))}
+            plan = self._feature_plans[(signature_key, aliases)] = self._compile(sig, aliases, refs)
+        feeds: dict[str, Any] = {}
+        for key, value in features.items():
+            if isinstance(value, SparseTensorValue):
+                feeds.update({f"{key}/{part}": getattr(value, part) for part in ("indices", "values", "dense_shape")})
+            else:
+                feeds[f"{key}/dense"] = value
+        return self._execute(plan, feeds)
 
     # -- running -------------------------------------------------------------------------------
     @classmethod
@@ -252,6 +311,9 @@ class Runtime:
         plan = self._plan(signature_key, output_filter)
         sig = self.signatures[signature_key]
         check_feeds(sig, feeds)
+        return self._execute(plan, feeds)
+
+    def _execute(self, plan: _Plan, feeds: Mapping[str, Any]) -> Tensors:
         values: list[Any] = [None] * plan.num_slots
         for alias, slot in plan.feeds:
             values[slot] = feeds[alias]
