@@ -1,0 +1,173 @@
+"""`tessera batch-predict` against a plain loop over the same files, side by side in one run.
+
+    .venv/bin/python benchmarks/batch_predict.py [--rows 4000000] [--files 16] [--work /tmp/bp-bench]
+
+Generates iris-like rows (the example iris bundle's four float features plus an id) as Parquet,
+then times, on the same files:
+
+- loop (bundle): pyarrow reads each file, the bundle's `predict` runs in-process in batches, the
+  outputs are written as Parquet (what a user would write instead of batch-predict);
+- loop (sklearn): the same loop with scikit-learn's own `predict_proba`;
+- batch-predict (`cluster.batch.predict.run`, what the command runs, on one embedded Ray) with the
+  `predict` and `serving_default` (Classify over tf.Example features) signatures, at
+  --concurrency=1 and 2. The fixed cost is printed on its own: the whole `tessera batch-predict`
+  command on 1,000 rows, ray.init, and a 1,000-row job (starting the workers, loading the model,
+  publishing), which is subtracted from each job's time.
+
+Prints seconds, rows/s and the ratios the issue asks for. Timing on a shared 2-core machine is
+noisy: run it twice.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import ray  # noqa: E402
+
+from cluster.app import init_ray  # noqa: E402
+from cluster.batch.feeding import InputSelection  # noqa: E402
+from cluster.batch.predict import run  # noqa: E402
+from cluster.batch.worker import BatchJob  # noqa: E402
+from cluster.config import ServeOptions  # noqa: E402
+from examples.export_models import IRIS_FEATURES, export_trained, train_iris  # noqa: E402
+from exporter.servable import load_servable  # noqa: E402
+from exporter.storage import list_versions  # noqa: E402
+
+BATCH = 8192
+
+
+def generate(work: pathlib.Path, rows: int, files: int) -> tuple[pathlib.Path, pathlib.Path, object]:
+    trained = train_iris()
+    models = work / "models" / "iris"
+    if not models.exists():
+        export_trained(trained, str(models))
+    data = work / f"in-{rows}-{files}"
+    if not data.exists():
+        rng = np.random.default_rng(0)
+        tmp = work / "in.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        per = rows // files
+        for f in range(files):
+            x = trained.x_test[rng.integers(0, len(trained.x_test), per)] + rng.normal(0, 0.1, (per, 4))
+            table = pa.table({"id": np.arange(f * per, (f + 1) * per), **{
+                name: x[:, i].astype(np.float32) for i, name in enumerate(IRIS_FEATURES)}})
+            pq.write_table(table, tmp / f"part-{f:03d}.parquet")
+        tmp.rename(data)
+    tiny = work / "tiny"
+    if not tiny.exists():
+        tiny.mkdir()
+        pq.write_table(pq.read_table(next(data.iterdir())).slice(0, 1000), tiny / "part-0.parquet")
+    return models, data, trained
+
+
+def plain_loop(data: pathlib.Path, out: pathlib.Path, predict: object) -> float:
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    started = time.perf_counter()
+    for path in sorted(data.iterdir()):
+        writer = None
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=BATCH):
+            x = np.column_stack([batch.column(n).to_numpy() for n in IRIS_FEATURES])
+            probabilities = predict(x)  # type: ignore[operator]
+            table = pa.table({"id": batch.column("id"), "probabilities": pa.FixedSizeListArray.from_arrays(
+                pa.array(probabilities.astype(np.float32).reshape(-1)), 3)})
+            writer = writer or pq.ParquetWriter(out / path.name, table.schema)
+            writer.write_table(table)
+        if writer:
+            writer.close()
+    return time.perf_counter() - started
+
+
+def cli_fixed_cost(models: pathlib.Path, tiny: pathlib.Path, out: pathlib.Path) -> float:
+    """One `tessera batch-predict` on 1,000 rows, as a user runs it: imports, Ray, workers, model."""
+    args = [str(REPO / ".venv" / "bin" / "tessera"), "batch-predict", f"--model_path={models}",
+            f"--input={tiny}", f"--output={out}", "--overwrite", "--signature=predict",
+            "--input_columns=x:" + ",".join(IRIS_FEATURES)]
+    started = time.perf_counter()
+    done = subprocess.run(args, capture_output=True, text=True, env={**os.environ, "RAY_AUTH_MODE": "disabled"},
+                          timeout=600)
+    if done.returncode:
+        raise SystemExit(f"batch-predict failed:\n{done.stderr[-3000:]}")
+    return time.perf_counter() - started
+
+
+def job(models: pathlib.Path, signature: str) -> BatchJob:
+    stacked = {"x": IRIS_FEATURES} if signature == "predict" else {}
+    return BatchJob(str(models), signature=signature, selection=InputSelection(stacked=stacked), batch_size=BATCH)
+
+
+def timed_run(models: pathlib.Path, data: pathlib.Path, out: pathlib.Path, signature: str, concurrency: int) -> float:
+    started = time.perf_counter()
+    counts = run(job(models, signature), [str(data)], str(out), concurrency=concurrency, overwrite=True)
+    assert counts.rows_failed == counts.bad_rows == 0
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rows", type=int, default=4_000_000)
+    parser.add_argument("--files", type=int, default=16)
+    parser.add_argument("--repeat", type=int, default=2, help="each figure is the best of this many runs")
+    parser.add_argument("--work", default="/tmp/bp-bench")
+    args = parser.parse_args()
+    work = pathlib.Path(args.work)
+    models, data, trained = generate(work, args.rows, args.files)
+    rows = args.rows // args.files * args.files
+    version = list_versions(models)
+    servable = load_servable("tensorflow", version[max(version)])
+
+    def bundle(x: np.ndarray) -> np.ndarray:
+        return servable.run("predict", {"x": x.astype(np.float32)}, ["probabilities"])["probabilities"]
+
+    sklearn = trained.estimator.predict_proba  # type: ignore[attr-defined]
+    print(f"{rows:,} rows in {args.files} Parquet files; batches of {BATCH}; {os.cpu_count()} CPUs; "
+          f"load average {os.getloadavg()[0]:.1f}; best of {args.repeat}")
+    cli = cli_fixed_cost(models, work / "tiny", work / "out-tiny")
+    started = time.perf_counter()
+    init_ray(ServeOptions(), num_cpus=os.cpu_count())
+    ray_start = time.perf_counter() - started
+    results: dict[str, list[float]] = {}
+    for _ in range(args.repeat):  # interleaved, so the machine's noise falls on every figure alike
+        results.setdefault("loop (bundle)", []).append(plain_loop(data, work / "out-loop", bundle))
+        results.setdefault("loop (sklearn)", []).append(plain_loop(data, work / "out-loop", sklearn))
+        for c in (1, 2):
+            tiny = timed_run(models, work / "tiny", work / "out-tiny", "predict", c)
+            results.setdefault(f"fixed c={c}", []).append(tiny)
+            for signature in ("predict", "serving_default"):
+                total = timed_run(models, data, work / "out-bp", signature, c)
+                results.setdefault(f"batch-predict {signature} c={c}", []).append(max(total - tiny, 1e-3))
+    ray.shutdown()
+    best = {name: min(values) for name, values in results.items()}
+    print(f"{'fixed cost: the tessera command, 1,000 rows':46s} {cli:7.2f} s")
+    print(f"{'  of which ray.init (embedded local Ray)':46s} {ray_start:7.2f} s")
+    for c in (1, 2):
+        print(f"{'  of which a 1,000-row job, c=' + str(c):46s} {best[f'fixed c={c}']:7.2f} s  (workers, model, publish)")
+    fastest = min(best["loop (bundle)"], best["loop (sklearn)"])
+    for name in ("loop (bundle)", "loop (sklearn)"):
+        print(f"{name:46s} {best[name]:7.2f} s  {rows / best[name]:12,.0f} rows/s")
+    for signature in ("predict", "serving_default"):
+        for c in (1, 2):
+            seconds = best[f"batch-predict {signature} c={c}"]
+            print(f"{'batch-predict ' + signature + ' c=' + str(c) + ' (fixed cost aside)':46s} {seconds:7.2f} s  "
+                  f"{rows / seconds:12,.0f} rows/s  {fastest / seconds:5.2f}x the faster loop")
+    for c in (1, 2):
+        ratio = best[f"batch-predict serving_default c={c}"] / best[f"batch-predict predict c={c}"]
+        print(f"Classify time / Predict time, c={c}: {ratio:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,219 @@
+"""One batch-prediction worker: loads the servable once, then turns work units into output parts.
+
+A plain class (Ray wraps it as an actor in `cluster.batch.predict`; tests run it in-process). A unit
+is read in batches, each batch fed to the signature (`cluster.batch.feeding`), the outputs appended
+to the passthrough columns as typed columns (`cluster.batch.columns`) and written to the unit's part
+file. A batch the model refuses (InvalidInputError) is re-run row by row, so only the rows at fault
+fail; they and the undecodable input go to the unit's errors file.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from cluster.batch.columns import to_arrow
+from cluster.batch.feeding import Feeder, InputSelection, takes_examples
+from cluster.batch.sources import BadRow, Unit, read_unit
+from cluster.batch.tfrecord import RECORD_COLUMN
+from exporter import storage
+from exporter.errors import BundleError, InvalidInputError
+from exporter.servable import LoadOptions, Servable, load_servable
+from exporter.signature import DEFAULT_SERVING_SIGNATURE, Tensors
+
+OUTPUT_FORMATS = ("parquet", "json")
+
+
+@dataclass(frozen=True)
+class BatchJob:
+    """What to run: the model (a version directory or a base path: its newest version), the
+    signature, how its inputs come from the columns, and the formats."""
+
+    model_path: str
+    model_platform: str = "tensorflow"
+    signature: str = DEFAULT_SERVING_SIGNATURE
+    selection: InputSelection = field(default_factory=InputSelection)
+    output_filter: tuple[str, ...] = ()
+    batch_size: int = 8192
+    input_format: str = "parquet"
+    output_format: str = "parquet"
+    drop_passthrough: bool = False
+    num_cpus: float = 1.0  # per worker: the runtime's threads follow it
+
+
+@dataclass
+class Counts:
+    rows_read: int = 0  # every input row seen, decodable or not
+    rows_written: int = 0
+    rows_failed: int = 0  # decoded, refused by the model
+    bad_rows: int = 0  # undecodable input
+
+    def add(self, other: Counts) -> None:
+        for name in vars(self):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+
+def version_path(model_path: str) -> str:
+    """`model_path` if it names a version directory (or holds no versions), else its newest version."""
+    name = model_path.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1]
+    if (storage.parse_version(name) or 0) > 0:
+        return model_path
+    try:
+        versions = storage.list_versions(model_path)
+    except BundleError:
+        raise BundleError(f"model path {model_path} does not exist") from None
+    if not versions:
+        return model_path  # a model directory without versions: the loader decides
+    newest = versions[max(versions)].rsplit("/", 1)[-1]
+    return storage.join(model_path, newest)
+
+
+class BatchWorker:
+    """Loads `job`'s servable; `process` runs one unit into `<location>/part-<unit>.<ext>`."""
+
+    def __init__(self, job: BatchJob) -> None:
+        self._job = job
+        threads = max(1, math.ceil(job.num_cpus))
+        self._servable: Servable = load_servable(
+            job.model_platform, version_path(job.model_path), LoadOptions(intra_op_threads=threads)
+        )
+        signature = self._servable.signatures.get(job.signature)
+        if signature is None:
+            raise BundleError(f"the model has no signature {job.signature!r}; it has {sorted(self._servable.signatures)}")
+        self._signature = signature
+        self._feeders: dict[pa.Schema, Feeder] = {}
+
+    def ready(self) -> bool:
+        return True
+
+    def process(self, unit: Unit, output_source: str, part_path: str, errors_path: str) -> Counts:
+        """Runs `unit`; writes its rows to `part_path` and its bad rows to `errors_path` (paths in the
+        filesystem of `output_source`), each only if there is something to write."""
+        fs, _ = storage.resolve(output_source)
+        counts = Counts()
+        writer: Any = None
+        schema: pa.Schema | None = None
+        errors: Any = None
+        row = unit.first_row
+        try:
+            for chunk in read_unit(unit, self._job.input_format, self._job.batch_size,
+                                   keep_records=takes_examples(self._signature)):
+                failed: list[BadRow] = []
+                if chunk.batch.num_rows:
+                    table = self._predict(chunk.batch, unit.path, row, failed)
+                    row += chunk.batch.num_rows
+                    if table.num_rows:
+                        if writer is None:
+                            writer, schema = _writer(self._job.output_format, fs, part_path, table.schema), table.schema
+                        writer.write(table if table.schema == schema else table.cast(schema))
+                counts.rows_read += chunk.batch.num_rows + len(chunk.bad)
+                counts.bad_rows += len(chunk.bad)
+                counts.rows_failed += len(failed)
+                counts.rows_written += chunk.batch.num_rows - len(failed)
+                if chunk.bad or failed:
+                    errors = errors or fs.open_output_stream(errors_path)
+                    errors.write(b"".join(_error_line(b) for b in (*chunk.bad, *failed)))
+        finally:
+            if writer is not None:
+                writer.close()
+            if errors is not None:
+                errors.close()
+        return counts
+
+    def _feeder(self, schema: pa.Schema) -> Feeder:
+        feeder = self._feeders.get(schema)
+        if feeder is None:
+            feeder = Feeder(self._servable, self._signature, schema.names, self._job.selection,
+                            self._job.output_filter)
+            outputs = set(self._job.output_filter or self._signature.outputs)
+            clash = sorted(outputs & set(self._passthrough(schema.names, feeder)))
+            if clash:
+                raise InvalidInputError(
+                    f"input column {clash[0]!r} has the name of an output; pass --drop_passthrough or rename it"
+                )
+            feeder = self._feeders[schema] = feeder
+        return feeder
+
+    def _passthrough(self, names: list[str], feeder: Feeder) -> list[str]:
+        if self._job.drop_passthrough:
+            return []
+        used = set(feeder.used) | {RECORD_COLUMN}
+        return [n for n in names if n not in used]
+
+    def _predict(self, batch: pa.RecordBatch, path: str, first_row: int, failed: list[BadRow]) -> pa.Table:
+        """The output rows of `batch` (passthrough columns, then outputs); refused rows go to `failed`."""
+        feeder = self._feeder(batch.schema)
+        keep = np.ones(batch.num_rows, dtype=bool)
+        try:
+            outputs = feeder.run(batch)
+        except InvalidInputError:
+            outputs = self._row_by_row(feeder, batch, path, first_row, failed, keep)
+        kept = batch if keep.all() else batch.filter(pa.array(keep))
+        names = self._passthrough(batch.schema.names, feeder)
+        columns = {n: kept.column(n) for n in names}
+        columns.update((alias, to_arrow(value)) for alias, value in sorted(outputs.items()))
+        return pa.Table.from_pydict(columns)
+
+    def _row_by_row(self, feeder: Feeder, batch: pa.RecordBatch, path: str, first_row: int,
+                    failed: list[BadRow], keep: np.ndarray) -> Tensors:
+        pieces: list[Tensors] = []
+        for i in range(batch.num_rows):
+            try:
+                pieces.append(feeder.run(batch.slice(i, 1)))
+            except InvalidInputError as exc:
+                keep[i] = False
+                failed.append(BadRow(path, first_row + i, str(exc), _raw(batch.slice(i, 1)), unit="row"))
+        if not pieces:
+            return {}
+        return {alias: np.concatenate([p[alias] for p in pieces]) for alias in pieces[0]}
+
+
+def _raw(row: pa.RecordBatch) -> str:
+    values = {k: v for k, v in row.to_pylist()[0].items() if k != RECORD_COLUMN}
+    return json.dumps(values, default=lambda v: v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v))[:1000]
+
+
+def _error_line(bad: BadRow) -> bytes:
+    record = {"path": bad.path, bad.unit: bad.position, "error": bad.error}
+    if bad.raw:
+        record["raw"] = bad.raw
+    return json.dumps(record).encode() + b"\n"
+
+
+class _JsonLinesWriter:
+    """JSON lines: one object per row; binary values as {"b64": ...} (Cloud ML Engine's convention)."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def write(self, table: pa.Table) -> None:
+        self._stream.write("".join(json.dumps(r, default=_b64) + "\n" for r in _rows(table)).encode())
+
+    def close(self) -> None:
+        self._stream.close()
+
+
+def _rows(table: pa.Table) -> Iterator[dict[str, Any]]:
+    yield from table.to_pylist()
+
+
+def _b64(value: object) -> object:
+    if isinstance(value, bytes):
+        return {"b64": base64.b64encode(value).decode()}
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def _writer(output_format: str, fs: Any, path: str, schema: pa.Schema) -> Any:
+    if output_format == "parquet":
+        return pq.ParquetWriter(path, schema, filesystem=fs)
+    if output_format == "json":
+        return _JsonLinesWriter(fs.open_output_stream(path))
+    raise ValueError(f"unknown output format {output_format!r}; known: {', '.join(OUTPUT_FORMATS)}")

@@ -1,0 +1,30 @@
+"""Worker resources from the flags and the cluster: a pure function."""
+
+from __future__ import annotations
+
+import pytest
+
+from cluster.batch.resources import UnschedulableError, WorkerResources, plan_workers
+
+
+def test_default_cpus_fit_the_cluster() -> None:
+    assert plan_workers(1, None, 2.0, can_grow=False) == WorkerResources(1, 1.0)
+    assert plan_workers(2, None, 2.0, can_grow=False) == WorkerResources(2, 1.0)
+    assert plan_workers(4, None, 2.0, can_grow=False) == WorkerResources(4, 0.5)  # a share each
+    assert plan_workers(3, 0.25, 2.0, can_grow=False) == WorkerResources(3, 0.25)  # fractional
+
+
+def test_a_job_that_cannot_fit_is_refused_with_the_numbers() -> None:
+    with pytest.raises(UnschedulableError, match=r"3 workers of 1 CPUs need 3 CPUs; the cluster has 2"):
+        plan_workers(3, 1.0, 2.0, can_grow=False)
+    with pytest.raises(UnschedulableError, match="no CPUs"):
+        plan_workers(1, None, 0.0, can_grow=False)
+    # A cluster that can grow (an autoscaling KubeRay cluster) is given the chance to.
+    assert plan_workers(8, 2.0, 2.0, can_grow=True) == WorkerResources(8, 2.0)
+
+
+def test_bad_flags() -> None:
+    with pytest.raises(ValueError, match="--concurrency"):
+        plan_workers(0, None, 2.0, can_grow=False)
+    with pytest.raises(ValueError, match="--num_cpus"):
+        plan_workers(1, 0.0, 2.0, can_grow=False)
