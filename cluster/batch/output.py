@@ -2,7 +2,7 @@
 staging place, published whole.
 
 Layout of a published output: `part-<unit>.parquet` (or `.jsonl`) per work unit that produced
-rows, `errors/part-<unit>.jsonl` per unit that had bad rows, and `_SUCCESS` (Hadoop's and Spark's
+rows, `_errors/part-<unit>.jsonl` per unit that had bad rows, and `_SUCCESS` (Hadoop's and Spark's
 marker, which their readers look for) holding the job's counts as JSON.
 
 Publishing mirrors `exporter.storage.publish`: where the filesystem renames directories (local
@@ -24,7 +24,7 @@ import pyarrow.fs as pafs
 from exporter import storage
 
 SUCCESS_FILE = "_SUCCESS"
-ERRORS_DIR = "errors"
+ERRORS_DIR = "_errors"  # "_": skipped by the readers of the output (pyarrow, Spark, Ray Data)
 # The filesystems whose directory rename is one atomic step (as in exporter.storage).
 _RENAMES_DIRECTORIES = frozenset({"local", "hdfs"})
 

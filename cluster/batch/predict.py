@@ -169,6 +169,6 @@ def main(argv: Sequence[str]) -> int:
             ray.shutdown()
     print(f"rows read: {counts.rows_read}, rows written: {counts.rows_written}, rows failed: {counts.rows_failed}, "
           f"bad rows: {counts.bad_rows}")
-    print(f"output: {args.output}" + (f" (errors under {args.output}/errors/)" if counts.rows_failed or
+    print(f"output: {args.output}" + (f" (errors under {args.output}/_errors/)" if counts.rows_failed or
                                       counts.bad_rows else ""))
     return 0

@@ -9,6 +9,7 @@ given until `--schedule_timeout_s` to be placed, and a job still unplaced fails 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 
@@ -31,8 +32,8 @@ def plan_workers(concurrency: int, num_cpus: float | None, cluster_cpus: float, 
     if cluster_cpus <= 0 and not can_grow:
         raise UnschedulableError("the cluster has no CPUs for workers")
     if num_cpus is None:
-        num_cpus = 1.0 if cluster_cpus <= 0 else min(1.0, round(cluster_cpus / concurrency, 4))
-    needed = concurrency * num_cpus
+        num_cpus = 1.0 if cluster_cpus <= 0 else min(1.0, math.floor(cluster_cpus / concurrency * 1e4) / 1e4)
+    needed = concurrency * num_cpus  # Ray counts CPUs in units of 1e-4: the share is rounded down
     if needed > cluster_cpus + 1e-9 and not can_grow:
         raise UnschedulableError(
             f"{concurrency} workers of {num_cpus:g} CPUs need {needed:g} CPUs; the cluster has {cluster_cpus:g}. "

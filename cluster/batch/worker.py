@@ -119,7 +119,9 @@ class BatchWorker:
                 counts.rows_failed += len(failed)
                 counts.rows_written += chunk.batch.num_rows - len(failed)
                 if chunk.bad or failed:
-                    errors = errors or fs.open_output_stream(errors_path)
+                    if errors is None:
+                        fs.create_dir(errors_path.rsplit("/", 1)[0], recursive=True)
+                        errors = fs.open_output_stream(errors_path)
                     errors.write(b"".join(_error_line(b) for b in (*chunk.bad, *failed)))
         finally:
             if writer is not None:

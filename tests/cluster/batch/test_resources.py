@@ -12,6 +12,7 @@ def test_default_cpus_fit_the_cluster() -> None:
     assert plan_workers(2, None, 2.0, can_grow=False) == WorkerResources(2, 1.0)
     assert plan_workers(4, None, 2.0, can_grow=False) == WorkerResources(4, 0.5)  # a share each
     assert plan_workers(3, 0.25, 2.0, can_grow=False) == WorkerResources(3, 0.25)  # fractional
+    assert plan_workers(3, None, 2.0, can_grow=False) == WorkerResources(3, 0.6666)  # 3 x 0.6666 <= 2
 
 
 def test_a_job_that_cannot_fit_is_refused_with_the_numbers() -> None:
