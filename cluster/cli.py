@@ -25,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     exporter_cli.add_commands(subparsers)
     # `serve` is dispatched in main() before this parser runs; listed here for --help.
     subparsers.add_parser("serve", help="serve models over TF Serving's gRPC and REST APIs (tessera serve --help)")
-    subparsers.add_parser("batch-predict", help="run a bundle over Parquet/CSV/JSON files on Ray Data")
+    subparsers.add_parser("batch-predict", help="run a model over Parquet/CSV/JSON/TFRecord files on Ray (tessera batch-predict --help)")
     return parser
 
 

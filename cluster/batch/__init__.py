@@ -1,1 +1,1 @@
-"""Offline batch prediction on Ray Data: the same bundles the cluster serves, over files."""
+"""Offline batch prediction on Ray: the models the cluster serves, over files in storage (docs/batch.md)."""

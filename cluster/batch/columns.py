@@ -6,7 +6,8 @@ string and binary columns become object arrays of `bytes` (the runtime's DT_STRI
 
 Writing: an output [batch] becomes a plain column (float, int, bool; strings as UTF-8 text, or
 binary where they are not text); an output [batch, d1, ...] becomes nested fixed-size lists, so a
-reader knows every row's shape from the schema.
+reader knows every row's shape from the schema. An output that is one row broadcast to the batch
+(a classifier's `classes`) is converted once and repeated by Arrow, not once per row.
 """
 
 from __future__ import annotations
@@ -75,8 +76,13 @@ def to_arrow(array: np.ndarray) -> pa.Array:
     """An output tensor (batch first) as a typed column (see the module docstring)."""
     if array.ndim == 0:
         raise InvalidInputError("a scalar output has no batch dimension")
-    flat = array.reshape(-1)
-    values = _strings(flat) if array.dtype == object else pa.array(np.ascontiguousarray(flat))
+    if array.dtype == object and array.ndim > 1 and array.strides[0] == 0 and len(array):
+        # One row broadcast to the batch (a classifier's labels): convert the row once, repeat it in C.
+        row = _strings(np.ascontiguousarray(array[0]).reshape(-1))
+        values = row.take(np.tile(np.arange(len(row), dtype=np.int32), len(array)))
+    else:
+        flat = array.reshape(-1)
+        values = _strings(flat) if array.dtype == object else pa.array(np.ascontiguousarray(flat))
     for size in reversed(array.shape[1:]):
         values = pa.FixedSizeListArray.from_arrays(values, size)
     return values

@@ -90,6 +90,9 @@ class BatchWorker:
             raise BundleError(f"the model has no signature {job.signature!r}; it has {sorted(self._servable.signatures)}")
         self._signature = signature
         self._feeders: dict[pa.Schema, Feeder] = {}
+        # pyarrow imports pandas (when installed, ~1 s) the first time it converts numpy: at start,
+        # with the model load, rather than inside the first unit.
+        pa.array(np.zeros(1))
 
     def ready(self) -> bool:
         return True

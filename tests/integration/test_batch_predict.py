@@ -41,7 +41,9 @@ def test_classify_over_parquet_on_two_workers(local_ray: None, iris: tuple, tmp_
     for f in range(3):
         pq.write_table(_table(trained, f * n), tmp_path / f"in-{f}.parquet")
     inputs = [str(tmp_path / "in-*.parquet")]
-    counts = run(BatchJob(str(base)), inputs, str(tmp_path / "out"), concurrency=2)
+    report = run(BatchJob(str(base)), inputs, str(tmp_path / "out"), concurrency=2)
+    counts = report.counts
+    assert (report.units, report.workers, report.num_cpus) == (3, 2, 1.0)
     assert (counts.rows_read, counts.rows_written, counts.rows_failed, counts.bad_rows) == (3 * n, 3 * n, 0, 0)
     out = pq.read_table(tmp_path / "out").sort_by("id")
     assert out.column("id").to_pylist() == list(range(3 * n))

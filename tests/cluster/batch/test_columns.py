@@ -36,6 +36,8 @@ def test_outputs_become_typed_columns() -> None:
     assert cube.type == pa.list_(pa.list_(pa.float64(), 3), 2)
     labels = to_arrow(np.array([[b"a", b"b"], [b"c", b"d"]], dtype=object))
     assert labels.type == pa.list_(pa.string(), 2) and labels.to_pylist() == [["a", "b"], ["c", "d"]]
+    broadcast = to_arrow(np.broadcast_to(np.array([b"x", b"y"], dtype=object), (3, 2)))
+    assert broadcast.type == pa.list_(pa.string(), 2) and broadcast.to_pylist() == [["x", "y"]] * 3
     raw = to_arrow(np.array([b"\xff", b"ok"], dtype=object))
     assert raw.type == pa.binary() and raw.to_pylist() == [b"\xff", b"ok"]
     with pytest.raises(InvalidInputError, match="no batch dimension"):
