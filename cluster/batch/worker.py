@@ -3,8 +3,8 @@
 A plain class (Ray wraps it as an actor in `cluster.batch.predict`; tests run it in-process). A unit
 is read in batches, each batch fed to the signature (`cluster.batch.feeding`), the outputs appended
 to the passthrough columns as typed columns (`cluster.batch.columns`) and written to the unit's part
-file. A batch the model refuses (InvalidInputError) is re-run row by row, so only the rows at fault
-fail; they and the undecodable input go to the unit's errors file.
+file. A batch the model refuses (InvalidInputError) is split until the refused rows are found, so
+only the rows at fault fail; they and the undecodable input go to the unit's errors file.
 """
 
 from __future__ import annotations
@@ -169,13 +169,27 @@ class BatchWorker:
 
     def _row_by_row(self, feeder: Feeder, batch: pa.RecordBatch, path: str, first_row: int,
                     failed: list[BadRow], keep: np.ndarray) -> Tensors:
+        """Finds the refused rows of a refused batch by halving it (down to 32 rows, then row by
+        row): a few bad rows in a big batch cost a few runs, not one run per row."""
         pieces: list[Tensors] = []
-        for i in range(batch.num_rows):
-            try:
-                pieces.append(feeder.run(batch.slice(i, 1)))
-            except InvalidInputError as exc:
-                keep[i] = False
-                failed.append(BadRow(path, first_row + i, str(exc), _raw(batch.slice(i, 1)), unit="row"))
+
+        def split(start: int, stop: int) -> None:
+            if stop - start > 32:
+                middle = (start + stop) // 2
+                for lo, hi in ((start, middle), (middle, stop)):
+                    try:
+                        pieces.append(feeder.run(batch.slice(lo, hi - lo)))
+                    except InvalidInputError:
+                        split(lo, hi)
+                return
+            for i in range(start, stop):
+                try:
+                    pieces.append(feeder.run(batch.slice(i, 1)))
+                except InvalidInputError as exc:
+                    keep[i] = False
+                    failed.append(BadRow(path, first_row + i, str(exc), _raw(batch.slice(i, 1)), unit="row"))
+
+        split(0, batch.num_rows)  # pieces are appended in row order
         if not pieces:
             return {}
         return {alias: np.concatenate([p[alias] for p in pieces]) for alias in pieces[0]}

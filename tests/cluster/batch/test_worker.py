@@ -23,13 +23,9 @@ from exporter.servable import register_loader
 from tests.exporter.test_storage import S3, s3  # noqa: F401  (the moto S3 fixture)
 
 
-def _table(trained: object, with_nulls: bool = False) -> pa.Table:
+def _table(trained: object) -> pa.Table:
     x = trained.x_test  # type: ignore[attr-defined]
     columns = {n: pa.array(x[:, i].astype(np.float32)) for i, n in enumerate(IRIS_FEATURES)}
-    if with_nulls:
-        values = x[:, 0].astype(np.float32).tolist()
-        values[3] = values[7] = None
-        columns["sepal_length"] = pa.array(values, pa.float32())
     return pa.table({"id": np.arange(len(x)), **columns, "label": pa.array(["l"] * len(x))})
 
 
@@ -64,13 +60,23 @@ def test_classify_over_parquet_typed_outputs_and_passthrough(iris: tuple, tmp_pa
 
 def test_rows_the_model_refuses_fail_alone(iris: tuple, tmp_path: pathlib.Path) -> None:
     base, trained = iris
-    pq.write_table(_table(trained, with_nulls=True), tmp_path / "in.parquet")
-    counts, out = _run(BatchJob(str(base)), [str(tmp_path / "in.parquet")], str(tmp_path / "out"))
-    n = len(trained.x_test)
-    assert counts == Counts(rows_read=n, rows_written=n - 2, rows_failed=2)
-    assert sorted(pq.read_table(out).column("id").to_pylist()) == [i for i in range(n) if i not in (3, 7)]
+    x = np.tile(trained.x_test, (10, 1))  # 300 rows in one batch: refused rows are found by halving
+    values = x[:, 0].astype(np.float32).tolist()
+    for i in (3, 7, 250):
+        values[i] = None
+    table = pa.table({"id": np.arange(len(x)), "sepal_length": pa.array(values, pa.float32()),
+                      **{n: x[:, i].astype(np.float32) for i, n in enumerate(IRIS_FEATURES) if i}})
+    pq.write_table(table, tmp_path / "in.parquet")
+    counts, out = _run(BatchJob(str(base), batch_size=512), [str(tmp_path / "in.parquet")], str(tmp_path / "out"))
+    n = len(x)
+    assert counts == Counts(rows_read=n, rows_written=n - 3, rows_failed=3)
+    written = pq.read_table(out).sort_by("id")
+    kept = [i for i in range(n) if i not in (3, 7, 250)]
+    assert written.column("id").to_pylist() == kept
+    np.testing.assert_allclose(np.array(written.column("scores").to_pylist()),  # each row its own answer
+                               trained.estimator.predict_proba(x[kept]), atol=1e-5)
     errors = [json.loads(line) for line in (tmp_path / "out" / "_errors" / "part-00000.jsonl").read_text().splitlines()]
-    assert [e["row"] for e in errors] == [3, 7] and "sepal_length" in errors[0]["error"]
+    assert [e["row"] for e in errors] == [3, 7, 250] and "sepal_length" in errors[0]["error"]
     assert json.loads(errors[0]["raw"])["id"] == 3
 
 
