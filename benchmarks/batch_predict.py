@@ -14,8 +14,9 @@ then times, on the same files:
   fixed cost is printed on its own: the whole `tessera batch-predict` command on 1,000 rows,
   ray.init, and a 1,000-row job; and the start (listing, workers, model) of each big job.
 
-Prints seconds, rows/s and the ratios the issue asks for. Timing on a shared 2-core machine is
-noisy: run it twice.
+Prints seconds, rows/s and the ratios the issue asks for, and the CPU time of the loop and of the
+workers (rows per CPU-second: what each row costs, whatever else the machine is running). Wall
+times on a shared 2-core machine are noisy: the load average is printed; run it twice.
 """
 
 from __future__ import annotations
@@ -74,11 +75,15 @@ def generate(work: pathlib.Path, rows: int, files: int) -> tuple[pathlib.Path, p
     return models, data, trained
 
 
-def plain_loop(data: pathlib.Path, out: pathlib.Path, predict: object) -> float:
+def plain_loop(data: pathlib.Path, out: pathlib.Path, predict: object, threads: int | None = None) -> float:
     """pyarrow reads each file in batches, `predict` (x -> output columns) runs, Parquet is written:
-    the id and the same output columns batch-predict writes for the `predict` signature."""
+    the id and the same output columns batch-predict writes for the `predict` signature. `threads`:
+    Arrow's thread pool (Parquet decoding, encoding); default: one per CPU. Prints the CPU time."""
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
+    default_threads = pa.cpu_count()
+    pa.set_cpu_count(threads or default_threads)
+    cpu = time.process_time()
     started = time.perf_counter()
     for path in sorted(data.iterdir()):
         writer = None
@@ -92,7 +97,13 @@ def plain_loop(data: pathlib.Path, out: pathlib.Path, predict: object) -> float:
             writer.write_table(table)
         if writer:
             writer.close()
-    return time.perf_counter() - started
+    elapsed = time.perf_counter() - started
+    LOOP_CPU.append((elapsed, time.process_time() - cpu))
+    pa.set_cpu_count(default_threads)
+    return elapsed
+
+
+LOOP_CPU: list[tuple[float, float]] = []  # (wall, CPU) of each loop run, for the cores a loop keeps busy
 
 
 def cli_fixed_cost(models: pathlib.Path, tiny: pathlib.Path, out: pathlib.Path) -> float:
@@ -115,7 +126,9 @@ def job(models: pathlib.Path, signature: str) -> BatchJob:
 
 def timed_run(models: pathlib.Path, data: pathlib.Path, out: pathlib.Path, signature: str,
               concurrency: int) -> JobReport:
-    report = run(job(models, signature), [str(data)], str(out), concurrency=concurrency, overwrite=True)
+    # whole_cluster: as the command does on its embedded Ray, the workers share all its CPUs.
+    report = run(job(models, signature), [str(data)], str(out), concurrency=concurrency, overwrite=True,
+                 whole_cluster=True)
     assert report.counts.rows_failed == report.counts.bad_rows == 0
     return report
 
@@ -150,6 +163,8 @@ def main() -> None:
     for _ in range(args.repeat):  # interleaved, so the machine's noise falls on every figure alike
         results.setdefault("loop (bundle)", []).append(plain_loop(data, work / "out-loop", bundle))
         results.setdefault("loop (sklearn)", []).append(plain_loop(data, work / "out-loop", sklearn))
+        results.setdefault("loop (bundle), 1 Arrow thread", []).append(
+            plain_loop(data, work / "out-loop", bundle, threads=1))
         for c in (1, 2):
             tiny = timed_run(models, work / "tiny", work / "out-tiny", "predict", c)
             results.setdefault(f"fixed c={c}", []).append(tiny.start_s + tiny.run_s)
@@ -157,7 +172,9 @@ def main() -> None:
                 report = timed_run(models, data, work / "out-bp", signature, c)
                 results.setdefault(f"start {signature} c={c}", []).append(report.start_s)
                 results.setdefault(f"batch-predict {signature} c={c}", []).append(report.run_s)
+                results.setdefault(f"cpu {signature} c={c}", []).append(report.counts.cpu_s)
     ray.shutdown()
+    print(f"load average at the end {os.getloadavg()[0]:.1f}")
     best = {name: min(values) for name, values in results.items()}
     print(f"{'fixed cost: the tessera command, 1,000 rows':46s} {cli:7.2f} s")
     print(f"{'  of which ray.init (embedded local Ray)':46s} {ray_start:7.2f} s")
@@ -165,13 +182,20 @@ def main() -> None:
         print(f"{'  of which a 1,000-row job, c=' + str(c):46s} {best[f'fixed c={c}']:7.2f} s  "
               f"(listing, workers, model: {best[f'start predict c={c}']:.2f} s on the big input)")
     fastest = min(best["loop (bundle)"], best["loop (sklearn)"])
-    for name in ("loop (bundle)", "loop (sklearn)"):
+    for name in ("loop (bundle)", "loop (sklearn)", "loop (bundle), 1 Arrow thread"):
         print(f"{name:46s} {best[name]:7.2f} s  {rows / best[name]:12,.0f} rows/s")
+    cores = [cpu / wall for wall, cpu in LOOP_CPU]
+    print(f"{'  CPU time / wall time of the loops':46s} {min(cores):7.2f} .. {max(cores):.2f} "
+          "(the cores a 'plain' loop keeps busy through Arrow's threads)")
+    loop_cpu = min(cpu for _, cpu in LOOP_CPU[0::3])  # the bundle loop with Arrow's default threads
+    print(f"{'  CPU time of the loop (bundle)':46s} {loop_cpu:7.2f} s  {rows / loop_cpu:12,.0f} rows per CPU-s")
     for signature in ("predict", "serving_default"):
         for c in (1, 2):
             seconds = best[f"batch-predict {signature} c={c}"]
+            cpu = best[f"cpu {signature} c={c}"]
             print(f"{'batch-predict ' + signature + ' c=' + str(c):46s} {seconds:7.2f} s  "
-                  f"{rows / seconds:12,.0f} rows/s  {fastest / seconds:5.2f}x the faster loop")
+                  f"{rows / seconds:12,.0f} rows/s  {fastest / seconds:5.2f}x the faster loop; "
+                  f"workers' CPU {cpu:.2f} s ({rows / cpu:,.0f} rows per CPU-s)")
     for c in (1, 2):
         ratio = best[f"batch-predict serving_default c={c}"] / best[f"batch-predict predict c={c}"]
         print(f"Classify time / Predict time, c={c}: {ratio:.2f}")

@@ -40,9 +40,9 @@ def _cause(exc: BaseException) -> BaseException:
 
 
 def _start_workers(job: BatchJob, concurrency: int, num_cpus: float | None, *, can_grow: bool,
-                   timeout_s: float) -> tuple[list[Any], float]:
+                   whole_cluster: bool, timeout_s: float) -> tuple[list[Any], float]:
     cluster_cpus = float(ray.cluster_resources().get("CPU", 0.0))
-    plan = plan_workers(concurrency, num_cpus, cluster_cpus, can_grow=can_grow)
+    plan = plan_workers(concurrency, num_cpus, cluster_cpus, can_grow=can_grow, whole_cluster=whole_cluster)
     actor = ray.remote(BatchWorker).options(num_cpus=plan.num_cpus, max_restarts=1, max_task_retries=1)
     job = replace(job, num_cpus=plan.num_cpus)
     workers = [actor.remote(job) for _ in range(plan.workers)]
@@ -72,16 +72,22 @@ class JobReport:
 
 
 def run(job: BatchJob, inputs: Sequence[str], output: str, *, concurrency: int = 1, num_cpus: float | None = None,
-        overwrite: bool = False, can_grow: bool = False, schedule_timeout_s: float = 60.0,
-        unit_rows: int = UNIT_ROWS, progress: Callable[[str], None] | None = None) -> JobReport:
-    """Runs `job` over `inputs` into `output` (published only if every unit succeeds)."""
+        overwrite: bool = False, can_grow: bool = False, whole_cluster: bool = False,
+        schedule_timeout_s: float = 60.0, unit_rows: int = UNIT_ROWS,
+        progress: Callable[[str], None] | None = None) -> JobReport:
+    """Runs `job` over `inputs` into `output` (published only if every unit succeeds).
+
+    `can_grow`: the cluster may add nodes (wait for workers up to `schedule_timeout_s`);
+    `whole_cluster`: the cluster is the job's alone (workers share all its CPUs by default).
+    """
     started = time.perf_counter()
     units = plan_units(list_files(inputs), job.input_format, unit_rows)
     out = OutputDir(output, overwrite=overwrite)
     extension = "parquet" if job.output_format == "parquet" else "jsonl"
     workers: list[Any] = []
     try:
-        workers, cpus = _start_workers(job, concurrency, num_cpus, can_grow=can_grow, timeout_s=schedule_timeout_s)
+        workers, cpus = _start_workers(job, concurrency, num_cpus, can_grow=can_grow, whole_cluster=whole_cluster,
+                                       timeout_s=schedule_timeout_s)
         ready = time.perf_counter()
         queue: collections.deque[Unit] = collections.deque(units)
         pending: dict[Any, tuple[Any, Unit]] = {}
@@ -103,7 +109,7 @@ def run(job: BatchJob, inputs: Sequence[str], output: str, *, concurrency: int =
                 progress(f"{len(units) - len(queue) - len(pending)}/{len(units)} units done ({total.rows_read} rows read)")
             if queue:
                 submit(worker)
-        out.publish(vars(total))
+        out.publish({k: v for k, v in vars(total).items() if k != "cpu_s"})
         done = time.perf_counter()
         return JobReport(total, len(units), len(workers), cpus, ready - started, done - ready)
     except BaseException:
@@ -148,7 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--batch_size", type=int, default=8192)
     add("--concurrency", type=int, default=1, help="workers, each with the model loaded")
     add("--num_cpus", type=float, default=None,
-        help="CPUs per worker, fractional allowed (default: 1, or the cluster's share when it has fewer)")
+        help="CPUs per worker, fractional allowed (default: an equal share of the embedded Ray's CPUs; "
+             "on --ray_address 1, or an equal share when the cluster has fewer)")
     add("--schedule_timeout_s", type=float, default=60.0, help="how long workers may wait to be placed")
     add("--ray_address", default=None, help="an existing Ray cluster (default: an embedded local Ray)")
     return parser
@@ -173,6 +180,7 @@ def main(argv: Sequence[str]) -> int:
     try:
         report = run(job, args.input, args.output, concurrency=args.concurrency, num_cpus=args.num_cpus,
                      overwrite=args.overwrite, can_grow=bool(args.ray_address),
+                     whole_cluster=started and not args.ray_address,
                      schedule_timeout_s=args.schedule_timeout_s, progress=lambda m: print(m, file=sys.stderr))
     except Exception as exc:  # one line for the user; the job has left no output behind
         cause = _cause(exc)
@@ -186,7 +194,7 @@ def main(argv: Sequence[str]) -> int:
           f"bad rows: {counts.bad_rows}")
     rate = counts.rows_read / report.run_s if report.run_s > 0 else 0.0
     print(f"{report.units} units on {report.workers} workers of {report.num_cpus:g} CPUs: started in "
-          f"{report.start_s:.2f} s, ran in {report.run_s:.2f} s ({rate:,.0f} rows/s)")
+          f"{report.start_s:.2f} s, ran in {report.run_s:.2f} s ({rate:,.0f} rows/s, {counts.cpu_s:.2f} CPU-s)")
     print(f"output: {args.output}" + (f" (errors under {args.output}/_errors/)" if counts.rows_failed or
                                       counts.bad_rows else ""))
     return 0

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import json
 import math
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -55,6 +56,7 @@ class Counts:
     rows_written: int = 0
     rows_failed: int = 0  # decoded, refused by the model
     bad_rows: int = 0  # undecodable input
+    cpu_s: float = field(default=0.0, compare=False)  # CPU time of the workers' processes (all their threads) spent on units
 
     def add(self, other: Counts) -> None:
         for name in vars(self):
@@ -90,6 +92,8 @@ class BatchWorker:
             raise BundleError(f"the model has no signature {job.signature!r}; it has {sorted(self._servable.signatures)}")
         self._signature = signature
         self._feeders: dict[pa.Schema, Feeder] = {}
+        # Arrow's own threads (Parquet decoding and encoding) follow the worker's CPUs.
+        pa.set_cpu_count(threads)
         # pyarrow imports pandas (when installed, ~1 s) the first time it converts numpy: at start,
         # with the model load, rather than inside the first unit.
         pa.array(np.zeros(1))
@@ -102,6 +106,7 @@ class BatchWorker:
         filesystem of `output_source`), each only if there is something to write."""
         fs, _ = storage.resolve(output_source)
         counts = Counts()
+        cpu = time.process_time()
         writer: Any = None
         schema: pa.Schema | None = None
         errors: Any = None
@@ -131,6 +136,7 @@ class BatchWorker:
                 writer.close()
             if errors is not None:
                 errors.close()
+        counts.cpu_s = time.process_time() - cpu
         return counts
 
     def _feeder(self, schema: pa.Schema) -> Feeder:

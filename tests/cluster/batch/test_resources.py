@@ -13,6 +13,10 @@ def test_default_cpus_fit_the_cluster() -> None:
     assert plan_workers(4, None, 2.0, can_grow=False) == WorkerResources(4, 0.5)  # a share each
     assert plan_workers(3, 0.25, 2.0, can_grow=False) == WorkerResources(3, 0.25)  # fractional
     assert plan_workers(3, None, 2.0, can_grow=False) == WorkerResources(3, 0.6666)  # 3 x 0.6666 <= 2
+    # The embedded Ray is the job's alone: its workers share every CPU.
+    assert plan_workers(1, None, 2.0, can_grow=False, whole_cluster=True) == WorkerResources(1, 2.0)
+    assert plan_workers(2, None, 8.0, can_grow=False, whole_cluster=True) == WorkerResources(2, 4.0)
+    assert plan_workers(1, 1.0, 8.0, can_grow=False, whole_cluster=True) == WorkerResources(1, 1.0)  # the flag wins
 
 
 def test_a_job_that_cannot_fit_is_refused_with_the_numbers() -> None:
