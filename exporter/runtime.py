@@ -234,7 +234,7 @@ class Runtime:
         serializing tf.Examples only for the graph to parse them again: see `run_features`.
         """
         node = self._parse_node(key)
-        return None if node is None else dict(self._states[node.name])
+        return None if node is None else dict(self._states[node.name].spec)  # the node's ExampleParser
 
     def run_features(
         self,
@@ -248,7 +248,7 @@ class Runtime:
         node = self._parse_node(signature_key)
         if node is None:
             raise InvalidInputError(f"signature {signature_key!r} has no parsing receiver to bypass")
-        spec = self._states[node.name]
+        spec = self._states[node.name].spec
         if features.keys() != spec.keys():
             raise InvalidInputError(f"features {sorted(features)} do not match the receiver's {sorted(spec)}")
         sig = self.signatures[signature_key]

@@ -153,3 +153,17 @@ def test_s3_in_and_out(iris: tuple, s3: S3) -> None:  # noqa: F811
         assert pq.read_table(f).num_rows == len(trained.x_test)
     with s3.fs.open_input_stream(f"models/{prefix}/out/{SUCCESS_FILE}") as f:
         assert json.loads(f.read())["rows_read"] == len(trained.x_test)
+
+
+def test_an_onnx_model_in_tritons_layout(tmp_path: pathlib.Path) -> None:
+    from tests.exporter.test_onnx_loader import write_onnx_version
+
+    write_onnx_version(tmp_path / "scale", 3, 2.0)
+    x = np.arange(20, dtype=np.float32).reshape(10, 2)
+    pq.write_table(pa.table({"key": [f"k{i}" for i in range(10)], "a": x[:, 0], "b": x[:, 1]}), tmp_path / "in.parquet")
+    job = BatchJob(str(tmp_path / "scale"), model_platform="onnx", selection=InputSelection(stacked={"x": ("a", "b")}))
+    counts, out = _run(job, [str(tmp_path / "in.parquet")], str(tmp_path / "out"))
+    table = pq.read_table(out).sort_by("key")
+    assert counts.rows_written == 10 and table.schema.names == ["key", "ids", "y"]
+    assert table.schema.field("y").type == pa.list_(pa.float32(), 2) and table.schema.field("ids").type == pa.int64()
+    np.testing.assert_allclose(np.array(table.column("y").to_pylist()), x * 2.0)  # k0..k9: row order
