@@ -208,6 +208,11 @@ class _TextParser:
         if self._csv:
             self._names = pacsv.read_csv(io.BytesIO(header + b"\n")).schema.names
 
+    @property
+    def schema(self) -> pa.Schema | None:
+        """The file's types, once a block has parsed."""
+        return self._schema
+
     def parse(self, block: bytes) -> pa.Table:
         if self._csv:
             convert = pacsv.ConvertOptions(column_types=self._schema) if self._schema else None
@@ -262,6 +267,6 @@ def _line_by_line(parser: _TextParser, path: str, block: bytes, csv: bool, first
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
             text = record.decode("utf-8", "replace").rstrip("\n")
             bad.append(BadRow(path, first_line + i, str(exc).splitlines()[0], text[:1000]))
-    if parser._schema is None:
+    if parser.schema is None:
         raise InputError(f"{path}: no line of the first block parses; is it {'CSV' if csv else 'JSON lines'}?")
-    return pa.concat_tables(good) if good else parser._schema.empty_table()
+    return pa.concat_tables(good) if good else parser.schema.empty_table()
