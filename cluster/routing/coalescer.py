@@ -19,6 +19,7 @@ output_filter, timeouts) -> [outputs | error, ...]`: in production a `ReplicaCha
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
@@ -31,6 +32,8 @@ from cluster.routing.router import Router
 
 Outputs = Mapping[str, np.ndarray]
 Connect = Callable[[Any], Any]  # replica ref -> its call target
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,7 +168,9 @@ class Coalescer:
         except errors.ServingError:
             raise
         except Exception as exc:  # noqa: BLE001 - the call broke: treat as the replica being gone
-            raise errors.Unavailable(f"replica call failed: {type(exc).__name__}: {exc}") from None
+            # The client hears that the replica was lost; the exception's class is for the log.
+            log.warning("call to replica %s failed: %r", getattr(replica, "address", replica), exc)
+            raise errors.Unavailable(f"replica call failed: {exc or 'connection lost'}") from None
 
 
 def _fail(batch: list[_Request], exc: BaseException) -> None:
