@@ -104,6 +104,7 @@ class TesseraServer:
             target_ongoing_requests=opts.target_ongoing_requests,
             upscale_delay_s=opts.upscale_delay_s,
             downscale_delay_s=opts.downscale_delay_s,
+            model_autoscaling=dict(opts.model_autoscaling),
         )
         batching = (opts.batching or BatchingConfig()) if opts.enable_batching else None
         # The data plane admits only this cluster's gateways: a secret made here, handed to the
@@ -131,7 +132,7 @@ class TesseraServer:
             connect=lambda ref: ReplicaChannel(ref.address, secret, max_frame=max_frame),
             poll_table=lambda epoch, incarnation: controller.get_routing_table.remote(epoch, 10.0, incarnation),
             reload=self._reload,
-            report_load=lambda loads: controller.report_load.remote(gateway_id, loads),
+            report_load=lambda period, loads: controller.report_load.remote(gateway_id, period, loads),
             on_controller_restart=lambda: controller.set_config.remote(self.config),
         )
         credentials = None

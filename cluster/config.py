@@ -52,6 +52,17 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
+class ModelAutoscaling:
+    """One model's entry in `--autoscaling_config_file`: None leaves the flag's value."""
+
+    min_replicas: int | None = None  # default: --num_replicas
+    max_replicas: int | None = None  # default: --max_replicas (and never below min_replicas)
+    target_ongoing_requests: float | None = None  # default: --target_ongoing_requests
+    upscale_delay_s: float | None = None  # default: --upscale_delay_s
+    downscale_delay_s: float | None = None  # default: --downscale_delay_s
+
+
+@dataclass(frozen=True)
 class ServerConfig:
     """The whole desired state of the models: replaces the previous one on reload."""
 
@@ -106,3 +117,6 @@ class ServeOptions:
     # tensors, in bytes: a 39-byte Predict could otherwise claim 2 GB.
     max_request_fill_bytes: int = DEFAULT_MAX_REQUEST_FILL_BYTES
     data_plane_max_frame_bytes: int = 1 << 30  # a larger gateway<->replica frame is refused unread
+    autoscaling_config_file: str = ""
+    # Per-model overrides of the autoscaling flags above, from --autoscaling_config_file.
+    model_autoscaling: dict[str, ModelAutoscaling] = field(default_factory=dict)

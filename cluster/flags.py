@@ -24,7 +24,7 @@ from cluster.config import (
     ServerConfig,
 )
 from cluster.errors import InvalidArgument
-from cluster.gateway import config_converters
+from cluster.gateway import autoscaling_config, config_converters
 from exporter import servable
 
 _TRUE = frozenset({"true", "t", "yes", "y", "1"})
@@ -106,7 +106,14 @@ _OUR_FLAGS: tuple[tuple[str, type, object, str, str], ...] = (
     ("max_replicas", int, None, "N", "autoscale each model up to this many replicas (default: no autoscaling)"),
     ("target_ongoing_requests", float, 8.0, "N", "autoscaling target: requests in flight per replica"),
     ("upscale_delay_s", float, 3.0, "S", "autoscaling: least time between a change and a scale-up"),
-    ("downscale_delay_s", float, 30.0, "S", "autoscaling: least time between a change and a scale-down"),
+    ("downscale_delay_s", float, 30.0, "S", "autoscaling: how long the load must stay low before a scale-down"),
+    (
+        "autoscaling_config_file",
+        str,
+        "",
+        "PATH",
+        "text-format tessera.AutoscalingConfig: per-model min/max replicas and targets (the flags are the defaults)",
+    ),
     # A Ray CPU reservation is a scheduling token, not a cap; small models sit idle most of the
     # time, so 0.02 (50 replicas per CPU) fits 50 models on a 2-CPU laptop. Raise it for big models.
     ("replica_num_cpus", float, 0.02, "CPUS", "CPUs reserved per replica actor (a reservation, not a limit)"),
@@ -164,6 +171,9 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         parser.error(f"--model_platform must be one of {', '.join(servable.platforms())}, got {args.model_platform!r}")
     if args.model_platform != "tensorflow" and args.model_config_file:
         parser.error("--model_platform applies to --model_base_path; set model_platform in the model config instead")
+    for flag in ("upscale_delay_s", "downscale_delay_s"):
+        if getattr(args, flag) < 0:
+            parser.error(f"--{flag} must not be negative, got {getattr(args, flag)}")
     if args.log_format not in ("text", "json"):
         parser.error(f"--log_format must be text or json, got {args.log_format!r}")
     if args.rest_api_port and args.rest_api_port == args.port:
@@ -237,6 +247,12 @@ def _options(args: argparse.Namespace) -> ServeOptions:
         downscale_delay_s=args.downscale_delay_s,
         session_threads=(args.tensorflow_intra_op_parallelism, args.tensorflow_inter_op_parallelism),
         max_request_fill_bytes=args.max_request_fill_bytes,
+        autoscaling_config_file=args.autoscaling_config_file,
+        model_autoscaling=(
+            autoscaling_config.autoscaling_from_text(config_converters.read_text_file(args.autoscaling_config_file))
+            if args.autoscaling_config_file
+            else {}
+        ),
     )
 
 

@@ -1,25 +1,49 @@
-"""How many replicas a model should have: a pure function, the clock passed in.
+"""How many replicas a model should have: a pure function of the load, the state and the clock.
 
-Ray Serve's users see oscillation: a scale-up lowers each replica's queue, the lower number reads
-as "too many replicas", one is removed, queues grow again, and so on. This policy damps it:
+`decide(config, state, current, load, now)` returns the replica count to move to and the state to
+remember until the next decision. `load` is the model's requests in flight *averaged over time*
+(every gateway's, summed; see `cluster.autoscaler.load`), never a single sample: at low
+concurrency a sample of 0 in the middle of steady load would read as idle.
 
-- Scale up at once to what the load needs, ceil(total_in_flight / target_per_replica), once
-  `upscale_delay_s` has passed since the last change (time for new replicas to start taking load
-  before we judge again). Right after a scale-down the upscale is not delayed: that scale-down
-  was evidently one too many, and waiting would only add latency.
-- Scale down one replica at a time, only when the load would still fit under the target after
-  removing it (total_in_flight <= (current - 1) * target_per_replica), and only once
-  `downscale_delay_s` has passed since the last change in either direction. Between those two
-  thresholds lies a dead band of one replica's worth of load in which nothing changes.
-- `min_replicas`/`max_replicas` always win, without delay (a config change must apply).
+The rules, and why:
 
-Feed it a smoothed load (e.g. the mean in-flight over a look-back window), not a single sample.
+- **Bounds** (`min_replicas`, `max_replicas`) win at once, without delay: a config change applies.
+- **Up**: when the load needs more than `current` replicas at `target_ongoing_requests` each
+  (load > current * target), add one replica (or a quarter of the shortfall, when it is more than
+  four), once `max(upscale_delay_s, look_back_s)` have passed since the last change took effect,
+  so the load is judged on the new count. In-flight counts overstate the need while queues are
+  long (a saturated count reads as needing far more than the smallest count that is not), so a
+  jump to ceil(load / target) overshoots and must come back down; stepping up from below stops
+  at the smallest count that holds the load. The up decision takes the lower of the look-back
+  average and the newest period, and none is made while answers outpace arrivals: a backlog that
+  drains after a burst or a scale-up needs no more replicas, the count already keeps up.
+  Right after a scale-down the upscale is not delayed: that scale-down was one too many.
+- **Down, with hysteresis**: only while the load fits one replica fewer with room to spare,
+  load <= (current - 1) * target * (1 - hysteresis). Between that and the up threshold lies a dead
+  band in which nothing changes. The load must have stayed below the down threshold for
+  `downscale_delay_s` without a break (a dip is not a trend), and then the count steps down one
+  replica at a time, each step `look_back_s` after the last (so the load is judged again on the
+  smaller count) for as long as the load stays low: after a burst the count comes back within
+  `downscale_delay_s` plus one `look_back_s` per step.
+- **No flapping**: more replicas shorten queues, so the same traffic reads as fewer requests in
+  flight on more replicas (Ray Serve's users see the count see-saw). Every scale-up from n at an
+  arrival rate r records that n replicas are too few for r, and the count does not go down to n
+  again until the rate falls clearly below r (by the hysteresis fraction). The rate, unlike the
+  in-flight count, does not depend on the replica count under open-loop traffic. (A scale-up
+  while a backlog drains, answers outpacing arrivals, proves nothing about the traffic and
+  records nothing.)
 """
 
 from __future__ import annotations
 
 import enum
 import math
+from dataclasses import dataclass, replace
+
+from cluster.autoscaler.load import Load
+
+_EPSILON = 1e-9  # a load of exactly k * target needs k replicas, whatever the float rounding
+UPSCALE_STEP = 0.25  # a scale-up adds one replica, or this fraction of the way when far behind
 
 
 class Direction(enum.IntEnum):
@@ -29,37 +53,90 @@ class Direction(enum.IntEnum):
 
 
 def direction_of(current: int, desired: int) -> Direction:
-    """The direction of a change from `current` to `desired` replicas (to record as last_direction)."""
+    """The direction of a change from `current` to `desired` replicas."""
     return Direction.UP if desired > current else Direction.DOWN if desired < current else Direction.NONE
 
 
-def desired_replicas(
-    current: int,
-    total_in_flight: float,
-    target_per_replica: float,
-    min_replicas: int,
-    max_replicas: int,
-    now: float,
-    last_change_time: float,
-    upscale_delay_s: float,
-    downscale_delay_s: float,
-    last_direction: Direction,
-) -> int:
-    """The replica count to move to now (== `current` when nothing should change)."""
-    if target_per_replica <= 0:
-        raise ValueError(f"target_per_replica must be positive, got {target_per_replica}")
-    if not 0 <= min_replicas <= max_replicas:
-        raise ValueError(f"need 0 <= min_replicas <= max_replicas, got {min_replicas}, {max_replicas}")
-    if current < min_replicas or current > max_replicas:
-        return min(max(current, min_replicas), max_replicas)
+@dataclass(frozen=True)
+class AutoscalingConfig:
+    """One model's autoscaling settings (the flags, overridden by --autoscaling_config_file)."""
 
-    since_change = now - last_change_time
-    needed = min(max(math.ceil(total_in_flight / target_per_replica), min_replicas), max_replicas)
+    min_replicas: int
+    max_replicas: int
+    target_ongoing_requests: float = 8.0  # per replica
+    upscale_delay_s: float = 3.0
+    downscale_delay_s: float = 30.0
+    look_back_s: float = 3.0  # the load is the time average over this long
+    hysteresis: float = 0.2  # the down threshold sits this fraction below one replica fewer's worth
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.min_replicas <= self.max_replicas:
+            raise ValueError(f"need 0 <= min_replicas <= max_replicas, got {self.min_replicas}, {self.max_replicas}")
+        if self.target_ongoing_requests <= 0:
+            raise ValueError(f"target_ongoing_requests must be positive, got {self.target_ongoing_requests}")
+        if not 0 <= self.hysteresis < 1:
+            raise ValueError(f"hysteresis must be in [0, 1), got {self.hysteresis}")
+        for name in ("upscale_delay_s", "downscale_delay_s", "look_back_s"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative, got {getattr(self, name)}")
+
+    @property
+    def enabled(self) -> bool:
+        return self.max_replicas > self.min_replicas
+
+
+@dataclass(frozen=True)
+class ScalingState:
+    """What `decide` remembers between decisions."""
+
+    last_change: float  # when the count last changed (or the model was added)
+    last_direction: Direction = Direction.NONE
+    low_since: float | None = None  # since when the load has been below the down threshold
+    too_few: tuple[int, float] | None = None  # (n, rate): n replicas proved too few at that arrival rate
+
+
+def decide(
+    config: AutoscalingConfig, state: ScalingState, current: int, load: Load, now: float, recent: Load | None = None
+) -> tuple[int, ScalingState]:
+    """The replica count to move to now (== `current`: no change) and the state to keep.
+
+    `load` is the average over the look-back; `recent` the newest period's (default: `load`).
+    """
+    lo, hi = config.min_replicas, config.max_replicas
+    if current < lo or current > hi:
+        desired = min(max(current, lo), hi)
+        return desired, ScalingState(now, direction_of(current, desired), too_few=state.too_few)
+
+    target = config.target_ongoing_requests
+    # Up only on load that is still there: a backlog draining after a scale-up reads high on
+    # average but falls in the newest period.
+    up_load = load.in_flight if recent is None else min(load.in_flight, recent.in_flight)
+    wanted = math.ceil(up_load / target - _EPSILON) if math.isfinite(up_load) else hi
+    needed = min(max(wanted, lo), hi)
     if needed > current:
-        if last_direction is Direction.DOWN or since_change >= upscale_delay_s:
-            return needed
-        return current
-    fits_with_one_less = total_in_flight <= (current - 1) * target_per_replica
-    if current > min_replicas and fits_with_one_less and since_change >= downscale_delay_s:
-        return current - 1
-    return current
+        needed = current + max(1, int((needed - current) * UPSCALE_STEP))
+    since_change = now - state.last_change
+    # A backlog that drains (answers outpace arrivals) needs no more replicas: these keep up.
+    draining = load.done_rate > load.rate * (1 + config.hysteresis)
+    if needed > current and not draining:
+        # Judged again only once the load seen covers the last change (look_back_s after it).
+        wait = max(config.upscale_delay_s, config.look_back_s)
+        if not (state.last_direction is Direction.DOWN or since_change >= wait):
+            return current, replace(state, low_since=None)
+        # `current` replicas are too few for this traffic: not back down to it until it falls.
+        return needed, ScalingState(now, Direction.UP, too_few=(current, load.rate))
+    if needed > current:
+        return current, replace(state, low_since=None)
+
+    room = 1.0 - config.hysteresis
+    low = current > lo and load.in_flight <= (current - 1) * target * room
+    if low and state.too_few is not None:
+        count, rate = state.too_few
+        low = current - 1 > count or load.rate <= rate * room
+    if not low:
+        return current, replace(state, low_since=None)
+    low_since = state.low_since if state.low_since is not None else now
+    if now - low_since >= config.downscale_delay_s and since_change >= config.look_back_s:
+        # low_since is kept: the next step down needs only the load to stay low at the new count.
+        return current - 1, ScalingState(now, Direction.DOWN, low_since, state.too_few)
+    return current, replace(state, low_since=low_since)

@@ -1,59 +1,35 @@
-"""Per-model autoscaling state: a look-back window of load samples and the last change.
+"""Per-model autoscaling state: the policy's memory between ticks, and the log of its decisions.
 
-The decision itself is the pure `desired_replicas` policy; this class only remembers what the
-policy needs between ticks (samples, when and which way the count last changed). The controller
-feeds it the in-flight requests that gateways report and applies what it returns.
+The decision itself is the pure `decide` policy; this class only keeps the `ScalingState` it
+returns and the load it decided on. The controller feeds it each model's load (from a
+`LoadWindow` of every gateway's reports) and applies the count it returns.
 """
 
 from __future__ import annotations
 
-from collections import deque
-from dataclasses import dataclass
+from dataclasses import replace
 
-from cluster.autoscaler.policy import Direction, desired_replicas, direction_of
+from cluster.autoscaler.load import Load
+from cluster.autoscaler.policy import AutoscalingConfig, ScalingState, decide
 
-
-@dataclass(frozen=True)
-class AutoscalingConfig:
-    min_replicas: int
-    max_replicas: int
-    target_ongoing_requests: float = 8.0  # per replica
-    upscale_delay_s: float = 3.0
-    downscale_delay_s: float = 30.0
-    look_back_s: float = 5.0
-
-    @property
-    def enabled(self) -> bool:
-        return self.max_replicas > self.min_replicas
+__all__ = ["AutoscalingConfig", "ModelScaler"]
 
 
 class ModelScaler:
-    """Remembers one model's recent load and its last scaling change."""
+    """One model's autoscaling: `decide(now, current, load)` -> the replica count to move to."""
 
     def __init__(self, config: AutoscalingConfig, now: float) -> None:
         self.config = config
-        self._samples: deque[tuple[float, float]] = deque()
-        self._last_change = now
-        self._last_direction = Direction.NONE
+        self.state = ScalingState(last_change=now)
+        self.last_load = Load(0.0, 0.0)  # the load of the last decision (for logs)
 
-    def observe(self, now: float, in_flight: float) -> None:
-        self._samples.append((now, in_flight))
-        horizon = now - self.config.look_back_s
-        while self._samples and self._samples[0][0] < horizon:
-            self._samples.popleft()
+    def decide(self, now: float, current: int, load: Load, recent: Load | None = None) -> int:
+        """The replica count to move to (== current: no change). A change is remembered as made:
+        if the controller cannot make it, the next decision starts from the count it has."""
+        self.last_load = load
+        desired, self.state = decide(self.config, self.state, current, load, now, recent)
+        return desired
 
-    def smoothed_load(self) -> float:
-        return sum(v for _, v in self._samples) / len(self._samples) if self._samples else 0.0
-
-    def decide(self, now: float, current: int) -> int:
-        """The replica count to move to (== current: no change)."""
-        c = self.config
-        return desired_replicas(
-            current, self.smoothed_load(), c.target_ongoing_requests, c.min_replicas, c.max_replicas,
-            now, self._last_change, c.upscale_delay_s, c.downscale_delay_s, self._last_direction,
-        )
-
-    def changed(self, now: float, current: int, desired: int) -> None:
-        """Record a change the controller made (or started)."""
-        self._last_direction = direction_of(current, desired)
-        self._last_change = now
+    def applied(self, now: float) -> None:
+        """The change decided last took effect now (new replicas serve): the delays count from here."""
+        self.state = replace(self.state, last_change=now)

@@ -98,8 +98,8 @@ class ControllerActor:
     async def wait_ready(self, timeout: float) -> bool:
         return await self._controller.wait_ready(timeout)
 
-    async def report_load(self, gateway: str, in_flight: dict[str, float]) -> None:
-        self._controller.report_load(gateway, in_flight)
+    async def report_load(self, gateway: str, period_s: float, in_flight: dict[str, float]) -> None:
+        self._controller.report_load(gateway, period_s, in_flight)
 
     async def cluster_stats(self) -> list[ModelStats]:
         return await self._controller.cluster_stats()

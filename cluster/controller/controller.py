@@ -22,8 +22,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cluster import errors, stats
+from cluster.autoscaler.load import LoadWindow
 from cluster.autoscaler.scaler import AutoscalingConfig, ModelScaler
-from cluster.config import ModelConfig, ServerConfig
+from cluster.config import ModelAutoscaling, ModelConfig, ServerConfig
 from cluster.controller.replica_set import HealthOptions, PlacementProbe, ReplicaSet, unwrap_error
 from cluster.routing.table import ModelRoute, RoutingTable
 from cluster.serving.lifecycle import ActionKind, RetryPolicy, ServableStream
@@ -53,11 +54,14 @@ class ControllerOptions:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     health: HealthOptions = field(default_factory=HealthOptions)
     # Autoscaling: between the model's replica count and max_replicas (None or <= count: off),
-    # aiming at target_ongoing_requests in flight per replica, as gateways report them.
+    # aiming at target_ongoing_requests in flight per replica, as gateways report them; the
+    # defaults of every model, each overridden by its entry in model_autoscaling.
     max_replicas: int | None = None
     target_ongoing_requests: float = 8.0
     upscale_delay_s: float = 3.0
     downscale_delay_s: float = 30.0
+    model_autoscaling: Mapping[str, ModelAutoscaling] = field(default_factory=dict)  # by model name
+    look_back_s: float = 3.0  # the load is every gateway's in-flight time average over this long
     load_report_ttl_s: float = 5.0  # a gateway that has not reported for this long counts as gone
     tick_seconds: float = 2.0  # autoscaling, whatever the storage poll interval
 
@@ -105,7 +109,7 @@ class Controller:
         self._health_task: asyncio.Task[None] | None = None
         self._publish_due = asyncio.Event()
         self._publisher: asyncio.Task[None] | None = None
-        self._loads: dict[str, tuple[float, Mapping[str, float]]] = {}  # gateway -> (when, model -> in flight)
+        self._load_window = LoadWindow(options.look_back_s, options.load_report_ttl_s)
 
     # -- desired state -------------------------------------------------------------------------
     async def set_config(self, config: ServerConfig) -> None:
@@ -145,8 +149,26 @@ class Controller:
                     "which is not currently available for inference"
                 )
 
+    def _autoscaling_config(self, model: ModelConfig) -> AutoscalingConfig:
+        """The flags' autoscaling settings, overridden by the model's --autoscaling_config_file entry."""
+        o, m = self._options, self._options.model_autoscaling.get(model.name, ModelAutoscaling())
+        low = m.min_replicas if m.min_replicas is not None else model.num_replicas or o.num_replicas
+        high = m.max_replicas if m.max_replicas is not None else max(low, o.max_replicas or low)
+        if m.min_replicas is None:
+            low = min(low, high)  # a model's own maximum wins over the flags' minimum
+        target = o.target_ongoing_requests if m.target_ongoing_requests is None else m.target_ongoing_requests
+        return AutoscalingConfig(
+            min_replicas=low,
+            max_replicas=high,
+            target_ongoing_requests=target,
+            upscale_delay_s=o.upscale_delay_s if m.upscale_delay_s is None else m.upscale_delay_s,
+            downscale_delay_s=o.downscale_delay_s if m.downscale_delay_s is None else m.downscale_delay_s,
+            look_back_s=o.look_back_s,
+        )
+
     def _add_model(self, model: ModelConfig) -> None:
-        count = model.num_replicas or self._options.num_replicas
+        scaling = self._autoscaling_config(model)
+        count = scaling.min_replicas
 
         def start(index: int, initial: ModelConfig = model) -> Any:
             current = self._models.get(initial.name)  # new replicas follow config updates
@@ -167,13 +189,6 @@ class Controller:
             model.name, count, start, self._kill_replica, wanted=wanted, platform=platform,
             on_change=self._publish_due.set,
             health=self._options.health, probe=self._probe, clock=self._clock,
-        )
-        scaling = AutoscalingConfig(
-            min_replicas=count,
-            max_replicas=max(count, self._options.max_replicas or count),
-            target_ongoing_requests=self._options.target_ongoing_requests,
-            upscale_delay_s=self._options.upscale_delay_s,
-            downscale_delay_s=self._options.downscale_delay_s,
         )
         self._models[model.name] = _Model(
             config=model,
@@ -307,25 +322,24 @@ class Controller:
         await self._publish()
 
     # -- autoscaling --------------------------------------------------------------------------
-    def report_load(self, gateway: str, in_flight: Mapping[str, float]) -> None:
-        """A gateway's requests in flight per model (sent about once a second)."""
-        self._loads[gateway] = (self._clock(), dict(in_flight))
+    def report_load(self, gateway: str, period_s: float, in_flight: Mapping[str, float]) -> None:
+        """A gateway's requests in flight per model, averaged over the `period_s` seconds before
+        now (sent about once a second)."""
+        self._load_window.add(gateway, self._clock(), period_s, in_flight)
 
     def _autoscale(self, model: _Model) -> None:
         if model.scaler is None:
             return
         now = self._clock()
-        ttl = self._options.load_report_ttl_s
-        self._loads = {g: r for g, r in self._loads.items() if now - r[0] <= ttl}
-        model.scaler.observe(now, sum(loads.get(model.config.name, 0.0) for _, loads in self._loads.values()))
         current = len(model.replicas)
-        desired = model.scaler.decide(now, current)
+        name = model.config.name
+        desired = model.scaler.decide(now, current, self._load_window.load(name, now), self._load_window.recent(name, now))
         if desired == current:
             return
-        model.scaler.changed(now, current, desired)
         self._resize(model, desired)
-        log.info("model %s scaling from %d to %d replicas (load %.1f in flight)", model.config.name,
-                 current, desired, model.scaler.smoothed_load())
+        load = model.scaler.last_load
+        log.info("model %s scaling from %d to %d replicas (load %.2f in flight, %.1f requests/s)",
+                 model.config.name, current, desired, load.in_flight, load.rate)
 
     def _resize(self, model: _Model, desired: int) -> None:
         if desired > len(model.replicas):

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from cluster import errors
+from cluster.autoscaler.load import InFlight
 from cluster.config import ServerConfig
 from cluster.requests import (
     EXAMPLE_CONTEXT_FEED,
@@ -66,7 +67,7 @@ class Dispatcher:
         connect: Callable[[ReplicaRef], Any] | None = None,
         data_plane_secret: bytes = b"",
         drain_grace_s: float = 30.0,
-        report_load: Callable[[dict[str, float]], Awaitable[Any]] | None = None,
+        report_load: Callable[[float, dict[str, float]], Awaitable[Any]] | None = None,
         report_interval_s: float = 1.0,
         on_controller_restart: Callable[[], Awaitable[Any]] | None = None,
     ) -> None:
@@ -80,7 +81,7 @@ class Dispatcher:
         self._connect = connect or (lambda ref: ReplicaChannel(ref.address, data_plane_secret))
         self._drain_grace = drain_grace_s
         self._channels: dict[ReplicaRef, Any] = {}  # one data-plane connection per replica
-        self._in_flight: dict[str, int] = {}  # requests per model, from arrival to answer
+        self._in_flight: dict[str, InFlight] = {}  # requests per model, from arrival to answer
         self._poll_task: asyncio.Task[None] | None = None
         self._report_load = report_load
         self._report_interval = report_interval_s
@@ -115,12 +116,17 @@ class Dispatcher:
                 await asyncio.sleep(1.0)
 
     async def _report_loads(self) -> None:
-        """Tells the controller this gateway's requests in flight per model (for autoscaling)."""
+        """Tells the controller, once a period, this gateway's requests in flight per model
+        averaged over the period (for autoscaling), and the period's length."""
         assert self._report_load is not None
+        last = time.monotonic()
         while True:
             await asyncio.sleep(self._report_interval)
+            now = time.monotonic()
+            period, last = now - last, now
+            loads = {name: self._load(name).take(now) for name in self._routers}
             try:
-                await self._report_load({name: float(self._in_flight.get(name, 0)) for name in self._routers})
+                await self._report_load(period, loads)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - the controller may be restarting
@@ -151,6 +157,7 @@ class Dispatcher:
             router.set_replicas(route.replicas)
         for name in set(self._routers) - set(table.models):
             del self._routers[name]
+            self._in_flight.pop(name, None)  # requests still running hold their own reference
         live = {ref for route in table.models.values() for ref in route.replicas}
         for ref in set(self._channels) - live:
             # A replica leaving the table (retired, replaced, its model removed) answers what it
@@ -191,13 +198,14 @@ class Dispatcher:
         deadline: float | None,
     ) -> Mapping[str, np.ndarray]:
         name = route.name
-        in_flight = self._in_flight.get(name, 0)
-        if in_flight >= self._max_in_flight * max(len(route.replicas), 1):
+        in_flight = self._load(name)
+        if in_flight.count >= self._max_in_flight * max(len(route.replicas), 1):
             raise errors.ResourceExhausted(f"Too many requests in flight for model {name}; retry later")
-        timeout = None if deadline is None else deadline - time.monotonic()
+        now = time.monotonic()
+        timeout = None if deadline is None else deadline - now
         if timeout is not None and timeout <= 0:
             raise errors.DeadlineExceeded("Deadline exceeded before the request was run")
-        self._in_flight[name] = in_flight + 1
+        in_flight.start(now)
         try:
             future = self._coalescer.submit(
                 name, self._routers[name], self._channel, version, signature, feeds, output_filter, deadline
@@ -211,7 +219,13 @@ class Dispatcher:
             finally:
                 timer.cancel()
         finally:
-            self._in_flight[name] -= 1
+            in_flight.finish(time.monotonic())
+
+    def _load(self, name: str) -> InFlight:
+        in_flight = self._in_flight.get(name)
+        if in_flight is None:
+            in_flight = self._in_flight[name] = InFlight(time.monotonic())
+        return in_flight
 
     # -- ServingAPI ----------------------------------------------------------------------------
     async def predict(self, request: PredictRequest) -> PredictResult:

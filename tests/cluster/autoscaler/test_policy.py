@@ -1,98 +1,106 @@
+"""The pure policy, decision by decision (the whole loop is driven in test_scaler.py)."""
+
 from __future__ import annotations
+
+import math
 
 import pytest
 
-from cluster.autoscaler.policy import Direction, desired_replicas, direction_of
+from cluster.autoscaler.load import Load
+from cluster.autoscaler.policy import AutoscalingConfig, Direction, ScalingState, decide, direction_of
+
+CONFIG = AutoscalingConfig(1, 10, target_ongoing_requests=2.0, upscale_delay_s=3.0, downscale_delay_s=30.0,
+                           look_back_s=3.0, hysteresis=0.2)
 
 
-def decide(current, in_flight, *, now=1000.0, last_change=0.0, last=Direction.NONE, lo=1, hi=10,
-           target=2.0, up_delay=30.0, down_delay=600.0):
-    return desired_replicas(current, in_flight, target, lo, hi, now, last_change, up_delay, down_delay, last)
+def step(current: int, in_flight: float, state: ScalingState | None = None, now: float = 1000.0,
+         rate: float = 100.0, config: AutoscalingConfig = CONFIG) -> tuple[int, ScalingState]:
+    return decide(config, state or ScalingState(last_change=0.0), current, Load(in_flight, rate), now)
 
 
-def test_steady_load_keeps_the_count():
-    assert decide(3, 6) == 3
-    assert decide(3, 5) == 3  # inside the dead band (4, 6]
+def test_steady_load_inside_the_dead_band_keeps_the_count():
+    # On 3 replicas at target 2: up above 6, down at or below 2 * 2 * 0.8 = 3.2.
+    for in_flight in (3.3, 4.0, 5.0, 6.0):
+        assert step(3, in_flight)[0] == 3
 
 
-def test_scales_up_at_once_to_what_the_load_needs():
-    assert decide(2, 9) == 5  # ceil(9 / 2)
+def test_scales_up_one_replica_at_a_time_when_close():
+    assert step(2, 9.0)[0] == 3  # needs 5: one step, judged again on 3
+    assert step(2, 100.0)[0] == 4  # needs 10: a quarter of the shortfall of 8
 
 
-def test_upscale_is_clamped_to_max():
-    assert decide(2, 100) == 10
-
-
-def test_upscale_waits_for_the_upscale_delay_after_a_change():
-    assert decide(2, 9, now=10.0, last_change=0.0, last=Direction.UP) == 2
-    assert decide(2, 9, now=30.0, last_change=0.0, last=Direction.UP) == 5
+def test_upscale_waits_for_the_delay_and_the_look_back_after_a_change():
+    state = ScalingState(last_change=100.0, last_direction=Direction.UP)
+    assert step(2, 9.0, state, now=102.9)[0] == 2
+    assert step(2, 9.0, state, now=103.0)[0] == 3
+    slow_window = AutoscalingConfig(1, 10, 2.0, upscale_delay_s=1.0, look_back_s=5.0)
+    assert step(2, 9.0, state, now=104.0, config=slow_window)[0] == 2  # the window still shows 2 replicas
 
 
 def test_upscale_right_after_a_downscale_is_not_delayed():
-    assert decide(2, 9, now=1.0, last_change=0.0, last=Direction.DOWN) == 5
+    state = ScalingState(last_change=100.0, last_direction=Direction.DOWN)
+    assert step(2, 9.0, state, now=100.5)[0] == 3
 
 
-def test_scales_down_one_replica_only_when_load_fits_without_it():
-    assert decide(4, 6) == 3  # 6 <= 3 * 2
-    assert decide(4, 6.5) == 4  # would not fit under the target on 3 replicas
-    assert decide(4, 0) == 3  # one at a time, even when idle
+def test_upscale_does_not_chase_a_draining_backlog():
+    config, state = CONFIG, ScalingState(last_change=0.0)
+    high, falling = Load(9.0, 100.0), Load(3.0, 100.0)
+    assert decide(config, state, 2, high, 1000.0, recent=falling)[0] == 2
+    assert decide(config, state, 2, high, 1000.0, recent=high)[0] == 3
 
 
-def test_downscale_waits_for_the_downscale_delay_in_either_direction():
-    assert decide(4, 0, now=599.0, last_change=0.0, last=Direction.UP) == 4
-    assert decide(4, 0, now=599.0, last_change=0.0, last=Direction.DOWN) == 4
-    assert decide(4, 0, now=600.0, last_change=0.0, last=Direction.DOWN) == 3
+def test_downscale_needs_the_load_low_for_the_whole_delay():
+    count, state = step(4, 2.0, now=1000.0)  # 2 <= 3 * 2 * 0.8: low from now on
+    assert count == 4 and state.low_since == 1000.0
+    count, state = step(4, 2.0, state, now=1029.0)
+    assert count == 4
+    count, broken = step(4, 5.0, state, now=1029.5)  # above the down threshold: the clock restarts
+    assert count == 4 and broken.low_since is None
+    count, state = step(4, 2.0, state, now=1030.0)
+    assert count == 3 and state.last_direction is Direction.DOWN
 
 
-def test_never_below_min_and_zero_is_allowed_when_min_is_zero():
-    assert decide(1, 0, lo=1) == 1
-    assert decide(1, 0, lo=0) == 0
-    assert decide(0, 0.5, lo=0) == 1  # any load brings one replica back
+def test_after_the_first_step_down_the_next_needs_only_the_look_back():
+    state = ScalingState(last_change=1000.0, last_direction=Direction.DOWN, low_since=960.0)
+    assert step(6, 0.5, state, now=1002.0)[0] == 6  # the window still shows 7 replicas' load
+    assert step(6, 0.5, state, now=1003.0)[0] == 5
+
+
+def test_never_below_min():
+    assert step(1, 0.0)[0] == 1
 
 
 def test_bounds_apply_at_once_without_delay():
-    assert decide(12, 100, now=1.0, last_change=0.0) == 10
-    assert decide(1, 0, lo=3, now=1.0, last_change=0.0) == 3
+    state = ScalingState(last_change=999.0, last_direction=Direction.UP)
+    assert step(12, 100.0, state)[0] == 10
+    assert step(1, 0.0, state, config=AutoscalingConfig(3, 5))[0] == 3
 
 
-def test_converges_when_more_replicas_make_requests_finish_faster():
-    # Ray Serve's oscillation: a scale-up shortens queues, so fewer requests are in flight, which
-    # reads as "too many replicas"; a scale-down lengthens them again, and so on. Model a closed loop
-    # where in-flight falls as replicas are added, and check the count settles for good.
-    in_flight_with = {1: 12, 2: 10, 3: 9, 4: 8, 5: 7, 6: 7, 7: 7}
-    current, last_change, last = 2, 0.0, Direction.NONE
-    history = []
-    for step in range(400):  # 100 minutes, one decision every 15 s
-        now = 100.0 + step * 15.0
-        desired = decide(current, in_flight_with[current], now=now, last_change=last_change, last=last)
-        if desired != current:
-            last, last_change, current = direction_of(current, desired), now, desired
-            history.append(current)
-    # Up to what 10 in flight needs, then one step down (7 fits on 4), then never again:
-    # on 4 replicas the 8 in flight fill them exactly, and neither threshold is crossed.
-    assert history == [5, 4]
+def test_an_upscale_remembers_the_count_was_too_few_at_that_rate():
+    count, state = step(2, 9.0, rate=500.0)
+    assert (count, state.too_few) == (3, (2, 500.0))
+    # Later, on 3 replicas, the in-flight count reads low (shorter queues) at the same traffic:
+    quiet = ScalingState(last_change=0.0, too_few=(2, 500.0), low_since=0.0)
+    assert step(3, 1.0, quiet, rate=500.0)[0] == 3
+    assert step(3, 1.0, quiet, rate=401.0)[0] == 3  # not clearly lower yet
+    assert step(3, 1.0, quiet, rate=400.0)[0] == 2  # 20% below: n=2 may hold it now
+    assert step(4, 1.0, quiet, rate=500.0)[0] == 3  # going down to 3 was never shown too few
 
 
-def test_changes_are_rate_limited_by_the_delays():
-    # A load flapping across both thresholds every decision still moves at most once per delay.
-    current, last_change, last = 3, 0.0, Direction.NONE
-    changes = 0
-    for step in range(240):  # one hour, every 15 s
-        now = 1000.0 + step * 15.0
-        in_flight = 7 if step % 2 else 3
-        desired = decide(current, in_flight, now=now, last_change=last_change, last=last)
-        if desired != current:
-            if direction_of(current, desired) is Direction.DOWN:
-                assert now - last_change >= 600.0
-            last, last_change, current = direction_of(current, desired), now, desired
-            changes += 1
-    assert changes <= 2 * (3600 // 600) + 1
+def test_infinite_load_means_max():
+    assert step(9, math.inf)[0] == 10
 
 
-@pytest.mark.parametrize(("lo", "hi", "target"), [(2, 1, 1.0), (-1, 3, 1.0), (1, 3, 0.0)])
-def test_bad_arguments(lo, hi, target):
+@pytest.mark.parametrize(
+    "kwargs",
+    [dict(min_replicas=2, max_replicas=1), dict(min_replicas=-1, max_replicas=3),
+     dict(min_replicas=1, max_replicas=3, target_ongoing_requests=0.0),
+     dict(min_replicas=1, max_replicas=3, hysteresis=1.0),
+     dict(min_replicas=1, max_replicas=3, downscale_delay_s=-1.0)],
+)
+def test_bad_config(kwargs):
     with pytest.raises(ValueError):
-        decide(1, 1, lo=lo, hi=hi, target=target)
+        AutoscalingConfig(**kwargs)
 
 
 def test_direction_of():
