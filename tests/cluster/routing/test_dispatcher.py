@@ -214,3 +214,29 @@ def test_two_replicas_each_take_whole_batches(replica: Replica) -> None:
     assert first.calls and second.calls  # both replicas worked ...
     assert len(first.calls) + len(second.calls) < 12  # ... on batches, not on single requests
     assert sum(first.calls) + sum(second.calls) == 60
+
+
+def test_reports_the_time_averaged_load_of_each_period(replica: Replica) -> None:
+    # One request of ~0.2 s at a time, back to back: about 1 in flight all the time. A once-a-period
+    # sample would see 0 or 1; the report is the integral over the period.
+    slow = FakeReplica(replica, delay=0.2)
+    reports: list[tuple[float, dict]] = []
+
+    async def report(period: float, loads: dict) -> None:
+        reports.append((period, loads))
+
+    async def main() -> None:
+        d = await _dispatcher([slow], replica, report_load=report, report_interval_s=0.5)
+        end = asyncio.get_running_loop().time() + 1.6
+        while asyncio.get_running_loop().time() < end:
+            await d.predict(PredictRequest(ModelSpec("m"), _x()))
+        await asyncio.sleep(1.2)  # a whole idle period after the load
+        await d.stop()
+
+    asyncio.run(main())
+    assert len(reports) >= 3
+    period, busy = reports[1]
+    assert period == pytest.approx(0.5, abs=0.15)
+    assert busy["m"].in_flight == pytest.approx(1.0, abs=0.1)
+    assert busy["m"].rate == pytest.approx(1 / 0.2, rel=0.4)
+    assert reports[-1][1]["m"].in_flight == pytest.approx(0.0, abs=0.05)
