@@ -10,6 +10,7 @@ from typing import Any
 
 import ray
 
+from cluster.autoscaler.load import Load
 from cluster.config import BatchingConfig, ModelConfig, ServerConfig
 from cluster.controller.controller import Controller, ControllerOptions
 from cluster.logs import configure_logging
@@ -98,8 +99,8 @@ class ControllerActor:
     async def wait_ready(self, timeout: float) -> bool:
         return await self._controller.wait_ready(timeout)
 
-    async def report_load(self, gateway: str, period_s: float, in_flight: dict[str, float]) -> None:
-        self._controller.report_load(gateway, period_s, in_flight)
+    async def report_load(self, gateway: str, period_s: float, loads: dict[str, Load]) -> None:
+        self._controller.report_load(gateway, period_s, loads)
 
     async def cluster_stats(self) -> list[ModelStats]:
         return await self._controller.cluster_stats()

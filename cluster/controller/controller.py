@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cluster import errors, stats
-from cluster.autoscaler.load import LoadWindow
+from cluster.autoscaler.load import Load, LoadWindow
 from cluster.autoscaler.scaler import AutoscalingConfig, ModelScaler
 from cluster.config import ModelAutoscaling, ModelConfig, ServerConfig
 from cluster.controller.replica_set import HealthOptions, PlacementProbe, ReplicaSet, unwrap_error
@@ -322,18 +322,18 @@ class Controller:
         await self._publish()
 
     # -- autoscaling --------------------------------------------------------------------------
-    def report_load(self, gateway: str, period_s: float, in_flight: Mapping[str, float]) -> None:
-        """A gateway's requests in flight per model, averaged over the `period_s` seconds before
-        now (sent about once a second)."""
-        self._load_window.add(gateway, self._clock(), period_s, in_flight)
+    def report_load(self, gateway: str, period_s: float, loads: Mapping[str, Load]) -> None:
+        """A gateway's load per model (requests in flight averaged over time, arrival and answer
+        rates) over the `period_s` seconds before now; sent about once a second."""
+        self._load_window.add(gateway, self._clock(), period_s, loads)
 
     def _autoscale(self, model: _Model) -> None:
         if model.scaler is None:
             return
         now = self._clock()
         current = len(model.replicas)
-        name = model.config.name
-        desired = model.scaler.decide(now, current, self._load_window.load(name, now), self._load_window.recent(name, now))
+        name, window = model.config.name, self._load_window
+        desired = model.scaler.decide(now, current, window.load(name, now), window.recent(name, now))
         if desired == current:
             return
         self._resize(model, desired)

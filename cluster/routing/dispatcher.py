@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from cluster import errors
-from cluster.autoscaler.load import InFlight
+from cluster.autoscaler.load import InFlight, Load
 from cluster.config import ServerConfig
 from cluster.requests import (
     EXAMPLE_CONTEXT_FEED,
@@ -67,7 +67,7 @@ class Dispatcher:
         connect: Callable[[ReplicaRef], Any] | None = None,
         data_plane_secret: bytes = b"",
         drain_grace_s: float = 30.0,
-        report_load: Callable[[float, dict[str, float]], Awaitable[Any]] | None = None,
+        report_load: Callable[[float, dict[str, Load]], Awaitable[Any]] | None = None,
         report_interval_s: float = 1.0,
         on_controller_restart: Callable[[], Awaitable[Any]] | None = None,
     ) -> None:
