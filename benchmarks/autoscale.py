@@ -206,6 +206,9 @@ def main() -> None:
     # Ray's own directory: an embedded Ray without an address joins the cluster named in
     # <tmp>/ray/ray_current_cluster, and on a shared machine that may be someone else's.
     extra["RAY_TMPDIR"] = str(pathlib.Path(tempfile.gettempdir()) / "tsa-ray")
+    # Ray kills workers when the *machine* is short of memory; on a shared machine that is
+    # others' processes, and a killed controller would read as autoscaling failures.
+    extra["RAY_memory_monitor_refresh_ms"] = "0"
     if args.source is not None:  # its modules first, in the server and in every Ray worker
         extra["PYTHONPATH"] = f"{args.source.resolve()}:{plain_env()['PYTHONPATH']}"
         command = [sys.executable, "-m", "cluster.cli"]
