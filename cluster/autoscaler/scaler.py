@@ -23,11 +23,22 @@ class ModelScaler:
         self.state = ScalingState(last_change=now)
         self.last_load = Load(0.0, 0.0)  # the load of the last decision (for logs)
 
-    def decide(self, now: float, current: int, load: Load, recent: Load | None = None) -> int:
+    def decide(
+        self, now: float, current: int, load: Load, recent: Load | None = None, *, may_grow: bool = True
+    ) -> int:
         """The replica count to move to (== current: no change). A change is remembered as made:
-        if the controller cannot make it, the next decision starts from the count it has."""
+        if the controller cannot make it, the next decision starts from the count it has.
+
+        `may_grow=False` (the last scale-up's replicas are still starting): a scale-up the load
+        asks for waits, remembering nothing (the load is judged again once they serve); bounds
+        and scale-downs still apply.
+        """
         self.last_load = load
-        desired, self.state = decide(self.config, self.state, current, load, now, recent)
+        desired, state = decide(self.config, self.state, current, load, now, recent)
+        if desired > current and not may_grow and current >= self.config.min_replicas:
+            self.state = replace(self.state, low_since=None)  # the load is not low: it asks for more
+            return current
+        self.state = state
         return desired
 
     def applied(self, now: float) -> None:

@@ -66,6 +66,20 @@ class ControllerOptions:
     tick_seconds: float = 2.0  # autoscaling, whatever the storage poll interval
 
 
+@dataclass(frozen=True)
+class _Scaling:
+    """A change of a model's replica count, decided and not yet in effect: a scale-up takes
+    effect once `target` replicas are in the routing table, a scale-down once the leaving ones
+    are out of it (the first publish after the shrink)."""
+
+    before: int
+    target: int
+
+    @property
+    def up(self) -> bool:
+        return self.target > self.before
+
+
 @dataclass
 class _Model:
     config: ModelConfig
@@ -78,6 +92,7 @@ class _Model:
     source_error: str | None = None
     load_seconds: stats.Histogram = field(default_factory=lambda: stats.Histogram(stats.LATENCY_BUCKETS))
     scaler: ModelScaler | None = None
+    scaling: _Scaling | None = None  # the autoscaler's last change, until it takes effect
     last_poll: float | None = None  # when the source was last listed
 
 
@@ -204,10 +219,19 @@ class Controller:
         if (old.base_path, old.version_policy, old.platform) != (model.base_path, model.version_policy, model.platform):
             current.source = FileSystemSource.for_model(model)
             current.last_poll = None  # list the new base path at the next tick
-        count = model.num_replicas or self._options.num_replicas
-        if count != (current.config.num_replicas or self._options.num_replicas) and current.scaler is None:
-            log.info("model %s: %d replica(s) configured, was %d", model.name, count, len(current.replicas))
-            self._resize(current, count)  # (an autoscaled model's count is its scaler's)
+        scaling = self._autoscaling_config(model)
+        if scaling.enabled:
+            # An autoscaled model's count is its scaler's: new bounds apply at the next tick.
+            if current.scaler is None:
+                current.scaler = ModelScaler(scaling, self._clock())
+            else:
+                current.scaler.config = scaling
+        else:
+            current.scaler = current.scaling = None
+            count = scaling.min_replicas
+            if count != len(current.replicas):
+                log.info("model %s: %d replica(s) configured, was %d", model.name, count, len(current.replicas))
+                self._resize(current, count)
         current.config = model
         log.info("model %s config updated", model.name)
 
@@ -331,15 +355,34 @@ class Controller:
         if model.scaler is None:
             return
         now = self._clock()
-        current = len(model.replicas)
+        current = len(model.replicas)  # starting replicas included
         name, window = model.config.name, self._load_window
-        desired = model.scaler.decide(now, current, window.load(name, now), window.recent(name, now))
+        # No second scale-up while the last one's replicas still start: the load is judged on them.
+        growing = model.scaling is not None and model.scaling.up
+        load = window.load(name, now)
+        desired = model.scaler.decide(now, current, load, window.recent(name, now), may_grow=not growing)
         if desired == current:
             return
+        model.scaling = _Scaling(current, desired)  # in effect (scaler.applied) at a publish: _took_effect
         self._resize(model, desired)
-        load = model.scaler.last_load
         log.info("model %s scaling from %d to %d replicas (load %.2f in flight, %.1f requests/s)",
-                 model.config.name, current, desired, load.in_flight, load.rate)
+                 name, current, desired, load.in_flight, load.rate)
+
+    def _took_effect(self, table: RoutingTable) -> None:
+        """Tells each model's scaler that its last change took effect, once `table` (published)
+        shows it: the autoscaling delays count from here, not from the decision (a new replica
+        may take seconds to start and load its versions)."""
+        now = self._clock()
+        for name, model in self._models.items():
+            change, route = model.scaling, table.models.get(name)
+            if change is None or model.scaler is None or route is None:
+                continue
+            if change.up and len(route.replicas) < change.target:
+                continue  # still starting (or one died meanwhile: it counts once replaced)
+            model.scaling = None
+            model.scaler.applied(now)
+            log.info("model %s scaled from %d to %d replicas: %d in the routing table",
+                     name, change.before, change.target, len(route.replicas))
 
     def _resize(self, model: _Model, desired: int) -> None:
         if desired > len(model.replicas):
@@ -371,6 +414,7 @@ class Controller:
         async with self._changed:
             self._table = RoutingTable(self._table.epoch + 1, models, self._incarnation)
             self._changed.notify_all()
+        self._took_effect(self._table)
 
     @staticmethod
     def _statuses(model: _Model) -> tuple[VersionStatus, ...]:

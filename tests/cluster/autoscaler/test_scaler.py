@@ -100,3 +100,17 @@ def test_model_scaler_counts_delays_from_when_a_change_took_effect():
     scaler.applied(20.0)  # the new replica took 10 s to start
     assert scaler.decide(22.0, 2, Load(5.0, 100.0)) == 2
     assert scaler.decide(23.0, 2, Load(5.0, 100.0)) == 3
+
+
+def test_a_scale_up_waits_while_the_last_ones_replicas_start_but_bounds_and_downs_do_not():
+    config = AutoscalingConfig(2, 8, target_ongoing_requests=1.0, upscale_delay_s=0.0, downscale_delay_s=0.0,
+                               look_back_s=1.0)
+    scaler = ModelScaler(config, now=0.0)
+    hot, idle = Load(6.0, 100.0, 100.0), Load(0.0, 0.0, 0.0)
+    before = scaler.state
+    assert scaler.decide(10.0, 3, hot, may_grow=False) == 3  # waits: nothing remembered
+    assert scaler.state == before
+    assert scaler.decide(10.0, 3, hot) == 4  # once they serve, the same load steps up
+    assert scaler.decide(20.0, 1, hot, may_grow=False) == 2  # below the minimum: the bound wins
+    scaler.applied(20.0)
+    assert scaler.decide(30.0, 4, idle, may_grow=False) == 3  # a scale-down is never held back

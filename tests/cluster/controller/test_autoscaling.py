@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import pathlib
+import time
+from typing import Any
 
 from cluster.autoscaler.load import Load
 from cluster.config import ModelAutoscaling, ModelConfig, ServerConfig
@@ -76,3 +78,86 @@ def test_per_model_settings_fall_back_to_the_flags() -> None:
     tuned = config(ModelConfig("tuned", "/m"))
     assert (tuned.target_ongoing_requests, tuned.upscale_delay_s, tuned.downscale_delay_s) == (2.0, 1.0, 30.0)
     assert not capped.enabled and not big.enabled and plain.enabled
+
+
+def _slow_start_controller(started: list[FakeHandle], **options: Any) -> Controller:
+    """Replica 0 starts at once; every later one hangs in its start until `hung` is cleared."""
+
+    def new_replica(model: ModelConfig, index: int) -> FakeHandle:
+        handle = FakeHandle(index, hung=index > 0)
+        started.append(handle)
+        return handle
+
+    def kill(handle: FakeHandle) -> None:
+        handle.killed = True
+
+    return Controller(ControllerOptions(drain_seconds=0.01, **options), new_replica, kill)
+
+
+_FAST = dict(poll_seconds=0, tick_seconds=0.02, num_replicas=1, max_replicas=4, target_ongoing_requests=1.0,
+             upscale_delay_s=0.0, look_back_s=0.05)
+
+
+def test_a_scale_up_takes_effect_when_its_replica_serves_and_is_not_repeated_while_it_starts(
+    tmp_path: pathlib.Path,
+) -> None:
+    (tmp_path / "m" / "1").mkdir(parents=True)
+    started: list[FakeHandle] = []
+
+    async def main() -> None:
+        controller = _slow_start_controller(started, downscale_delay_s=60.0, **{**_FAST, "upscale_delay_s": 0.3})
+        await controller.set_config(ServerConfig((ModelConfig("m", str(tmp_path / "m")),)))
+        await _until(lambda: controller._table.ready())  # noqa: SLF001
+
+        async def gateway() -> None:  # 5 in flight at 1 per replica: wants more, step by step
+            while True:
+                controller.report_load("g", 0.02, {"m": Load(5.0, 500.0, 500.0)})
+                await asyncio.sleep(0.02)
+
+        reporting = asyncio.ensure_future(gateway())
+        await _until(lambda: len(started) == 2)
+        scaler = controller._models["m"].scaler  # noqa: SLF001
+        assert scaler is not None
+        decided = scaler.state.last_change
+        await asyncio.sleep(0.6)  # 30 ticks, twice the upscale delay
+        assert len(started) == 2, "a second scale-up while the first one's replica still starts"
+        assert _replicas(controller, "m") == 1 and scaler.state.last_change == decided
+        joined = time.monotonic()
+        started[1].hung = False
+        await _until(lambda: _replicas(controller, "m") == 2)
+        await _until(lambda: len(started) == 3)  # the next step follows once it serves ...
+        # ... the upscale delay after it joined the table (counted from the decision, 0.6 s
+        # before, it would follow at the next tick).
+        assert time.monotonic() - joined >= 0.3
+        reporting.cancel()
+        await controller.shutdown()
+
+    asyncio.run(main())
+
+
+def test_a_scale_down_still_applies_while_a_scale_up_cannot_start(tmp_path: pathlib.Path) -> None:
+    (tmp_path / "m" / "1").mkdir(parents=True)
+    started: list[FakeHandle] = []
+
+    async def main() -> None:
+        controller = _slow_start_controller(started, downscale_delay_s=0.1, **_FAST)
+        await controller.set_config(ServerConfig((ModelConfig("m", str(tmp_path / "m")),)))
+        await _until(lambda: controller._table.ready())  # noqa: SLF001
+        load = {"m": Load(5.0, 500.0, 500.0)}
+
+        async def gateway() -> None:
+            while True:
+                controller.report_load("g", 0.02, load)
+                await asyncio.sleep(0.02)
+
+        reporting = asyncio.ensure_future(gateway())
+        await _until(lambda: len(started) == 2)  # replica 1 never starts (no room, say)
+        load["m"] = Load(0.0, 0.0, 0.0)  # the traffic goes away
+        await _until(lambda: started[1].killed)  # the one not serving yet leaves first
+        model = controller._models["m"]  # noqa: SLF001
+        await _until(lambda: model.scaling is None)  # the scale-down took effect at its publish
+        assert len(model.replicas) == 1 and _replicas(controller, "m") == 1 and not started[0].killed
+        reporting.cancel()
+        await controller.shutdown()
+
+    asyncio.run(main())
