@@ -42,7 +42,7 @@ class ResolvedSpec:
 
     name: str
     version: int
-    signature_name: str
+    signature_key: str  # resolved: never empty where a signature answered ("" for metadata)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,4 +1,4 @@
-"""Plain value types shared by every part of the cluster: servable ids, states, version requests.
+"""Plain value types shared by every part of the cluster: servable states, version requests and statuses.
 
 A leaf module (stdlib only): the controller, the replicas and the gateway all speak these.
 """
@@ -7,17 +7,6 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-
-
-@dataclass(frozen=True, order=True, slots=True)
-class ServableId:
-    """One loaded-or-loadable version of one model: `(name, version)`; ordered by name, then version."""
-
-    name: str
-    version: int
-
-    def __str__(self) -> str:
-        return f"{self.name}:{self.version}"
 
 
 class ServableState(enum.IntEnum):

@@ -57,10 +57,6 @@ def shape_to_attr(shape: Shape) -> tuple[int, ...]:
     return tuple(-1 if d is None else int(d) for d in shape)
 
 
-def shape_from_attr(value: Sequence[int]) -> Shape:
-    return tuple(None if d < 0 else int(d) for d in value)
-
-
 class GraphBuilder:
     """Collects the nodes of one graph, its variables (saved as .npy) and its asset files."""
 

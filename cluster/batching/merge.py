@@ -173,14 +173,6 @@ def slice_rows(inputs: Tensors, start: int, stop: int) -> dict[str, np.ndarray]:
     return {alias: array[start:stop] for alias, array in inputs.items()}
 
 
-def split_request(inputs: Tensors, max_rows: int) -> list[dict[str, np.ndarray]]:
-    """Chunks of at most `max_rows` rows (views), for `enable_large_batch_splitting`."""
-    if max_rows < 1:
-        raise ValueError(f"max_rows must be >= 1, got {max_rows}")
-    rows = row_count(inputs)
-    return [slice_rows(inputs, start, min(start + max_rows, rows)) for start in range(0, max(rows, 1), max_rows)]
-
-
 def concat_outputs(parts: Sequence[Tensors]) -> dict[str, np.ndarray]:
     """Reassemble the outputs of consecutive chunks of one request."""
     if len(parts) == 1:

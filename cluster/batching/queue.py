@@ -112,10 +112,6 @@ class BatchQueue:
         """Rows waiting for a batch (a load signal for the router and the autoscaler)."""
         return self._queued_rows
 
-    @property
-    def running_batches(self) -> int:
-        return len(self._running)
-
     async def submit(self, inputs: Tensors, deadline: float | None = None) -> dict[str, np.ndarray]:
         """Queue one request and return its outputs (dim 0 = its own rows, padding removed).
 

@@ -338,7 +338,7 @@ def _fill_spec(target: model_pb2.ModelSpec, spec: ResolvedSpec, *, with_signatur
     target.name = spec.name
     target.version.value = spec.version
     if with_signature:
-        target.signature_name = spec.signature_name
+        target.signature_name = spec.signature_key
 
 
 def predict_response(result: PredictResult, *, tensor_content: bool = False) -> predict_pb2.PredictResponse:

@@ -255,6 +255,3 @@ def one_hot(indices: Any, depth: int, dtype: int = dtypes.FLOAT, name: str | Non
 def reduce_sum(x: Any, axis: int, keepdims: bool = False, name: str | None = None) -> Any:
     return x.graph.apply("ReduceSum", [x], {"axis": axis, "keepdims": keepdims}, name=name)[0]
 
-
-def reduce_mean(x: Any, axis: int, keepdims: bool = False, name: str | None = None) -> Any:
-    return x.graph.apply("ReduceMean", [x], {"axis": axis, "keepdims": keepdims}, name=name)[0]

@@ -136,11 +136,6 @@ def get_op(name: str) -> OpDef:
         raise GraphError(f"unknown op {name!r}") from None
 
 
-def registered_ops() -> list[str]:
-    _load_builtin_ops()
-    return sorted(_REGISTRY)
-
-
 def _load_builtin_ops() -> None:
     # Importing the kernel modules registers their ops; done lazily to avoid import cycles.
     from exporter.ops import _builtin  # noqa: F401

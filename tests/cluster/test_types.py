@@ -2,15 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from cluster.types import ServableId, ServableState, VersionChoice, VersionRequest, VersionStatus
-
-
-def test_servable_id_is_ordered_by_name_then_version_and_hashable():
-    ids = [ServableId("b", 1), ServableId("a", 2), ServableId("a", 1)]
-    assert sorted(ids) == [ServableId("a", 1), ServableId("a", 2), ServableId("b", 1)]
-    assert len({ServableId("a", 1), ServableId("a", 1)}) == 1
-    with pytest.raises(AttributeError):
-        ids[0].version = 3  # type: ignore[misc]
+from cluster.types import ServableState, VersionChoice, VersionRequest, VersionStatus
 
 
 def test_states_use_tf_serving_numbers():

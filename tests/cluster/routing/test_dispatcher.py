@@ -22,7 +22,7 @@ from tests.integration.models import write_version
 
 
 class FakeReplica:
-    """Runs on a real Replica in-process; records how many Ray calls it received."""
+    """Runs on a real Replica in-process; records the size of each coalesced call it received."""
 
     def __init__(self, replica: Replica, *, delay: float = 0.01, fail: bool = False) -> None:
         self.calls: list[int] = []
