@@ -15,9 +15,11 @@ $(STAMP): pyproject.toml exporter/_example_scan.c
 test: $(STAMP) lint
 	$(PY) -m pytest
 
+# mypy's settings and the parts it does not check yet are in pyproject.toml ([tool.mypy]).
 lint: $(STAMP)
 	$(PY) -m ruff check .
 	$(VENV)/bin/lint-imports
+	$(PY) -m mypy exporter cluster
 
 protos: $(STAMP)
 	$(PY) -m protos.generate

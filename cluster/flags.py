@@ -40,7 +40,7 @@ def _bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true/false/1/0, got {text!r}")
 
 
-def _add_bool(parser: argparse.ArgumentParser, name: str, default: bool, help_text: str) -> None:
+def _add_bool(parser: argparse.ArgumentParser | argparse._ArgumentGroup, name: str, default: bool, help_text: str) -> None:
     parser.add_argument(
         f"--{name}",
         type=_bool,

@@ -22,7 +22,7 @@ def tensor_to_proto(array: np.ndarray) -> bundle_pb2.TensorValue:
     """An inline tensor: raw bytes for fixed-size dtypes, string_val for strings."""
     array = np.asarray(array)
     dtype = dtypes.from_numpy(array.dtype)
-    proto = bundle_pb2.TensorValue(dtype=dtype, shape=bundle_pb2.Shape(dim=list(array.shape)))
+    proto = bundle_pb2.TensorValue(dtype=dtypes.as_enum(dtype), shape=bundle_pb2.Shape(dim=list(array.shape)))
     if dtype == dtypes.STRING:
         proto.string_val.extend(dtypes.as_array(array, dtypes.STRING).reshape(-1).tolist())
     else:

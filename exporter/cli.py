@@ -26,7 +26,7 @@ from exporter.signature import Shape, Signature
 from protos.tessera import bundle_pb2
 
 
-def add_commands(subparsers: argparse._SubParsersAction) -> None:
+def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Registers `inspect` and `run` on a parser's subparsers (used by `cluster.cli`)."""
     from exporter.importers import cli as importers_cli  # `export-onnx` lives with the importers
 

@@ -6,7 +6,7 @@ DT_STRING tensors are numpy object arrays whose elements are `bytes`, as TensorF
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Final, cast
 
 import numpy as np
 
@@ -14,26 +14,26 @@ from protos.tessera import bundle_pb2
 
 DType = int
 
-FLOAT: Final = bundle_pb2.DT_FLOAT
-DOUBLE: Final = bundle_pb2.DT_DOUBLE
-INT32: Final = bundle_pb2.DT_INT32
-UINT8: Final = bundle_pb2.DT_UINT8
-INT16: Final = bundle_pb2.DT_INT16
-INT8: Final = bundle_pb2.DT_INT8
-STRING: Final = bundle_pb2.DT_STRING
-INT64: Final = bundle_pb2.DT_INT64
-BOOL: Final = bundle_pb2.DT_BOOL
-UINT16: Final = bundle_pb2.DT_UINT16
-HALF: Final = bundle_pb2.DT_HALF
-UINT32: Final = bundle_pb2.DT_UINT32
-UINT64: Final = bundle_pb2.DT_UINT64
+FLOAT: Final[DType] = bundle_pb2.DT_FLOAT
+DOUBLE: Final[DType] = bundle_pb2.DT_DOUBLE
+INT32: Final[DType] = bundle_pb2.DT_INT32
+UINT8: Final[DType] = bundle_pb2.DT_UINT8
+INT16: Final[DType] = bundle_pb2.DT_INT16
+INT8: Final[DType] = bundle_pb2.DT_INT8
+STRING: Final[DType] = bundle_pb2.DT_STRING
+INT64: Final[DType] = bundle_pb2.DT_INT64
+BOOL: Final[DType] = bundle_pb2.DT_BOOL
+UINT16: Final[DType] = bundle_pb2.DT_UINT16
+HALF: Final[DType] = bundle_pb2.DT_HALF
+UINT32: Final[DType] = bundle_pb2.DT_UINT32
+UINT64: Final[DType] = bundle_pb2.DT_UINT64
 # Not in the bundle's DType enum (proto3 enums are open, so the numbers still round-trip);
 # numbered like tensorflow.DataType. They reach us in requests through TensorProto.
-COMPLEX64: Final = 8
-COMPLEX128: Final = 18
+COMPLEX64: Final[DType] = 8
+COMPLEX128: Final[DType] = 18
 # numpy has no bfloat16: exporter.tensor_codec decodes it to float32 (exactly) and only encodes
 # it when asked to; it has no entry in the numpy maps below.
-BFLOAT16: Final = 14
+BFLOAT16: Final[DType] = 14
 
 _TO_NUMPY: Final[dict[int, np.dtype]] = {
     FLOAT: np.dtype(np.float32),
@@ -59,6 +59,12 @@ FLOATING: Final = frozenset({FLOAT, DOUBLE, HALF})
 COMPLEX: Final = frozenset({COMPLEX64, COMPLEX128})
 INTEGER: Final = NUMERIC - FLOATING - COMPLEX
 _EXTRA_NAMES: Final = {"DT_COMPLEX64": COMPLEX64, "DT_COMPLEX128": COMPLEX128, "DT_BFLOAT16": BFLOAT16}
+
+
+def as_enum(dtype: DType) -> bundle_pb2.DType:
+    """`dtype` as the bundle proto's enum type (a field's type in the stubs). Proto3 enums are open,
+    so every number is accepted, the ones outside the enum (COMPLEX64, ...) included."""
+    return cast(bundle_pb2.DType, dtype)
 
 
 def to_numpy(dtype: DType) -> np.dtype:

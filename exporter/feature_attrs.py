@@ -20,27 +20,27 @@ from exporter.features import FeatureSpec, FixedLenFeature, SparseFeature, VarLe
 def spec_to_attrs(spec: Mapping[str, FeatureSpec]) -> dict[str, Any]:
     """Encodes a spec as node attributes (values exporter.attrs can store)."""
     validate_spec(spec)  # validates the spec
-    keys = sorted(spec)
-    dense = [k for k in keys if isinstance(spec[k], FixedLenFeature)]
-    varlen = [k for k in keys if isinstance(spec[k], VarLenFeature)]
-    sparse = [k for k in keys if isinstance(spec[k], SparseFeature)]
+    ordered = sorted(spec.items())
+    dense = {k: f for k, f in ordered if isinstance(f, FixedLenFeature)}
+    varlen = {k: f for k, f in ordered if isinstance(f, VarLenFeature)}
+    sparse = {k: f for k, f in ordered if isinstance(f, SparseFeature)}
     attrs: dict[str, Any] = {
-        "dense_keys": dense,
-        "dense_types": [spec[k].dtype for k in dense],
-        "dense_ranks": [len(spec[k].shape) for k in dense],
-        "dense_dims": [d for k in dense for d in spec[k].shape],
-        "varlen_keys": varlen,
-        "varlen_types": [spec[k].dtype for k in varlen],
-        "sparse_keys": sparse,
-        "sparse_index_keys": [spec[k].index_key for k in sparse],
-        "sparse_value_keys": [spec[k].value_key for k in sparse],
-        "sparse_types": [spec[k].dtype for k in sparse],
-        "sparse_sizes": [spec[k].size for k in sparse],
-        "sparse_sorted": [int(spec[k].already_sorted) for k in sparse],
+        "dense_keys": list(dense),
+        "dense_types": [f.dtype for f in dense.values()],
+        "dense_ranks": [len(f.shape) for f in dense.values()],
+        "dense_dims": [d for f in dense.values() for d in f.shape],
+        "varlen_keys": list(varlen),
+        "varlen_types": [f.dtype for f in varlen.values()],
+        "sparse_keys": list(sparse),
+        "sparse_index_keys": [f.index_key for f in sparse.values()],
+        "sparse_value_keys": [f.value_key for f in sparse.values()],
+        "sparse_types": [f.dtype for f in sparse.values()],
+        "sparse_sizes": [f.size for f in sparse.values()],
+        "sparse_sorted": [int(f.already_sorted) for f in sparse.values()],
     }
-    for i, key in enumerate(dense):
-        if not spec[key].required:
-            attrs[f"dense_default_{i}"] = np.array(spec[key].default_value)
+    for i, feature in enumerate(dense.values()):
+        if not feature.required:
+            attrs[f"dense_default_{i}"] = np.array(feature.default_value)
     return attrs
 
 

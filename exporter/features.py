@@ -92,9 +92,11 @@ class FixedLenFeature:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, FixedLenFeature):
             return NotImplemented
-        if (self.shape, self.dtype, self.required) != (other.shape, other.dtype, other.required):
+        if (self.shape, self.dtype) != (other.shape, other.dtype):
             return False
-        return self.required or bool(np.array_equal(self.default_value, other.default_value))
+        if self.default_value is None or other.default_value is None:  # required
+            return self.default_value is None and other.default_value is None
+        return bool(np.array_equal(self.default_value, other.default_value))
 
     __hash__ = None  # type: ignore[assignment]
 
@@ -196,7 +198,8 @@ def _to_array(values: list[Any] | bytearray, dtype: DType) -> np.ndarray:
         out = np.empty(len(values), dtype=object)
         out[:] = values  # slice assignment keeps each bytes object whole
         return out
-    return np.frombuffer(values, dtype=dtypes.to_numpy(dtype))  # a bytearray: writable, no copy
+    assert isinstance(values, bytearray)  # the scan's contract for float32 / int64 lists
+    return np.frombuffer(values, dtype=dtypes.to_numpy(dtype))  # writable, no copy
 
 
 class ExampleWithContext(bytes):
@@ -338,6 +341,7 @@ class ExampleParser:
                 result[key] = _to_array(scanned[key][0], feature.dtype).reshape((n, *feature.shape))
             elif isinstance(feature, VarLenFeature):
                 values, _, indices, width = scanned[key]
+                assert indices is not None  # the scan gives indices for every list key
                 result[key] = SparseTensorValue(
                     np.frombuffer(indices, np.int64).reshape(-1, 2),
                     _to_array(values, feature.dtype),

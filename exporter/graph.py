@@ -19,7 +19,8 @@ from exporter import attrs as attr_codec
 from exporter import dtypes
 from exporter.dtypes import DType
 from exporter.errors import GraphError
-from exporter.ops.registry import Shape, TensorType, get_op
+from exporter.ops.registry import TensorType, get_op
+from exporter.signature import Shape
 from protos.tessera import bundle_pb2
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.\-/]+$")

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import os
 import pathlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Final
 
@@ -122,7 +122,7 @@ def _supported_opsets() -> dict[str, int]:
     return _OPSETS
 
 
-def _tensors(proto: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
+def _tensors(proto: onnx.ModelProto) -> Iterable[onnx.TensorProto]:
     return external_data_helper._get_all_tensors(proto)  # initializers, node and function attributes
 
 

@@ -27,7 +27,7 @@ def tensor_spec(t: Tensor) -> bundle_pb2.TensorSpec:
         shape.unknown_rank = True
     else:
         shape.dim.extend(-1 if d is None else d for d in t.shape)
-    return bundle_pb2.TensorSpec(name=t.name, dtype=t.dtype, shape=shape)
+    return bundle_pb2.TensorSpec(name=t.name, dtype=dtypes.as_enum(t.dtype), shape=shape)
 
 
 class ExportOutput(abc.ABC):

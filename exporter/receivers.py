@@ -15,7 +15,7 @@ from exporter import dtypes
 from exporter.dtypes import DType
 from exporter.errors import ExportError
 from exporter.graph import GraphBuilder, Tensor
-from exporter.ops.registry import Shape
+from exporter.signature import Shape
 
 
 @dataclass(frozen=True)

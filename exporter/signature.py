@@ -23,7 +23,9 @@ REGRESS_METHOD: Final = "tensorflow/serving/regress"
 DEFAULT_SERVING_SIGNATURE: Final = "serving_default"
 
 Shape = tuple[int | None, ...] | None  # None: unknown rank; a None dim: unknown size
-Tensors = dict[str, np.ndarray]  # alias (or tensor name) -> array: feeds and outputs
+# The one name for "alias (or tensor name) -> array", feeds and outputs alike, everywhere in the
+# exporter and the cluster: read-only to whoever receives it (a producer builds a dict).
+Tensors = Mapping[str, np.ndarray]
 
 
 @dataclass(frozen=True)

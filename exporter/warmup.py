@@ -76,9 +76,9 @@ def write_records(path_or_file: str | os.PathLike[str] | BinaryIO, payloads: Ite
     """Writes payloads as a TFRecord file to a local path or a binary file object."""
     data = encode_records(payloads)
     if hasattr(path_or_file, "write"):
-        path_or_file.write(data)  # type: ignore[union-attr]
+        path_or_file.write(data)
     else:
-        with open(path_or_file, "wb") as f:  # type: ignore[arg-type]
+        with open(path_or_file, "wb") as f:
             f.write(data)
 
 

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import bisect
 import itertools
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from cluster.errors import FailedPrecondition, InvalidArgument
-
-Tensors = Mapping[str, np.ndarray]
+from exporter.signature import Tensors
 
 
 def row_count(inputs: Tensors) -> int:

@@ -25,8 +25,8 @@ import numpy as np
 from cluster.batching import merge
 from cluster.config import BatchingConfig
 from cluster.errors import DeadlineExceeded, Internal, InvalidArgument, ResourceExhausted, Unavailable
+from exporter.signature import Tensors
 
-Tensors = Mapping[str, np.ndarray]
 Execute = Callable[[dict[str, np.ndarray]], Awaitable[Mapping[str, np.ndarray]]]
 Validate = Callable[[Tensors], None]
 Clock = Callable[[], float]
@@ -43,7 +43,7 @@ class _Pending:
 
     __slots__ = ("inputs", "rows", "future", "deadline", "enqueued_at", "seq", "taken", "done_rows", "parts")
 
-    def __init__(self, inputs: Tensors, rows: int, future: asyncio.Future, deadline: float | None,
+    def __init__(self, inputs: Tensors, rows: int, future: asyncio.Future[dict[str, np.ndarray]], deadline: float | None,
                  enqueued_at: float, seq: int) -> None:
         self.inputs = inputs
         self.rows = rows
@@ -103,8 +103,8 @@ class BatchQueue:
         self._seq = itertools.count()
         self._wakeup = asyncio.Event()
         self._slots = asyncio.Semaphore(config.num_batch_threads)
-        self._scheduler: asyncio.Task | None = None
-        self._running: set[asyncio.Task] = set()
+        self._scheduler: asyncio.Task[None] | None = None
+        self._running: set[asyncio.Task[None]] = set()
         self._closed = False
 
     @property
@@ -178,7 +178,7 @@ class BatchQueue:
             self._running.add(task)
             task.add_done_callback(self._running.discard)
 
-    def _scheduler_done(self, task: asyncio.Task) -> None:
+    def _scheduler_done(self, task: asyncio.Task[None]) -> None:
         self._scheduler = None
         if not task.cancelled() and task.exception() is not None:
             # A bug in scheduling must not leave callers waiting forever.

@@ -10,15 +10,19 @@ server's settings apply).
 from __future__ import annotations
 
 import os
+from typing import TypeVar, cast
 
 import grpc
 from google.protobuf import text_format
+from google.protobuf.message import Message
 
 from cluster.config import BatchingConfig, ModelConfig, ServerConfig, VersionPolicy
 from cluster.errors import InvalidArgument
 from exporter import storage
 from protos.tensorflow_serving.config import model_server_config_pb2, monitoring_config_pb2, ssl_config_pb2
 from protos.tensorflow_serving.servables.tensorflow import session_bundle_config_pb2
+
+T = TypeVar("T")
 
 DEFAULT_PLATFORM = "tensorflow"
 DEFAULT_PROMETHEUS_PATH = "/monitoring/prometheus/metrics"
@@ -28,7 +32,7 @@ _UNSUPPORTED_CONFIG = (
 )
 
 
-def _parse_text(text: str, message: object, what: str) -> None:
+def _parse_text(text: str, message: Message, what: str) -> None:
     try:
         text_format.Parse(text, message)
     except text_format.ParseError as exc:
@@ -159,8 +163,9 @@ def batching_from_proto(message: session_bundle_config_pb2.BatchingParameters) -
     """
     defaults = BatchingConfig()
 
-    def value(name: str, default: object) -> object:
-        return getattr(message, name).value if message.HasField(name) else default
+    def value(name: str, default: T) -> T:
+        # The wrapper fields (google.protobuf.*Value) hold the type of their default.
+        return cast(T, getattr(message, name).value) if message.HasField(name) else default
 
     config = BatchingConfig(
         max_batch_size=value("max_batch_size", defaults.max_batch_size),
@@ -169,7 +174,7 @@ def batching_from_proto(message: session_bundle_config_pb2.BatchingParameters) -
         num_batch_threads=value("num_batch_threads", defaults.num_batch_threads),
         allowed_batch_sizes=tuple(message.allowed_batch_sizes),
         enable_large_batch_splitting=value("enable_large_batch_splitting", False),
-        max_execution_batch_size=value("max_execution_batch_size", None),
+        max_execution_batch_size=value("max_execution_batch_size", cast(int | None, None)),
         pad_variable_length_inputs=message.pad_variable_length_inputs,
     )
     _validate_batching(config)

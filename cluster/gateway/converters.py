@@ -13,11 +13,11 @@ the serialized bytes the replica parses once, in its batch.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, Final, TypeVar
+from typing import Any, Final, TypeVar, cast
 
 import numpy as np
 from google.protobuf import empty_pb2, unknown_fields
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, Message
 
 from cluster.config import DEFAULT_MAX_REQUEST_FILL_BYTES
 from cluster.errors import Internal, InvalidArgument
@@ -40,8 +40,8 @@ from exporter import dtypes
 from exporter.errors import InvalidInputError
 from exporter.signature import Signature, TensorInfo
 from exporter.tensor_codec import TensorLayout, array_to_proto, decode_tensor, tensor_layout
-from protos.tensorflow.core.framework import tensor_pb2
-from protos.tensorflow.core.protobuf import meta_graph_pb2
+from protos.tensorflow.core.framework import tensor_pb2, types_pb2
+from protos.tensorflow.core.protobuf import error_codes_pb2, meta_graph_pb2
 from protos.tensorflow_serving.apis import (
     classification_pb2,
     get_model_metadata_pb2,
@@ -57,9 +57,8 @@ from protos.tensorflow_serving.apis.internal import serialized_input_pb2
 SIGNATURE_DEF_FIELD = "signature_def"
 # What TF's fill may add to one request's tensors (`tessera serve --max_request_fill_bytes`).
 DEFAULT_MAX_FILL_BYTES: Final = DEFAULT_MAX_REQUEST_FILL_BYTES
-M = TypeVar("M")
+M = TypeVar("M", bound=Message)
 _LENGTH_DELIMITED = 2
-_OK = 0
 
 # ---------------------------------------------------------------------------------------------
 # Requests
@@ -203,7 +202,8 @@ def _top_level_fields(raw: bytes) -> dict[int, list[bytes]]:
     except DecodeError as exc:
         raise InvalidArgument(f"Could not parse the request: {exc}") from exc
     fields: dict[int, list[bytes]] = {}
-    for field in unknown_fields.UnknownFieldSet(holder):
+    # types-protobuf's UnknownFieldSet stub lacks __iter__; the class iterates its fields.
+    for field in unknown_fields.UnknownFieldSet(holder):  # type: ignore[attr-defined]
         # Other wire types under our numbers are what a generated parser skips as unknown, too.
         if field.wire_type == _LENGTH_DELIMITED:
             fields.setdefault(field.field_number, []).append(field.data)
@@ -273,7 +273,7 @@ def predict_response_bytes(result: PredictResult, *, tensor_content: bool = Fals
 
 _TENSOR_FIELDS: Final = tensor_pb2.TensorProto.DESCRIPTOR.fields_by_name
 # dtypes whose typed field's packed encoding is the values' own bytes (see exporter.tensor_codec).
-_WIRE_LAYOUT: Final = {
+_WIRE_LAYOUT: Final[dict[int, tuple[str, np.dtype]]] = {
     dtypes.FLOAT: ("float_val", np.dtype("<f4")),
     dtypes.DOUBLE: ("double_val", np.dtype("<f8")),
     dtypes.BOOL: ("bool_val", np.dtype(np.uint8)),
@@ -297,7 +297,8 @@ def _tensor_parts(alias: str, array: np.ndarray, tensor_content: bool) -> list[b
         except InvalidInputError as exc:
             raise Internal(f"cannot encode output {alias}: {exc}") from exc
         return [message.SerializeToString()]
-    header = tensor_pb2.TensorProto(dtype=dtype)
+    assert dtype is not None  # `fixed`
+    header = tensor_pb2.TensorProto(dtype=cast(types_pb2.DataType, dtype))  # proto3 enums are open
     header.tensor_shape.SetInParent()
     for size in array.shape:
         header.tensor_shape.dim.add().size = size
@@ -430,7 +431,7 @@ def multi_inference_response(
 
 def _tensor_info(info: TensorInfo, target: meta_graph_pb2.TensorInfo) -> None:
     target.name = info.name
-    target.dtype = int(info.dtype)
+    target.dtype = cast(types_pb2.DataType, info.dtype)  # proto3 enums are open: any number
     if info.shape is None:
         target.tensor_shape.unknown_rank = True
         return
@@ -468,7 +469,7 @@ def status_response(statuses: Iterable[VersionStatus]) -> get_model_status_pb2.G
         entry.status.SetInParent()  # TF always sets it, OK included
         if status.error_kind is not None or status.error_message is not None:
             # An error without a kind is not one of ours: INTERNAL, like any unexpected exception.
-            entry.status.error_code = tf_error_code(code_for_kind(status.error_kind or ""))
+            entry.status.error_code = cast(error_codes_pb2.Code, tf_error_code(code_for_kind(status.error_kind or "")))
             entry.status.error_message = truncate(status.error_message or "")
     return response
 
@@ -476,6 +477,6 @@ def status_response(statuses: Iterable[VersionStatus]) -> get_model_status_pb2.G
 def reload_response() -> model_management_pb2.ReloadConfigResponse:
     """The reply to a successful reload (failures are gRPC errors: spec §7.6)."""
     response = model_management_pb2.ReloadConfigResponse()
-    response.status.error_code = _OK
+    response.status.error_code = error_codes_pb2.OK
     response.status.SetInParent()
     return response

@@ -110,7 +110,7 @@ class ConversionProcess:
                 self.kill()  # cancelled (the REST timeout) or a broken child: stop it now
                 raise
         if ok:
-            return value  # type: ignore[no-any-return]
+            return value
         raise value
 
     @staticmethod

@@ -216,10 +216,10 @@ class RestServer:
             request, row_format = await cpu(convert.predict_conversion, body, name, metadata, deadline)
             return await cpu(convert.predict_response, await api.predict(request), row_format)
         if route.verb in ("classify", "regress"):
-            request = await cpu(convert.examples_request, body, name, version, deadline)
+            examples = await cpu(convert.examples_request, body, name, version, deadline)
             if route.verb == "classify":
-                return convert.classify_response(await api.classify(request))
-            return convert.regress_response(await api.regress(request))
+                return convert.classify_response(await api.classify(examples))
+            return convert.regress_response(await api.regress(examples))
         if route.verb == "metadata":
             return convert.metadata_response(await api.model_metadata(ModelSpec(name, version)))
         # A version label is ignored by GetModelStatus, as in TF (spec §7.5).

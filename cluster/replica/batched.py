@@ -11,8 +11,9 @@ own rows.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -24,7 +25,7 @@ from cluster.replica.contract import RunResult
 from cluster.replica.replica import Replica, compute
 from exporter.errors import InvalidInputError
 from exporter.servable import Servable
-from exporter.signature import Signature
+from exporter.signature import Signature, Tensors
 
 QueueKey = tuple[int, str, tuple[str, ...]]
 
@@ -51,14 +52,14 @@ class BatchedRunner:
             _, signature_key, output_filter = key
             fetch = list(output_filter) or None
 
-            async def execute(inputs: dict[str, np.ndarray]) -> Mapping[str, np.ndarray]:
+            async def execute(inputs: dict[str, np.ndarray]) -> Tensors:
                 self._replica.batch_sizes.observe(merge.row_count(inputs))
                 try:
                     return await compute(lambda: servable.run(signature_key, inputs, fetch), inputs)
                 except InvalidInputError as e:
                     raise _BatchFailed(e) from None
 
-            def validate(inputs: Mapping[str, np.ndarray]) -> None:
+            def validate(inputs: Tensors) -> None:
                 Replica.validate(signature, inputs)
 
             queue = self._queues[key] = BatchQueue(execute, self._config, validate=validate)
@@ -68,7 +69,7 @@ class BatchedRunner:
         self,
         version: int,
         signature_key: str,
-        requests: Sequence[Mapping[str, np.ndarray]],
+        requests: Sequence[Tensors],
         output_filter: Sequence[str] = (),
         timeouts: Sequence[float | None] | None = None,
     ) -> list[RunResult]:
@@ -86,7 +87,8 @@ class BatchedRunner:
         for request, outcome in zip(requests, outcomes, strict=True):
             if isinstance(outcome, _BatchFailed):
                 alone = await compute(
-                    lambda r=request: self._replica.execute(servable, signature_key, [r], output_filter), request
+                    functools.partial(self._replica.execute, servable, signature_key, [request], output_filter),
+                    request,
                 )
                 results.append(alone[0])
             else:

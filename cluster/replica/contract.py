@@ -9,15 +9,15 @@ format, and the gateway's `ReplicaChannel`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Protocol
 
-import numpy as np
-
 from cluster.errors import ServingError
+from exporter.signature import Tensors
 
-Outputs = dict[str, np.ndarray]  # output alias -> array, dim 0 = the request's own rows
-RunResult = Outputs | ServingError  # one request's answer
+# One request's answer: its outputs (output alias -> array, dim 0 = the request's own rows) or the
+# error that refused it.
+RunResult = Tensors | ServingError
 
 
 class Runner(Protocol):
@@ -27,7 +27,7 @@ class Runner(Protocol):
         self,
         version: int,
         signature_key: str,
-        requests: Sequence[Mapping[str, np.ndarray]],
+        requests: Sequence[Tensors],
         output_filter: Sequence[str] = (),
         timeouts: Sequence[float | None] | None = None,
     ) -> list[RunResult]:

@@ -20,18 +20,16 @@ import os
 import pathlib
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import TypeVar
-
-import numpy as np
 
 from cluster import errors, stats
 from cluster.batching import merge
-from cluster.replica.contract import Outputs, RunResult
+from cluster.replica.contract import RunResult
 from cluster.replica.warmup import WARMUP_FILE, replay_warmup
 from exporter.errors import InvalidInputError
 from exporter.servable import LoadOptions, Servable, load_servable
-from exporter.signature import Signature, check_feeds
+from exporter.signature import Signature, Tensors, check_feeds
 
 log = logging.getLogger(__name__)
 
@@ -42,12 +40,12 @@ INLINE_ELEMENTS = 1 << 16
 T = TypeVar("T")
 
 
-def is_small(*feeds: Mapping[str, np.ndarray]) -> bool:
+def is_small(*feeds: Tensors) -> bool:
     """True when the inputs are small enough to compute inline (see INLINE_ELEMENTS)."""
     return sum(a.size for f in feeds for a in f.values()) <= INLINE_ELEMENTS
 
 
-async def compute(fn: Callable[[], T], *feeds: Mapping[str, np.ndarray]) -> T:
+async def compute(fn: Callable[[], T], *feeds: Tensors) -> T:
     """Runs `fn` inline for small inputs, else in a worker thread (the loop keeps accepting calls)."""
     if is_small(*feeds):
         return fn()
@@ -129,7 +127,7 @@ class Replica:
         return servable, signature
 
     @staticmethod
-    def validate(signature: Signature, feeds: Mapping[str, np.ndarray]) -> None:
+    def validate(signature: Signature, feeds: Tensors) -> None:
         """InvalidArgument unless `feeds` fit the signature and share one batch dimension."""
         try:
             check_feeds(signature, feeds)
@@ -141,7 +139,7 @@ class Replica:
         self,
         version: int,
         signature_key: str,
-        requests: Sequence[Mapping[str, np.ndarray]],
+        requests: Sequence[Tensors],
         output_filter: Sequence[str] = (),
     ) -> list[RunResult]:
         """Validates and runs every request; returns, per request, its outputs or its error."""
@@ -166,7 +164,7 @@ class Replica:
         self,
         servable: Servable,
         signature_key: str,
-        requests: Sequence[Mapping[str, np.ndarray]],
+        requests: Sequence[Tensors],
         output_filter: Sequence[str] = (),
     ) -> list[RunResult]:
         """Runs validated requests merged per group of compatible shapes (see the module doc)."""
@@ -179,7 +177,7 @@ class Replica:
         self,
         servable: Servable,
         signature_key: str,
-        requests: Sequence[Mapping[str, np.ndarray]],
+        requests: Sequence[Tensors],
         members: list[int],
         output_filter: Sequence[str],
         results: list[RunResult],
@@ -187,7 +185,7 @@ class Replica:
         batch = merge.merge_inputs([requests[i] for i in members])
         self.batch_sizes.observe(sum(batch.row_counts))
         try:
-            outputs: Outputs = servable.run(signature_key, batch.inputs, list(output_filter) or None)
+            outputs: Tensors = servable.run(signature_key, batch.inputs, list(output_filter) or None)
             for i, out in zip(members, merge.split_outputs(outputs, batch.row_counts), strict=True):
                 results[i] = out
             return

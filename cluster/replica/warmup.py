@@ -33,19 +33,21 @@ def replay_warmup(servable: Servable, path: pathlib.Path, iterations: int = 1) -
         for record in logs:
             kind = record.WhichOneof("log_type")
             if kind == "predict_log":
-                request = record.predict_log.request
-                feeds = {alias: tensor_codec.proto_to_array(t) for alias, t in request.inputs.items()}
-                key = request.model_spec.signature_name or DEFAULT_SERVING_SIGNATURE
-                servable.run(key, feeds, list(request.output_filter) or None)
-            elif kind in ("classify_log", "regress_log"):
-                request = getattr(record, kind).request
-                key = request.model_spec.signature_name or DEFAULT_SERVING_SIGNATURE
+                predict = record.predict_log.request
+                feeds = {alias: tensor_codec.proto_to_array(t) for alias, t in predict.inputs.items()}
+                key = predict.model_spec.signature_name or DEFAULT_SERVING_SIGNATURE
+                servable.run(key, feeds, list(predict.output_filter) or None)
+            elif kind == "classify_log" or kind == "regress_log":
+                examples_request = (
+                    record.classify_log.request if kind == "classify_log" else record.regress_log.request
+                )
+                key = examples_request.model_spec.signature_name or DEFAULT_SERVING_SIGNATURE
                 method = CLASSIFY_METHOD if kind == "classify_log" else REGRESS_METHOD
-                _run_examples(servable, key, method, serialized_examples(request.input))
+                _run_examples(servable, key, method, serialized_examples(examples_request.input))
             elif kind == "multi_inference_log":
-                request = record.multi_inference_log.request
-                examples = serialized_examples(request.input)
-                for task in request.tasks:
+                multi = record.multi_inference_log.request
+                examples = serialized_examples(multi.input)
+                for task in multi.tasks:
                     key = task.model_spec.signature_name or DEFAULT_SERVING_SIGNATURE
                     _run_examples(servable, key, task.method_name, examples)
             else:

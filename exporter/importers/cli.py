@@ -16,7 +16,7 @@ def _names(text: str | None) -> list[str] | None:
     return None if text is None else [n.strip() for n in text.split(",") if n.strip()]
 
 
-def add_commands(subparsers: argparse._SubParsersAction) -> None:
+def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Registers `export-onnx` on a parser's subparsers (exporter.cli registers it beside `inspect`)."""
     cmd = subparsers.add_parser(
         "export-onnx", help="wrap an ONNX file in a bundle version with a receiver and heads",

@@ -56,7 +56,10 @@ def is_saved_model(version_dir: str) -> bool:
     """True if the directory (path or URI) holds a SavedModel and is not already a bundle."""
     fs, root = storage.resolve(version_dir)
     root = root.rstrip("/")
-    has = lambda name: fs.get_file_info(f"{root}/{name}").type == pafs.FileType.File  # noqa: E731
+
+    def has(name: str) -> bool:
+        return bool(fs.get_file_info(f"{root}/{name}").type == pafs.FileType.File)
+
     return has(SAVED_MODEL_FILE) and not has(bundle.MANIFEST_FILE)
 
 

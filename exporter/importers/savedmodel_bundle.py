@@ -37,7 +37,7 @@ def _spec(tensor: Tensor, declared: TensorInfo, where: str) -> bundle_pb2.Tensor
             f"{where}: the ONNX body gives {dtypes.name(tensor.dtype)}, the SavedModel declares "
             f"{dtypes.name(declared.dtype)}"
         )
-    return bundle_pb2.TensorSpec(name=tensor.name, dtype=declared.dtype, shape=_shape(declared.shape))
+    return bundle_pb2.TensorSpec(name=tensor.name, dtype=dtypes.as_enum(declared.dtype), shape=_shape(declared.shape))
 
 
 def _shape(shape: Shape) -> bundle_pb2.Shape:
@@ -67,6 +67,7 @@ def _signature(g: GraphBuilder, sig: ConvertedSignature) -> bundle_pb2.Signature
     feeds: dict[str, Tensor] = {}
     for name, feed in sig.feeds.items():
         if feed.feature is None:
+            assert feed.alias is not None  # Feed's contract: an input fed as is names its alias
             feeds[name] = placeholders[feed.alias]
         else:
             value = parsed[feed.feature]

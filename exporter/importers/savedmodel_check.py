@@ -67,6 +67,7 @@ def onnx_feeds(sig: ConvertedSignature, raw: Mapping[str, np.ndarray]) -> dict[s
     feeds = {}
     for name, feed in sig.feeds.items():
         if feed.feature is None:
+            assert feed.alias is not None  # Feed's contract: an input fed as is names its alias
             feeds[name] = raw[feed.alias]
             continue
         value = parsed[feed.feature]
@@ -74,12 +75,15 @@ def onnx_feeds(sig: ConvertedSignature, raw: Mapping[str, np.ndarray]) -> dict[s
     return feeds
 
 
+def _text(value: object) -> bytes:
+    return value if isinstance(value, bytes) else str(value).encode()
+
+
 def _same(want: np.ndarray, have: np.ndarray) -> bool:
     if want.shape != have.shape:
         return False
     if want.dtype == object or have.dtype == object:
-        text = lambda v: v if isinstance(v, bytes) else str(v).encode()  # noqa: E731
-        return all(text(a) == text(b) for a, b in zip(want.reshape(-1), have.reshape(-1), strict=True))
+        return all(_text(a) == _text(b) for a, b in zip(want.reshape(-1), have.reshape(-1), strict=True))
     return bool(np.allclose(want, have, rtol=TOLERANCE, atol=TOLERANCE, equal_nan=True))
 
 

@@ -15,7 +15,7 @@ from typing import TextIO
 from exporter.errors import ExporterError
 
 
-def add_command(subparsers: argparse._SubParsersAction) -> None:
+def add_command(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Registers `import` on a parser's subparsers (exporter.cli registers it for `tessera`)."""
     parser = subparsers.add_parser(
         "import", help="import TensorFlow SavedModels as Tessera bundles (needs the tensorflow extra)",

@@ -27,6 +27,7 @@ import logging
 import os
 import pathlib
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -48,6 +49,12 @@ from exporter.importers.savedmodel_cut import Cut, cut_parse_example  # noqa: E4
 from exporter.importers.savedmodel_types import ConvertedSignature, Feed  # noqa: E402
 from exporter.signature import Shape, TensorInfo  # noqa: E402
 
+# TensorFlow's protos (GraphDef, TensorShapeProto, TensorInfo ...) and objects (sessions, concrete
+# functions): the tensorflow package ships no type information, so they are Any here.
+TF = Any
+# A signature as saved_model.pb declares it: (method name, inputs, outputs).
+Declared = tuple[str, dict[str, TensorInfo], dict[str, TensorInfo]]
+
 SERVE_TAG = "serve"
 OPSET = 17
 
@@ -58,14 +65,14 @@ def _quiet() -> None:
         logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
-def _shape(proto: object) -> Shape:
+def _shape(proto: TF) -> Shape:
     if proto.unknown_rank:
         return None
     return tuple(None if d.size < 0 else int(d.size) for d in proto.dim)
 
 
-def _infos(specs: Mapping[str, object], key: str, kind: str) -> dict[str, TensorInfo]:
-    out = {}
+def _infos(specs: Mapping[str, TF], key: str, kind: str) -> dict[str, TensorInfo]:
+    out: dict[str, TensorInfo] = {}
     for alias, info in specs.items():
         if info.WhichOneof("encoding") != "name":
             raise ExportError(f"signature {key!r} {kind} {alias!r} is a composite tensor, which Tessera cannot serve")
@@ -77,7 +84,7 @@ def _infos(specs: Mapping[str, object], key: str, kind: str) -> dict[str, Tensor
     return out
 
 
-def read_signature_defs(version_dir: str) -> dict[str, tuple[str, dict[str, TensorInfo], dict[str, TensorInfo]]]:
+def read_signature_defs(version_dir: str) -> dict[str, Declared]:
     """key -> (method name, inputs, outputs) of the serve MetaGraph, as saved_model.pb declares them."""
     path = pathlib.Path(version_dir) / "saved_model.pb"
     saved = saved_model_pb2.SavedModel.FromString(path.read_bytes())
@@ -142,12 +149,12 @@ def _convert(
     return model.SerializeToString()
 
 
-def _prune(graph_def: object, outputs: list[str]) -> object:
+def _prune(graph_def: TF, outputs: list[str]) -> TF:
     return tf.compat.v1.graph_util.extract_sub_graph(graph_def, sorted({o.split(":")[0] for o in outputs}))
 
 
 def _frozen_signature(
-    key: str, inputs: dict[str, TensorInfo], outputs: dict[str, TensorInfo], frozen: object, tables: object,
+    key: str, inputs: dict[str, TensorInfo], outputs: dict[str, TensorInfo], frozen: TF, tables: TF,
     in_names: dict[str, str], out_names: dict[str, str], method: str, converted: dict[bytes, bytes],
 ) -> ConvertedSignature:
     """Cut, prune and convert one frozen signature graph (tensor names: `in_names`/`out_names`)."""
@@ -193,9 +200,10 @@ def _tf_failure(key: str, what: str, e: Exception) -> ExportError:
     return ExportError(f"signature {key!r}: TensorFlow cannot {what} it: {type(e).__name__}: {str(e).splitlines()[0]}")
 
 
-def _convert_tf2(version_dir: str, declared: Mapping[str, tuple]) -> list[ConvertedSignature]:
+def _convert_tf2(version_dir: str, declared: Mapping[str, Declared]) -> list[ConvertedSignature]:
     imported = tf.saved_model.load(version_dir, tags=[SERVE_TAG])
-    converted, bodies = [], {}
+    converted: list[ConvertedSignature] = []
+    bodies: dict[bytes, bytes] = {}
     for key in sorted(declared):
         method, inputs, outputs = declared[key]
         if key not in imported.signatures:
@@ -211,7 +219,7 @@ def _convert_tf2(version_dir: str, declared: Mapping[str, tuple]) -> list[Conver
         # A fresh load for the reference: tf2onnx's freezing rewrites the function's captures.
         original = tf.saved_model.load(version_dir, tags=[SERVE_TAG]).signatures[key]
 
-        def reference(raw: Mapping[str, np.ndarray], original: object = original) -> dict[str, np.ndarray]:
+        def reference(raw: Mapping[str, np.ndarray], original: TF = original) -> dict[str, np.ndarray]:
             try:
                 result = original(**{alias: tf.constant(value) for alias, value in raw.items()})
             except (tf.errors.OpError, ValueError, TypeError) as e:
@@ -228,7 +236,7 @@ def _convert_tf2(version_dir: str, declared: Mapping[str, tuple]) -> list[Conver
     return converted
 
 
-def _freeze_tf1(sess: object, inputs: list[str], outputs: list[str]) -> tuple[object, dict]:
+def _freeze_tf1(sess: TF, inputs: list[str], outputs: list[str]) -> tuple[TF, dict[str, tuple[np.ndarray, ...]]]:
     """tf2onnx's freeze_session, without its TF1-only table export: variables become constants,
     lookup tables (initialized when the SavedModel was loaded) are read out by shared name."""
     graph_def = sess.graph.as_graph_def(add_shapes=True)
@@ -249,8 +257,9 @@ def _freeze_tf1(sess: object, inputs: list[str], outputs: list[str]) -> tuple[ob
         return tf_loader.tf_optimize(inputs, outputs, graph_def), tables
 
 
-def _convert_tf1(version_dir: str, declared: Mapping[str, tuple]) -> list[ConvertedSignature]:
-    converted, bodies = [], {}
+def _convert_tf1(version_dir: str, declared: Mapping[str, Declared]) -> list[ConvertedSignature]:
+    converted: list[ConvertedSignature] = []
+    bodies: dict[bytes, bytes] = {}
     with tf.Graph().as_default() as graph, tf.compat.v1.Session(graph=graph) as sess:
         try:
             tf.compat.v1.saved_model.loader.load(sess, [SERVE_TAG], version_dir)
@@ -261,7 +270,8 @@ def _convert_tf1(version_dir: str, declared: Mapping[str, tuple]) -> list[Conver
             in_names = {alias: info.name for alias, info in inputs.items()}
             out_names = {alias: info.name for alias, info in outputs.items()}
 
-            def reference(raw: Mapping[str, np.ndarray], in_names: dict = in_names, out_names: dict = out_names) -> dict:
+            def reference(raw: Mapping[str, np.ndarray], in_names: dict[str, str] = in_names, out_names: dict[str, str] = out_names
+            ) -> dict[str, np.ndarray]:
                 aliases = sorted(out_names)
                 try:
                     values = sess.run([out_names[a] for a in aliases], {in_names[a]: v for a, v in raw.items()})

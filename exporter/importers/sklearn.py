@@ -202,7 +202,7 @@ class SklearnModel(ImportedModel):
         elif class_labels is not None:
             raise ExportError("class_labels given for a model that is not a classifier")
         onnx_model, inputs = self._convert(estimator, final)
-        super().__init__(onnx_model, inputs, *self._heads(estimator, final, onnx_model))
+        super().__init__(onnx_model, inputs, *self._choose_heads(estimator, final, onnx_model))
 
     def _convert(self, estimator: Any, final: Any) -> tuple[bytes, list[ModelInput]]:
         """The ONNX model, in the most precise form onnxruntime runs: float64 throughout; else
@@ -248,7 +248,8 @@ class SklearnModel(ImportedModel):
             inputs.append(TensorInput(name, fed or kind, (1,), name, fed or dtypes.FLOAT, ()))
         return types, inputs
 
-    def _heads(self, estimator: Any, final: Any, model: bytes) -> tuple[HeadsFn, str]:
+    # Not `_heads`: ImportedModel keeps the chosen heads function under that name.
+    def _choose_heads(self, estimator: Any, final: Any, model: bytes) -> tuple[HeadsFn, str]:
         from exporter.ops.onnx import model_infos
 
         outputs = list(model_infos(model)[1])

@@ -26,7 +26,7 @@ import hashlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import repeat
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 import numpy as np
 
@@ -264,13 +264,21 @@ def _indicator(inputs: list[np.ndarray], attrs: Mapping[str, Any]) -> list[np.nd
 
 
 # -- functional wrappers ------------------------------------------------------------------------------
+# A dense input gives a dense result, a SparseTensor a SparseTensor over the same indices.
+X = TypeVar("X", "Tensor", SparseTensor)
+
+
+@overload
+def _on_values(x: Tensor, fn: Callable[[Tensor], Tensor]) -> Tensor: ...
+@overload
+def _on_values(x: SparseTensor, fn: Callable[[Tensor], Tensor]) -> SparseTensor: ...
 def _on_values(x: Tensor | SparseTensor, fn: Callable[[Tensor], Tensor]) -> Tensor | SparseTensor:
     if isinstance(x, SparseTensor):
         return SparseTensor(x.indices, fn(x.values), x.dense_shape)
     return fn(x)
 
 
-def hash_bucket(x: Tensor | SparseTensor, num_buckets: int, name: str | None = None) -> Tensor | SparseTensor:
+def hash_bucket(x: X, num_buckets: int, name: str | None = None) -> X:
     """Hashes strings or integers (of a dense tensor or a SparseTensor's values) into buckets."""
     return _on_values(x, lambda t: t.graph.apply("HashBucket", [t], {"num_buckets": num_buckets}, name)[0])
 
@@ -284,12 +292,12 @@ def vocabulary_file(keys: Iterable[str | bytes | int]) -> bytes:
 
 
 def vocabulary_lookup(
-    x: Tensor | SparseTensor,
+    x: X,
     asset: str,
     num_oov_buckets: int = 0,
     default_value: int = -1,
     name: str | None = None,
-) -> Tensor | SparseTensor:
+) -> X:
     """Looks keys up in the graph's asset `asset` (see `vocabulary_file`, `GraphBuilder.add_asset`)."""
     attrs = {
         "asset": asset,

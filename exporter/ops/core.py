@@ -11,7 +11,8 @@ import numpy as np
 
 from exporter import dtypes
 from exporter.errors import GraphError, InvalidInputError
-from exporter.ops.registry import LoadContext, Shape, TensorType, register_op
+from exporter.ops.registry import LoadContext, TensorType, register_op
+from exporter.signature import Shape
 
 
 def _shape_attr(value: Sequence[int]) -> Shape:
@@ -113,9 +114,9 @@ def _infer_concat(inputs: Sequence[TensorType], attrs: Mapping[str, Any]) -> lis
     if len(kinds) != 1:
         raise GraphError(f"Concat inputs have different dtypes {sorted(dtypes.name(k) for k in kinds)}")
     ranks = {t.rank for t in inputs}
-    if len(ranks) != 1 or None in ranks:
-        raise GraphError("Concat inputs must have the same known rank")
     rank = ranks.pop()
+    if ranks or rank is None:
+        raise GraphError("Concat inputs must have the same known rank")
     axis = int(attrs["axis"]) % rank
     dims: list[int | None] = []
     for i in range(rank):

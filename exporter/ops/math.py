@@ -107,10 +107,10 @@ def _register_unary(name: str, fn: Callable[[np.ndarray], np.ndarray]) -> None:
     register_op(name, infer=_infer_float_unary, num_inputs=1)(kernel)
 
 
-for _name, _fn in _BINARY.items():
-    _register_binary(_name, _fn)
-for _name, _fn in _UNARY.items():
-    _register_unary(_name, _fn)
+for _name, _binary_fn in _BINARY.items():
+    _register_binary(_name, _binary_fn)
+for _name, _unary_fn in _UNARY.items():
+    _register_unary(_name, _unary_fn)
 
 
 def _infer_matmul(inputs: Sequence[TensorType], attrs: Mapping[str, Any]) -> list[TensorType]:

@@ -104,8 +104,8 @@ class FakeAPI:
     async def predict(self, request: PredictRequest) -> PredictResult:
         self.seen.append(request)
         spec = self._resolve(request.spec)
-        if spec.signature_name != "serving_default":
-            raise errors.FailedPrecondition(f'Serving signature key "{spec.signature_name}" not found.')
+        if spec.signature_key != "serving_default":
+            raise errors.FailedPrecondition(f'Serving signature key "{spec.signature_key}" not found.')
         x = request.inputs["x"]
         outputs = {
             "y": x * np.float32(0.5) + np.float32(2.0),

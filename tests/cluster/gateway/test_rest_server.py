@@ -111,9 +111,9 @@ class FakeAPI:
         await asyncio.sleep(self.delay)
         spec = self._resolve(request.spec)
         inputs = request.inputs
-        if spec.signature_name == "multi":
+        if spec.signature_key == "multi":
             outputs = {"double": 2 * inputs["a"], "text": inputs["s"], "text_bytes": inputs["s"]}
-        elif spec.signature_name == "ints":
+        elif spec.signature_key == "ints":
             outputs = {"n2": 2 * inputs["n"].astype(np.int64)}
         else:
             outputs = {"y": 2 * inputs["x"]}
