@@ -13,38 +13,14 @@ from exporter import dtypes, storage, warmup
 from exporter.bundle import read_bundle
 from exporter.errors import ExportError
 from exporter.export import build_model, export_model
-from exporter.features import FixedLenFeature
 from exporter.graph import GraphBuilder
-from exporter.ops import categorical, core
-from exporter.ops import math as tfm
-from exporter.outputs import ClassificationOutput, ExportOutput, PredictOutput, RegressionOutput
+from exporter.ops import categorical
+from exporter.outputs import ExportOutput, PredictOutput
 from exporter.receivers import build_parsing_serving_input_receiver_fn, build_raw_serving_input_receiver_fn
 from exporter.runtime import Runtime
 from protos.tessera import example_pb2
-from tests.exporter.test_storage import S3, s3  # noqa: F401  (the moto S3 fixture)
-
-W = np.array([[1.0, -2.0], [0.5, 3.0], [-1.0, 0.25]], np.float32)
-B = np.array([0.1, -0.2], np.float32)
-SPEC = {"x": FixedLenFeature((3,), dtypes.FLOAT)}
-
-
-def model_fn(g: GraphBuilder, features: Mapping[str, Any]) -> dict[str, ExportOutput]:
-    """A two-class softmax model: classification, regression (score of class 1) and predict heads."""
-    logits = tfm.bias_add(tfm.matmul(features["x"], g.variable(W, "w")), g.variable(B, "b"))
-    probs = tfm.softmax(logits)
-    labels = core.broadcast_to_batch(g.constant(np.array([b"no", b"yes"], dtype=object)), probs)
-    score = core.reshape(tfm.reduce_sum(tfm.mul(probs, g.constant(np.array([0, 1], np.float32))), 1), (-1,))
-    return {
-        "classification": ClassificationOutput(scores=probs, classes=labels),
-        "regression": RegressionOutput(score),
-        "predict": PredictOutput({"probabilities": probs, "logits": logits}),
-    }
-
-
-def expected_probs(x: np.ndarray) -> np.ndarray:
-    logits = x @ W + B
-    e = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
+from tests.exporter.export_testlib import SPEC, expected_probs, model_fn, raw
+from tests.s3_testlib import S3
 
 
 def examples(x: np.ndarray) -> np.ndarray:
@@ -57,7 +33,6 @@ def examples(x: np.ndarray) -> np.ndarray:
 
 
 parsing = build_parsing_serving_input_receiver_fn(SPEC)
-raw = build_raw_serving_input_receiver_fn({"x": (dtypes.FLOAT, (None, 3))})
 X = np.random.default_rng(0).normal(size=(7, 3)).astype(np.float32)
 
 
@@ -195,7 +170,7 @@ def test_a_bundle_that_would_not_load_is_never_published(tmp_path: pathlib.Path)
     assert storage.list_versions(str(tmp_path / "m"), missing_ok=True) == {}
 
 
-def test_export_to_s3_and_run(s3: S3, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+def test_export_to_s3_and_run(s3: S3, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TESSERA_CACHE_DIR", str(tmp_path / "cache"))
     base = s3.uri("export-test/m")
     location = export_model(base, model_fn, raw, now=42)

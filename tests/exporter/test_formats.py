@@ -11,8 +11,8 @@ from cluster import cli
 from exporter import servable
 from exporter.errors import BundleError
 from exporter.export import export_model
-from tests.exporter.test_export import model_fn, raw
-from tests.exporter.test_onnx_loader import write_onnx_version
+from tests.exporter.export_testlib import model_fn, raw
+from tests.exporter.onnx_testlib import write_onnx_version
 
 
 def _version(tmp_path: pathlib.Path, *files: str) -> pathlib.Path:

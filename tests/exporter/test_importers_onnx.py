@@ -24,31 +24,7 @@ from exporter.outputs import PredictOutput
 from exporter.receivers import build_raw_serving_input_receiver_fn
 from exporter.servable import load_servable
 from protos.tessera import example_pb2
-
-RNG = np.random.default_rng(0)
-W1, B1 = RNG.normal(size=(4, 8)).astype(np.float32), RNG.normal(size=8).astype(np.float32)
-W2, B2 = RNG.normal(size=(8, 3)).astype(np.float32), RNG.normal(size=3).astype(np.float32)
-
-
-def mlp(input_name: str = "input:0", out_dtype: int = TensorProto.FLOAT) -> bytes:
-    """4 -> 8 (relu) -> 3, outputs `probs` (softmax) and `logits`, as torch.onnx.export would write it."""
-    nodes = [
-        helper.make_node("Gemm", [input_name, "W1", "B1"], ["h"]),
-        helper.make_node("Relu", ["h"], ["r"]),
-        helper.make_node("Gemm", ["r", "W2", "B2"], ["logits_f"]),
-        helper.make_node("Softmax", ["logits_f"], ["probs"], axis=1),
-        helper.make_node("Cast", ["logits_f"], ["logits"], to=out_dtype),
-    ]
-    graph = helper.make_graph(
-        nodes, "mlp",
-        [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, ["N", 4])],
-        [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["N", 3]),
-         helper.make_tensor_value_info("logits", out_dtype, ["N", 3])],
-        initializer=[numpy_helper.from_array(a, n) for a, n in ((W1, "W1"), (B1, "B1"), (W2, "W2"), (B2, "B2"))],
-    )  # fmt: skip
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    return model.SerializeToString()
+from tests.exporter.onnx_testlib import B1, W1, X, mlp
 
 
 def reference(model: bytes, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -66,7 +42,6 @@ def examples(rows: np.ndarray, names: list[str]) -> np.ndarray:
     return np.array(out, dtype=object)
 
 
-X = RNG.normal(size=(7, 4)).astype(np.float32)
 NAMES = ["a", "b", "c", "d"]
 
 

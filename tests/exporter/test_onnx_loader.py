@@ -5,46 +5,13 @@ from __future__ import annotations
 import pathlib
 
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 
-from exporter import dtypes, servable, warmup
+from exporter import dtypes, servable
 from exporter.errors import BundleError, InvalidInputError
 from exporter.loaders.onnx import OnnxServable
 from exporter.signature import DEFAULT_SERVING_SIGNATURE, PREDICT_METHOD, TensorInfo
-
-
-def scale_model(scale: float, *, batch: str | int = "batch") -> onnx.ModelProto:
-    """y = x * scale and ids = argmax(y) over x: float32 [batch, 2]."""
-    graph = helper.make_graph(
-        [
-            helper.make_node("Mul", ["x", "scale"], ["y"]),
-            helper.make_node("ArgMax", ["y"], ["ids"], axis=1, keepdims=0),
-        ],
-        "scale",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 2])],
-        [
-            helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, 2]),
-            helper.make_tensor_value_info("ids", TensorProto.INT64, [batch]),
-        ],
-        [numpy_helper.from_array(np.full(2, scale, np.float32), "scale")],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 9
-    return model
-
-
-def write_onnx_version(base: pathlib.Path | str, version: int, scale: float, *, warmup_rows: int = 0) -> pathlib.Path:
-    """`<base>/<version>/model.onnx` (Triton's layout), with a warmup file if `warmup_rows`."""
-    root = pathlib.Path(base) / str(version)
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "model.onnx").write_bytes(scale_model(scale).SerializeToString())
-    if warmup_rows:
-        (root / "assets.extra").mkdir(exist_ok=True)
-        record = warmup.predict_log(DEFAULT_SERVING_SIGNATURE, {"x": np.ones((warmup_rows, 2), np.float32)})
-        (root / "assets.extra" / warmup.WARMUP_FILE).write_bytes(warmup.encode_warmup([record]))
-    return root
+from tests.exporter.onnx_testlib import scale_model, write_onnx_version
 
 
 @pytest.mark.parametrize("platform", ["onnx", "onnxruntime_onnx"])

@@ -28,7 +28,7 @@ from tests.exporter.savedmodel_testlib import (
     import_with_cli,
     skip_without_the_extra,
 )
-from tests.exporter.test_storage import S3, s3  # noqa: F401  (the moto S3 fixture)
+from tests.s3_testlib import S3
 
 skip_without_the_extra()
 pytestmark = pytest.mark.timeout(600)
@@ -141,7 +141,7 @@ def test_signatures_over_one_graph_share_one_onnx_body(built) -> None:
     assert len(bodies("estimator")) == 3  # serving_default is the classification head; regression, predict
 
 
-def test_tessera_import_from_and_to_an_object_store(built, s3: S3, tmp_path) -> None:  # noqa: F811
+def test_tessera_import_from_and_to_an_object_store(built, s3: S3, tmp_path) -> None:
     import pyarrow.fs as pafs
 
     pafs.copy_files(str(built["two"].base), f"{s3.bucket}/saved/two", destination_filesystem=s3.fs)

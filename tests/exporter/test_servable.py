@@ -12,7 +12,7 @@ from exporter.errors import BundleError
 from exporter.export import export_model
 from exporter.runtime import Runtime
 from exporter.signature import DEFAULT_SERVING_SIGNATURE
-from tests.exporter.test_export import expected_probs, model_fn, raw
+from tests.exporter.export_testlib import expected_probs, model_fn, raw
 
 
 def test_a_bundle_loads_under_tf_servings_default_platform(tmp_path: pathlib.Path) -> None:

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import dataclasses
 import pathlib
-import socket
 import uuid
-from collections.abc import Iterator
 
 import numpy as np
 import pyarrow.fs as pafs
@@ -16,6 +13,7 @@ from exporter import storage
 from exporter.bundle import read_bundle, write_bundle
 from exporter.errors import BundleError, ExportError
 from protos.tessera import bundle_pb2
+from tests.s3_testlib import S3
 
 
 def _staged(tmp_path: pathlib.Path, name: str = "staging", value: float = 1.0) -> pathlib.Path:
@@ -151,43 +149,6 @@ def test_keep_removes_oldest(tmp_path: pathlib.Path) -> None:
         storage.keep(tmp_path, 0)
 
 
-# --- S3 (moto server on loopback) ------------------------------------------------------------
-
-
-@dataclasses.dataclass
-class S3:
-    endpoint: str
-    fs: pafs.S3FileSystem
-    bucket: str
-
-    def uri(self, prefix: str) -> str:
-        # pyarrow takes the endpoint from the URI query; credentials come from the environment.
-        return f"s3://{self.bucket}/{prefix}?endpoint_override={self.endpoint}&scheme=http&region=us-east-1"
-
-
-@pytest.fixture(scope="module")
-def s3() -> Iterator[S3]:
-    from moto.server import ThreadedMotoServer
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    try:
-        with pytest.MonkeyPatch.context() as env:
-            env.setenv("AWS_ACCESS_KEY_ID", "test")
-            env.setenv("AWS_SECRET_ACCESS_KEY", "test")
-            env.setenv("AWS_EC2_METADATA_DISABLED", "true")
-            endpoint = f"127.0.0.1:{port}"
-            fs = pafs.S3FileSystem(
-                endpoint_override=endpoint, scheme="http", access_key="test", secret_key="test",
-                region="us-east-1", allow_bucket_creation=True,
-            )
-            fs.create_dir("models")
-            yield S3(endpoint, fs, "models")
-    finally:
-        server.stop()
 
 
 def test_s3_list_publish_keep_with_explicit_filesystem(s3: S3) -> None:

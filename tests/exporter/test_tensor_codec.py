@@ -15,6 +15,7 @@ from exporter.errors import InvalidInputError
 from exporter.tensor_codec import array_to_proto, proto_to_array
 from protos.tensorflow.core.framework import tensor_pb2
 from protos.tessera import wire_pb2
+from tests.tensor_vectors_testlib import assert_same_array, expected_array
 
 MESSAGE_TYPES = [tensor_pb2.TensorProto, wire_pb2.TensorProto]
 
@@ -23,33 +24,11 @@ def _cases(testdata: pathlib.Path) -> list[dict[str, Any]]:
     return json.loads((testdata / "tensor_proto.json").read_text())["cases"]
 
 
-def _expected_array(spec: dict[str, Any]) -> np.ndarray:
-    """The array TensorFlow's make_ndarray returned, rebuilt from the JSON description."""
-    shape = tuple(spec["shape"])
-    if spec["dtype"] == "string":
-        out = np.empty(len(spec["b64"]), dtype=object)
-        out[:] = [base64.b64decode(v) for v in spec["b64"]]
-        return out.reshape(shape)
-    if spec["dtype"].startswith("complex"):
-        return np.array([complex(re, im) for re, im in spec["values"]], dtype=spec["dtype"]).reshape(shape)
-    return np.array(spec["values"], dtype=spec["dtype"]).reshape(shape)
-
-
-def assert_same_array(actual: np.ndarray, expected: np.ndarray) -> None:
-    assert actual.dtype == expected.dtype
-    assert actual.shape == expected.shape
-    if expected.dtype == object:
-        assert actual.ravel().tolist() == expected.ravel().tolist()
-        assert all(type(v) is bytes for v in actual.ravel())
-    else:
-        np.testing.assert_array_equal(actual, expected)
-
-
 def test_every_testdata_case(testdata_dir: pathlib.Path) -> None:
     cases = _cases(testdata_dir)
     assert len(cases) >= 20, "the reference file shrank"
     for i, case in enumerate(cases):
-        expected = _expected_array(case["array"])
+        expected = expected_array(case["array"])
         data = base64.b64decode(case["proto_b64"])
         tf_proto = tensor_pb2.TensorProto.FromString(data)
         assert tf_proto.dtype == case["dtype_enum"], i

@@ -13,8 +13,8 @@ import ray
 from cluster.app import TesseraServer
 from cluster.config import ModelConfig, ServeOptions, ServerConfig
 from cluster.requests import ModelSpec, PredictRequest
-from tests.integration.conftest import LoopThread
-from tests.integration.models import write_version
+from tests.bundles_testlib import write_version
+from tests.integration.serving_testlib import LoopThread
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -30,20 +30,10 @@ from protos.tensorflow_serving.apis import (
     regression_pb2,
 )
 from protos.tensorflow_serving.config import model_server_config_pb2
-from tests.integration.conftest import LoopThread
-from tests.integration.models import build_meta_graph, corrupt_version, write_version
+from tests.bundles_testlib import build_meta_graph, corrupt_version, write_version
+from tests.integration.serving_testlib import LoopThread, wait_until
 
 pytestmark = pytest.mark.timeout(240)
-
-
-def wait_until(predicate, timeout: float = 30.0, interval: float = 0.05):  # noqa: ANN001, ANN201
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError("condition not met in time")
 
 
 @pytest.fixture(scope="module")

@@ -25,9 +25,9 @@ from exporter.export import export_model
 from exporter.importers.onnx import import_onnx
 from exporter.importers.sklearn import convert
 from protos.tensorflow_serving.apis import classification_pb2, predict_pb2, prediction_service_pb2_grpc
-from tests.exporter.test_importers_onnx import X as ONNX_X
-from tests.exporter.test_importers_onnx import mlp
-from tests.integration.conftest import LoopThread, free_port
+from tests.exporter.onnx_testlib import X as ONNX_X
+from tests.exporter.onnx_testlib import mlp
+from tests.integration.serving_testlib import LoopThread, free_port
 
 pytestmark = pytest.mark.timeout(240)
 NAMES = [f"f{i}" for i in range(6)]

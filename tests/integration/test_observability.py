@@ -18,8 +18,8 @@ from cluster.app import TesseraServer
 from cluster.client.tensors import make_tensor_proto
 from cluster.config import ModelConfig, ServeOptions, ServerConfig
 from protos.tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
-from tests.integration.conftest import LoopThread, free_port
-from tests.integration.models import write_version
+from tests.bundles_testlib import write_version
+from tests.integration.serving_testlib import LoopThread, free_port
 
 pytestmark = pytest.mark.timeout(240)
 

@@ -27,9 +27,8 @@ from protos.tensorflow_serving.apis import (
     predict_pb2,
     prediction_service_pb2_grpc,
 )
-from tests.exporter.test_onnx_loader import write_onnx_version
-from tests.integration.conftest import LoopThread, free_port
-from tests.integration.test_grpc_serving import wait_until
+from tests.exporter.onnx_testlib import write_onnx_version
+from tests.integration.serving_testlib import LoopThread, free_port, wait_until
 
 pytestmark = pytest.mark.timeout(240)
 

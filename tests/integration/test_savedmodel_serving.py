@@ -30,8 +30,7 @@ from protos.tensorflow_serving.apis import (
     regression_pb2,
 )
 from tests.exporter.savedmodel_testlib import Built, build, skip_without_the_extra
-from tests.integration.conftest import LoopThread, free_port
-from tests.integration.test_grpc_serving import wait_until
+from tests.integration.serving_testlib import LoopThread, free_port, wait_until
 
 skip_without_the_extra()
 pytestmark = pytest.mark.timeout(300)

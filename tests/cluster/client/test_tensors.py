@@ -11,13 +11,13 @@ import pytest
 
 from cluster.client.tensors import make_ndarray, make_tensor_proto
 from protos.tensorflow.core.framework import tensor_pb2, types_pb2
-from tests.exporter.test_tensor_codec import _expected_array, assert_same_array
+from tests.tensor_vectors_testlib import assert_same_array, expected_array
 
 
 def test_matches_tensorflow_bytes_on_every_reference_case(testdata_dir: pathlib.Path) -> None:
     cases = json.loads((testdata_dir / "tensor_proto.json").read_text())["cases"]
     for case in cases:
-        expected = _expected_array(case["array"])
+        expected = expected_array(case["array"])
         data = base64.b64decode(case["proto_b64"])
         if case.get("form") == "broadcast_last_value":
             # TF's make_tensor_proto([1.0], shape=...) sends one value for the whole shape.

@@ -18,7 +18,7 @@ from cluster.errors import InvalidArgument
 from cluster.gateway.config_converters import ssl_credentials_from_text
 from cluster.gateway.grpc_server import GatewayServer
 from protos.tensorflow_serving.apis import prediction_service_pb2_grpc
-from tests.cluster.gateway.test_grpc_server import FakeAPI, _predict_request
+from tests.cluster.gateway.grpc_testlib import FakeAPI, predict_request
 
 
 def _self_signed(name: str) -> tuple[bytes, bytes]:
@@ -50,7 +50,7 @@ def _ssl_text(key: bytes, cert: bytes, ca: bytes = b"", verify: bool = False) ->
 
 async def _predict(channel: grpc.aio.Channel) -> float:
     stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
-    response = await stub.Predict(_predict_request(np.array([1.0], np.float32)), timeout=10)
+    response = await stub.Predict(predict_request(np.array([1.0], np.float32)), timeout=10)
     return response.outputs["y"].float_val[0]
 
 

@@ -24,7 +24,7 @@ from exporter import dtypes
 from exporter.signature import Signature, TensorInfo
 from protos.tensorflow.core.framework import tensor_pb2
 from protos.tensorflow_serving.apis import predict_pb2
-from tests.cluster.gateway.test_grpc_server import MODEL, Client, FakeAPI, run
+from tests.cluster.gateway.grpc_testlib import MODEL, Client, FakeAPI, run
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -239,8 +239,8 @@ BAD_EXAMPLES_JSON = {
                          + [("classify", b) for b in BAD_EXAMPLES_JSON.values()],
                          ids=list(BAD_JSON) + list(BAD_EXAMPLES_JSON))
 def test_unacceptable_json_is_400_never_500(verb_body: tuple[str, bytes]) -> None:
-    from tests.cluster.gateway.test_rest_server import Client as RestClient
-    from tests.cluster.gateway.test_rest_server import run as run_rest
+    from tests.cluster.gateway.rest_testlib import Client as RestClient
+    from tests.cluster.gateway.rest_testlib import run as run_rest
 
     verb, body = verb_body
 
@@ -256,8 +256,8 @@ def test_a_big_rest_body_is_killed_at_its_timeout_and_the_gateway_stays_responsi
     import os
 
     from cluster.config import ServeOptions
-    from tests.cluster.gateway.test_rest_server import Client as RestClient
-    from tests.cluster.gateway.test_rest_server import run as run_rest
+    from tests.cluster.gateway.rest_testlib import Client as RestClient
+    from tests.cluster.gateway.rest_testlib import run as run_rest
 
     # ~24 MB of numbers: seconds of json.loads and typing, one C call that holds the GIL throughout.
     body = b'{"instances": [' + b",".join([b"1.25"] * 5_000_000) + b"]}"
@@ -288,8 +288,8 @@ def test_a_big_rest_body_is_killed_at_its_timeout_and_the_gateway_stays_responsi
 
 
 def test_a_big_rest_body_within_its_timeout_converts_in_the_process_with_the_same_answer() -> None:
-    from tests.cluster.gateway.test_rest_server import Client as RestClient
-    from tests.cluster.gateway.test_rest_server import run as run_rest
+    from tests.cluster.gateway.rest_testlib import Client as RestClient
+    from tests.cluster.gateway.rest_testlib import run as run_rest
 
     values = [float(i % 89) / 8 for i in range(100_000)]
 

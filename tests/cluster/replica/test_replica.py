@@ -15,7 +15,7 @@ from cluster.replica.batched import BatchedRunner
 from cluster.replica.replica import Replica
 from exporter import warmup
 from exporter.errors import BundleError
-from tests.integration.models import corrupt_version, write_version
+from tests.bundles_testlib import corrupt_version, write_version
 
 
 @pytest.fixture
@@ -72,7 +72,7 @@ def test_corrupt_bundle_fails_to_load(tmp_path: pathlib.Path) -> None:
 def test_warmup_replays_and_a_bad_record_fails_the_load(base: pathlib.Path, tmp_path: pathlib.Path) -> None:
     from cluster.replica.warmup import replay_warmup
     from exporter.runtime import Runtime
-    from tests.integration.models import build_meta_graph
+    from tests.bundles_testlib import build_meta_graph
 
     runtime = Runtime(*build_meta_graph(1.0))
     good = tmp_path / "good"

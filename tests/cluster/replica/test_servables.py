@@ -27,7 +27,7 @@ from exporter.signature import (
     Signature,
     TensorInfo,
 )
-from tests.exporter.test_onnx_loader import write_onnx_version
+from tests.exporter.onnx_testlib import write_onnx_version
 
 PREDICT = Signature(
     DEFAULT_SERVING_SIGNATURE, PREDICT_METHOD,

@@ -18,7 +18,7 @@ from cluster.routing.dispatcher import Dispatcher
 from cluster.routing.router import Router
 from cluster.routing.table import ModelRoute, ReplicaRef, RoutingTable
 from cluster.types import ServableState, VersionRequest, VersionStatus
-from tests.integration.models import write_version
+from tests.bundles_testlib import write_version
 
 
 class FakeReplica:

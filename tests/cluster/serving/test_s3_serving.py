@@ -9,11 +9,11 @@ import numpy as np
 
 from cluster.replica.replica import Replica
 from cluster.serving.source import FileSystemSource
-from tests.exporter.test_storage import S3, s3  # noqa: F401 - the moto server fixture
-from tests.integration.models import write_version
+from tests.bundles_testlib import write_version
+from tests.s3_testlib import S3
 
 
-def test_source_reports_uris_a_replica_can_load(s3: S3, tmp_path: pathlib.Path) -> None:  # noqa: F811
+def test_source_reports_uris_a_replica_can_load(s3: S3, tmp_path: pathlib.Path) -> None:
     base = s3.uri(f"{uuid.uuid4().hex}/m")
     write_version(base, 3, 2.0)
     write_version(base, 7, 4.0)
@@ -28,10 +28,10 @@ def test_source_reports_uris_a_replica_can_load(s3: S3, tmp_path: pathlib.Path) 
 
 
 def test_an_onnx_version_on_s3_is_taken_once_complete_and_loaded_through_the_cache(
-    s3: S3, tmp_path: pathlib.Path  # noqa: F811
+    s3: S3, tmp_path: pathlib.Path
 ) -> None:
     from exporter import storage
-    from tests.exporter.test_onnx_loader import scale_model
+    from tests.exporter.onnx_testlib import scale_model
 
     prefix = f"{uuid.uuid4().hex}/m"
     base = s3.uri(prefix)
