@@ -37,7 +37,7 @@ class GatewayMetrics:
             buckets=stats.LATENCY_BUCKETS,
             registry=registry,
         )
-        self._children: dict[tuple[str, str, str, str, str], tuple[object, object]] = {}
+        self._children: dict[tuple[str, str, str, str, str], tuple[Counter, Histogram]] = {}
 
     def observe(self, model: str, signature: str, method: str, status: str, entrypoint: str, seconds: float) -> None:
         key = (model, signature, method, status, entrypoint)
@@ -48,8 +48,8 @@ class GatewayMetrics:
                 self._latency.labels(model, method, entrypoint),
             )
         counter, histogram = children
-        counter.inc()  # type: ignore[attr-defined]
-        histogram.observe(seconds)  # type: ignore[attr-defined]
+        counter.inc()
+        histogram.observe(seconds)
 
 
 def _histogram_family(name: str, doc: str, labels: Sequence[str]) -> HistogramMetricFamily:

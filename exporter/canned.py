@@ -29,6 +29,7 @@ from exporter.feature_columns import (
     CategoricalColumn,
     DenseColumn,
     FeatureColumn,
+    dense_columns,
     input_layer,
     safe_name,
     sorted_columns,
@@ -151,7 +152,12 @@ class _Linear:
             raise ValueError(f"weights must be keyed by the column names {sorted(names)}, got {sorted(weights)}")
         self.weights = {}
         for c in self.columns:
-            width = c.num_buckets if isinstance(c, CategoricalColumn) else c.dimension  # type: ignore[attr-defined]
+            if isinstance(c, CategoricalColumn):  # categorical first, as in `logits`
+                width = c.num_buckets
+            elif isinstance(c, DenseColumn):
+                width = c.dimension
+            else:
+                raise TypeError(f"column {c.name!r} is neither dense nor categorical")
             self.weights[c.name] = _f32(weights[c.name], (width, logits_dim), f"weights[{c.name!r}]")
         self.bias = _f32(bias, (logits_dim,), "bias")
 
@@ -180,11 +186,11 @@ class _DNN:
         activation: str,
         logits_dim: int,
     ) -> None:
-        self.columns = sorted_columns(columns)
+        self.columns = dense_columns(columns)
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
         self.activation = activation
-        sizes = [sum(c.dimension for c in self.columns), *hidden_units, logits_dim]  # type: ignore[attr-defined]
+        sizes = [sum(c.dimension for c in self.columns), *hidden_units, logits_dim]
         if len(layers) != len(sizes) - 1:
             raise ValueError(f"{len(hidden_units)} hidden layers + logits need {len(sizes) - 1} (kernel, bias) pairs")
         self.layers = [
@@ -193,7 +199,7 @@ class _DNN:
         ]
 
     def logits(self, g: GraphBuilder, features: Mapping[str, Any]) -> Tensor:
-        x = input_layer(features, self.columns)  # type: ignore[arg-type]
+        x = input_layer(features, self.columns)
         last = len(self.layers) - 1
         for i, (kernel, bias) in enumerate(self.layers):
             name = "logits" if i == last else f"hiddenlayer_{i}"

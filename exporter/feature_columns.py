@@ -45,7 +45,9 @@ def _feature(features: Features, key: str) -> Any:
 class FeatureColumn:
     """Base of every column: a unique `name` and the parse spec of the raw features it reads."""
 
-    name: str
+    @property
+    def name(self) -> str:
+        raise NotImplementedError
 
     def parse_spec(self) -> dict[str, FeatureSpec]:
         raise NotImplementedError
@@ -54,7 +56,9 @@ class FeatureColumn:
 class DenseColumn(FeatureColumn):
     """A column with a float32 [batch, dimension] representation."""
 
-    dimension: int
+    @property
+    def dimension(self) -> int:
+        raise NotImplementedError
 
     def dense(self, g: GraphBuilder, features: Features) -> Tensor:
         raise NotImplementedError
@@ -63,7 +67,9 @@ class DenseColumn(FeatureColumn):
 class CategoricalColumn(FeatureColumn):
     """A column of int64 ids in [0, num_buckets)."""
 
-    num_buckets: int
+    @property
+    def num_buckets(self) -> int:
+        raise NotImplementedError
 
     def sparse_ids(self, g: GraphBuilder, features: Features) -> SparseTensor:
         raise NotImplementedError
@@ -78,11 +84,11 @@ class NumericColumn(DenseColumn):
     dtype: DType = dtypes.FLOAT
 
     @property
-    def name(self) -> str:  # type: ignore[override]
+    def name(self) -> str:
         return self.key
 
     @property
-    def dimension(self) -> int:  # type: ignore[override]
+    def dimension(self) -> int:
         return int(np.prod(self.shape))
 
     def parse_spec(self) -> dict[str, FeatureSpec]:
@@ -113,16 +119,16 @@ class BucketizedColumn(DenseColumn, CategoricalColumn):
     boundaries: tuple[float, ...]
 
     @property
-    def name(self) -> str:  # type: ignore[override]
+    def name(self) -> str:
         return f"{self.source_column.name}_bucketized"
 
     @property
-    def num_buckets(self) -> int:  # type: ignore[override]
+    def num_buckets(self) -> int:
         # Every element of the source has its own len(boundaries) + 1 buckets.
         return (len(self.boundaries) + 1) * self.source_column.dimension
 
     @property
-    def dimension(self) -> int:  # type: ignore[override]
+    def dimension(self) -> int:
         return self.num_buckets
 
     def parse_spec(self) -> dict[str, FeatureSpec]:
@@ -173,11 +179,11 @@ class VocabularyColumn(CategoricalColumn):
     num_oov_buckets: int = 0
 
     @property
-    def name(self) -> str:  # type: ignore[override]
+    def name(self) -> str:
         return self.key
 
     @property
-    def num_buckets(self) -> int:  # type: ignore[override]
+    def num_buckets(self) -> int:
         return len(self.vocabulary) + self.num_oov_buckets
 
     def parse_spec(self) -> dict[str, FeatureSpec]:
@@ -248,11 +254,11 @@ class HashedColumn(CategoricalColumn):
     dtype: DType = dtypes.STRING
 
     @property
-    def name(self) -> str:  # type: ignore[override]
+    def name(self) -> str:
         return self.key
 
     @property
-    def num_buckets(self) -> int:  # type: ignore[override]
+    def num_buckets(self) -> int:
         return self.hash_bucket_size
 
     def parse_spec(self) -> dict[str, FeatureSpec]:
@@ -277,11 +283,11 @@ class IndicatorColumn(DenseColumn):
     categorical_column: CategoricalColumn
 
     @property
-    def name(self) -> str:  # type: ignore[override]
+    def name(self) -> str:
         return f"{self.categorical_column.name}_indicator"
 
     @property
-    def dimension(self) -> int:  # type: ignore[override]
+    def dimension(self) -> int:
         return self.categorical_column.num_buckets
 
     def parse_spec(self) -> dict[str, FeatureSpec]:
@@ -304,11 +310,11 @@ class EmbeddingColumn(DenseColumn):
     combiner: str = "mean"
 
     @property
-    def name(self) -> str:  # type: ignore[override]
+    def name(self) -> str:
         return f"{self.categorical_column.name}_embedding"
 
     @property
-    def dimension(self) -> int:  # type: ignore[override]
+    def dimension(self) -> int:
         return int(self.weights.shape[1])
 
     def parse_spec(self) -> dict[str, FeatureSpec]:
@@ -356,16 +362,23 @@ def sorted_columns(columns: Iterable[FeatureColumn]) -> list[FeatureColumn]:
     return ordered
 
 
-def input_layer(features: Features, columns: Iterable[DenseColumn]) -> Tensor:
-    """float32 [batch, sum of dimensions]: the dense columns' blocks concatenated by column name."""
+def dense_columns(columns: Iterable[FeatureColumn]) -> list[DenseColumn]:
+    """`columns` in name order, each a DenseColumn (TypeError naming the first that is not)."""
     ordered = sorted_columns(columns)
-    if not ordered:
-        raise ValueError("input_layer needs at least one column")
+    dense = [c for c in ordered if isinstance(c, DenseColumn)]
     for column in ordered:
         if not isinstance(column, DenseColumn):
             raise TypeError(f"input_layer takes dense columns; wrap {column.name!r} in indicator/embedding_column")
+    return dense
+
+
+def input_layer(features: Features, columns: Iterable[FeatureColumn]) -> Tensor:
+    """float32 [batch, sum of dimensions]: the dense columns' blocks concatenated by column name."""
+    ordered = dense_columns(columns)
+    if not ordered:
+        raise ValueError("input_layer needs at least one column")
     g = _graph_of(features)
-    blocks = [column.dense(g, features) for column in ordered]  # type: ignore[attr-defined]
+    blocks = [column.dense(g, features) for column in ordered]
     return blocks[0] if len(blocks) == 1 else core.concat(blocks, axis=1)
 
 

@@ -98,6 +98,8 @@ class FixedLenFeature:
             return self.default_value is None and other.default_value is None
         return bool(np.array_equal(self.default_value, other.default_value))
 
+    # Unhashable: equality compares the default's values (an array, which has no hash). Setting
+    # __hash__ to None is Python's way to say so; typeshed types object.__hash__ as a method only.
     __hash__ = None  # type: ignore[assignment]
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Final, TypeVar
+from typing import Any, Final, ParamSpec, TypeVar
 
 import numpy as np
 from google.protobuf import json_format
@@ -45,22 +45,23 @@ def _object(body: bytes) -> dict[str, Any]:
     return document
 
 
-F = TypeVar("F", bound=Callable[..., Any])
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
-def _text_checked(convert: F) -> F:
+def _text_checked(convert: Callable[P, R]) -> Callable[P, R]:
     """A JSON string may escape a lone UTF-16 surrogate (\\ud800), which no UTF-8 text holds: a
     bad request (TF's parser refuses it too), found where the string is encoded, not a server error."""
 
     @functools.wraps(convert)
-    def checked(*args: Any, **kwargs: Any) -> Any:
+    def checked(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return convert(*args, **kwargs)
         except UnicodeEncodeError as exc:
             bad = exc.object[exc.start : exc.end].encode("unicode_escape").decode("ascii")
             raise InvalidArgument(f"JSON Parse error: a string holds an unpaired surrogate ({bad})") from None
 
-    return checked  # type: ignore[return-value]
+    return checked
 
 
 def _json_kind(value: Any) -> str:

@@ -106,7 +106,7 @@ class BatchedRunner:
         await asyncio.gather(*(q.close(drain=True) for q in closing))
 
 
-def _as_result(outcome: object) -> RunResult:
+def _as_result(outcome: Tensors | BaseException) -> RunResult:
     if isinstance(outcome, errors.ServingError):
         return outcome
     if isinstance(outcome, InvalidInputError):
@@ -114,4 +114,4 @@ def _as_result(outcome: object) -> RunResult:
     if isinstance(outcome, BaseException):
         # No Python class name in what a client reads (issue 9).
         return errors.Internal(f"the servable failed: {outcome}" if str(outcome) else "the servable failed")
-    return outcome  # type: ignore[return-value]
+    return outcome

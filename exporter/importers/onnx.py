@@ -110,7 +110,8 @@ def _tensor_input(info: TensorInfo) -> TensorInput:
     if dtypes.to_numpy(info.dtype).kind not in "fiubO":
         raise ExportError(f"ONNX input {info.name!r} is {dtypes.name(info.dtype)}: not a type a request carries")
     rest = info.shape[1:]
-    known = None if any(d is None for d in rest) else tuple(int(d) for d in rest)  # type: ignore[arg-type]
+    sizes = tuple(int(d) for d in rest if d is not None)
+    known = sizes if len(sizes) == len(rest) else None
     return TensorInput(info.name, info.dtype, known, info.name, info.dtype, rest)
 
 

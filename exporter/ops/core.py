@@ -113,16 +113,18 @@ def _infer_concat(inputs: Sequence[TensorType], attrs: Mapping[str, Any]) -> lis
     kinds = {t.dtype for t in inputs}
     if len(kinds) != 1:
         raise GraphError(f"Concat inputs have different dtypes {sorted(dtypes.name(k) for k in kinds)}")
-    ranks = {t.rank for t in inputs}
-    rank = ranks.pop()
-    if ranks or rank is None:
+    shapes = [t.shape for t in inputs if t.shape is not None]
+    ranks = {len(shape) for shape in shapes}
+    if len(shapes) != len(inputs) or len(ranks) != 1:
         raise GraphError("Concat inputs must have the same known rank")
+    rank = ranks.pop()
     axis = int(attrs["axis"]) % rank
     dims: list[int | None] = []
     for i in range(rank):
-        sizes = [t.shape[i] for t in inputs]  # type: ignore[index]
+        sizes = [shape[i] for shape in shapes]
         if i == axis:
-            dims.append(None if None in sizes else sum(sizes))  # type: ignore[arg-type]
+            fixed = [s for s in sizes if s is not None]
+            dims.append(sum(fixed) if len(fixed) == len(sizes) else None)
         else:
             known = {s for s in sizes if s is not None}
             if len(known) > 1:
@@ -153,9 +155,9 @@ def _squeeze(inputs: list[np.ndarray], attrs: Mapping[str, Any]) -> list[np.ndar
 
 def _infer_broadcast_rows(inputs: Sequence[TensorType], attrs: Mapping[str, Any]) -> list[TensorType]:
     row, like = inputs
-    if row.shape is None or like.rank is None or like.rank < 1:
+    if row.shape is None or like.shape is None or len(like.shape) < 1:
         raise GraphError("BroadcastToBatch needs a row of known shape and a batched tensor")
-    return [TensorType(row.dtype, (like.shape[0], *row.shape))]  # type: ignore[index]
+    return [TensorType(row.dtype, (like.shape[0], *row.shape))]
 
 
 @register_op("BroadcastToBatch", infer=_infer_broadcast_rows, num_inputs=2)

@@ -116,12 +116,12 @@ for _name, _unary_fn in _UNARY.items():
 def _infer_matmul(inputs: Sequence[TensorType], attrs: Mapping[str, Any]) -> list[TensorType]:
     kind = _require_same_numeric(inputs)
     a, b = inputs
-    if a.rank != 2 or b.rank != 2:
+    if a.shape is None or b.shape is None or len(a.shape) != 2 or len(b.shape) != 2:
         raise GraphError(f"MatMul expects rank-2 inputs, got ranks {a.rank} and {b.rank}")
-    k1, k2 = a.shape[1], b.shape[0]  # type: ignore[index]
+    k1, k2 = a.shape[1], b.shape[0]
     if k1 is not None and k2 is not None and k1 != k2:
-        raise GraphError(f"MatMul inner dimensions differ: {list(a.shape)} x {list(b.shape)}")  # type: ignore[arg-type]
-    return [TensorType(kind, (a.shape[0], b.shape[1]))]  # type: ignore[index]
+        raise GraphError(f"MatMul inner dimensions differ: {list(a.shape)} x {list(b.shape)}")
+    return [TensorType(kind, (a.shape[0], b.shape[1]))]
 
 
 @register_op("MatMul", infer=_infer_matmul, num_inputs=2)
@@ -132,10 +132,10 @@ def _matmul(inputs: list[np.ndarray], state: Any) -> list[np.ndarray]:
 def _infer_bias_add(inputs: Sequence[TensorType], attrs: Mapping[str, Any]) -> list[TensorType]:
     kind = _require_same_numeric(inputs)
     x, bias = inputs
-    if bias.rank != 1 or x.rank is None or x.rank < 1:
+    if bias.shape is None or len(bias.shape) != 1 or x.shape is None or len(x.shape) < 1:
         raise GraphError("BiasAdd expects a bias vector and a value of rank >= 1")
-    if None not in (x.shape[-1], bias.shape[0]) and x.shape[-1] != bias.shape[0]:  # type: ignore[index]
-        raise GraphError(f"BiasAdd: bias size {bias.shape[0]} != last dim {x.shape[-1]}")  # type: ignore[index]
+    if None not in (x.shape[-1], bias.shape[0]) and x.shape[-1] != bias.shape[0]:
+        raise GraphError(f"BiasAdd: bias size {bias.shape[0]} != last dim {x.shape[-1]}")
     return [TensorType(kind, x.shape)]
 
 
@@ -166,11 +166,12 @@ def _argmax(inputs: list[np.ndarray], attrs: Mapping[str, Any]) -> list[np.ndarr
 def _infer_top_k(inputs: Sequence[TensorType], attrs: Mapping[str, Any]) -> list[TensorType]:
     _require_same_numeric(inputs)
     x, k = inputs[0], int(attrs["k"])
-    if x.rank is None or x.rank < 1:
+    if x.shape is None or len(x.shape) < 1:
         raise GraphError("TopK expects rank >= 1")
-    if x.shape[-1] is not None and k > x.shape[-1]:  # type: ignore[index]
-        raise GraphError(f"TopK: k={k} exceeds last dim {x.shape[-1]}")  # type: ignore[index]
-    shape = (*x.shape[:-1], k)  # type: ignore[index]
+    last = x.shape[-1]
+    if last is not None and k > last:
+        raise GraphError(f"TopK: k={k} exceeds last dim {last}")
+    shape = (*x.shape[:-1], k)
     return [TensorType(x.dtype, shape), TensorType(dtypes.INT32, shape)]
 
 
