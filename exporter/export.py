@@ -37,7 +37,7 @@ from exporter.outputs import ExportOutput
 from exporter.receivers import ReceiverFn, ServingInputReceiver
 from exporter.runtime import Runtime
 from exporter.signature import DEFAULT_SERVING_SIGNATURE
-from protos.tessera import bundle_pb2, wire_pb2
+from protos.tessera import bundle_pb2, warmup_pb2
 
 ModelFn = Callable[[GraphBuilder, Mapping[str, Any]], Mapping[str, ExportOutput]]
 SERVE_TAG = "serve"
@@ -171,12 +171,12 @@ def build_model(
     return BuiltModel(g, meta)
 
 
-def _warmup_file(records: Sequence[bytes | wire_pb2.PredictionLog], meta: bundle_pb2.MetaGraph) -> bytes:
+def _warmup_file(records: Sequence[bytes | warmup_pb2.PredictionLog], meta: bundle_pb2.MetaGraph) -> bytes:
     """The warmup file's bytes; each record must parse and name a signature of this export."""
     payloads = []
     for i, record in enumerate(records):
-        payload = record.SerializeToString() if isinstance(record, wire_pb2.PredictionLog) else bytes(record)
-        log = wire_pb2.PredictionLog()
+        payload = record.SerializeToString() if isinstance(record, warmup_pb2.PredictionLog) else bytes(record)
+        log = warmup_pb2.PredictionLog()
         try:
             log.ParseFromString(payload)
         except Exception as e:  # DecodeError and friends: a bad record is the caller's mistake
@@ -201,7 +201,7 @@ def export_model(
     signatures: Mapping[str, tuple[ReceiverFn, str]] | None = None,
     default_head: str | None = None,
     assets_extra: Mapping[str, bytes] | None = None,
-    warmup_requests: Sequence[bytes | wire_pb2.PredictionLog] | None = None,
+    warmup_requests: Sequence[bytes | warmup_pb2.PredictionLog] | None = None,
     keep: int | None = None,
     now: float | None = None,
 ) -> str:

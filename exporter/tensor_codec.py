@@ -3,7 +3,7 @@
 Duck-typed over any message that has TensorFlow's TensorProto field names (`dtype`,
 `tensor_shape.dim[].size`, `tensor_content`, `float_val`, ...): it works on
 `protos.tensorflow.core.framework.tensor_pb2.TensorProto` (the gateway, the client) and on
-`protos.tessera.wire_pb2.TensorProto` (warmup files) alike, and imports neither, so `exporter`
+`protos.tessera.warmup_pb2.TensorProto` (warmup files) alike, and imports neither, so `exporter`
 never registers TensorFlow's proto names.
 
 Decoding follows `Tensor::FromProto` / `make_ndarray`:

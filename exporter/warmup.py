@@ -5,7 +5,7 @@ TFRecord framing (spec §11), per record, uncompressed::
     uint64 length (little-endian) | uint32 masked_crc32c(length bytes) | payload | uint32 masked_crc32c(payload)
 
 with CRC-32C (Castagnoli) and TF's mask ``((crc >> 15) | (crc << 17)) + 0xa282ead8`` (mod 2**32).
-Records are serialized ``PredictionLog`` messages; we use `protos.tessera.wire_pb2`, which is
+Records are serialized ``PredictionLog`` messages; we use `protos.tessera.warmup_pb2`, which is
 wire-compatible with ``tensorflow.serving.PredictionLog`` without registering TensorFlow's names.
 """
 
@@ -21,7 +21,7 @@ from google.protobuf.message import DecodeError
 
 from exporter.errors import BundleError, ExportError
 from exporter.tensor_codec import array_to_proto
-from protos.tessera import wire_pb2
+from protos.tessera import warmup_pb2
 
 WARMUP_FILE: Final = "tf_serving_warmup_requests"
 MAX_RECORDS: Final = 1000  # TF Serving refuses a warmup file with more records (INVALID_ARGUMENT)
@@ -117,16 +117,16 @@ def read_records(path_or_bytes: str | os.PathLike[str] | bytes | bytearray | mem
     return records
 
 
-def encode_warmup(logs: Iterable[wire_pb2.PredictionLog]) -> bytes:
+def encode_warmup(logs: Iterable[warmup_pb2.PredictionLog]) -> bytes:
     """The bytes of a warmup file (for ``assets_extra={WARMUP_FILE: ...}`` of `write_bundle`)."""
     return encode_records(log.SerializeToString(deterministic=True) for log in logs)
 
 
-def read_warmup(path_or_bytes: str | os.PathLike[str] | bytes) -> list[wire_pb2.PredictionLog]:
+def read_warmup(path_or_bytes: str | os.PathLike[str] | bytes) -> list[warmup_pb2.PredictionLog]:
     """Parses every record of a warmup file as a PredictionLog; `BundleError` if one does not parse."""
     logs = []
     for index, payload in enumerate(read_records(path_or_bytes)):
-        log = wire_pb2.PredictionLog()
+        log = warmup_pb2.PredictionLog()
         try:
             log.ParseFromString(payload)
         except DecodeError as exc:
@@ -135,7 +135,7 @@ def read_warmup(path_or_bytes: str | os.PathLike[str] | bytes) -> list[wire_pb2.
     return logs
 
 
-def _model_spec(spec: wire_pb2.ModelSpec, model_name: str, signature_name: str) -> None:
+def _model_spec(spec: warmup_pb2.ModelSpec, model_name: str, signature_name: str) -> None:
     if model_name:
         spec.name = model_name
     if signature_name:
@@ -144,9 +144,9 @@ def _model_spec(spec: wire_pb2.ModelSpec, model_name: str, signature_name: str) 
 
 def predict_log(
     signature_name: str, inputs: Mapping[str, np.ndarray], model_name: str = ""
-) -> wire_pb2.PredictionLog:
+) -> warmup_pb2.PredictionLog:
     """A PredictionLog holding a PredictRequest with the given input tensors."""
-    log = wire_pb2.PredictionLog()
+    log = warmup_pb2.PredictionLog()
     request = log.predict_log.request
     _model_spec(request.model_spec, model_name, signature_name)
     for alias, value in inputs.items():
@@ -156,9 +156,9 @@ def predict_log(
 
 def classify_log(
     signature_name: str, serialized_examples: Sequence[bytes], model_name: str = ""
-) -> wire_pb2.PredictionLog:
+) -> warmup_pb2.PredictionLog:
     """A PredictionLog holding a ClassificationRequest over serialized tf.Examples."""
-    log = wire_pb2.PredictionLog()
+    log = warmup_pb2.PredictionLog()
     request = log.classify_log.request
     _model_spec(request.model_spec, model_name, signature_name)
     request.input.example_list.SetInParent()  # present even when empty, as a client would send it
@@ -168,9 +168,9 @@ def classify_log(
 
 def regress_log(
     signature_name: str, serialized_examples: Sequence[bytes], model_name: str = ""
-) -> wire_pb2.PredictionLog:
+) -> warmup_pb2.PredictionLog:
     """A PredictionLog holding a RegressionRequest over serialized tf.Examples."""
-    log = wire_pb2.PredictionLog()
+    log = warmup_pb2.PredictionLog()
     request = log.regress_log.request
     _model_spec(request.model_spec, model_name, signature_name)
     request.input.example_list.SetInParent()  # present even when empty, as a client would send it

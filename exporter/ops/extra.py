@@ -1,4 +1,4 @@
-"""Small generic ops used by feature columns and converters.
+"""Small generic ops used by feature columns (and open to any graph).
 
 - `DenseToSparse`: a dense string or integer tensor [batch] or [batch, k] -> the three tensors of a
   SparseTensor (indices int64 [n, 2], values [n], dense_shape int64 [2]) keeping every entry that

@@ -1,7 +1,7 @@
 """SavedModels built with TensorFlow for the SavedModel importer's tests, and TensorFlow's answers.
 
 Run as a program, never imported by a test: TensorFlow registers its own `tensorflow.*` protobuf
-messages, which clash with the gateway's wire protos in one process (protobuf's descriptor pool
+messages, which clash with the gateway's TF Serving protos in one process (protobuf's descriptor pool
 refuses the duplicate names), and pytest collects both. So the tests
 (tests/exporter/savedmodel_testlib.py) run ``python -m tests.exporter.savedmodel_models`` once per
 module; it builds the SavedModels, imports them with exporter.importers.savedmodel (as `tessera

@@ -14,10 +14,10 @@ from exporter import dtypes
 from exporter.errors import InvalidInputError
 from exporter.tensor_codec import array_to_proto, proto_to_array
 from protos.tensorflow.core.framework import tensor_pb2
-from protos.tessera import wire_pb2
+from protos.tessera import warmup_pb2
 from tests.tensor_vectors_testlib import assert_same_array, expected_array
 
-MESSAGE_TYPES = [tensor_pb2.TensorProto, wire_pb2.TensorProto]
+MESSAGE_TYPES = [tensor_pb2.TensorProto, warmup_pb2.TensorProto]
 
 
 def _cases(testdata: pathlib.Path) -> list[dict[str, Any]]:

@@ -11,7 +11,7 @@ import pytest
 
 from exporter import warmup
 from exporter.errors import BundleError, ExportError
-from protos.tessera import wire_pb2
+from protos.tessera import warmup_pb2
 
 
 @pytest.fixture(scope="module")
@@ -114,8 +114,8 @@ def test_more_than_1000_records_is_an_error() -> None:
     assert struct.unpack_from("<Q", one)[0] == 1
 
 
-def test_round_trip_through_wire_proto() -> None:
+def test_round_trip_through_the_warmup_proto() -> None:
     log = warmup.classify_log("sig", [b"a", b"b"], model_name="m")
     parsed = warmup.read_warmup(warmup.encode_warmup([log]))
     assert parsed == [log]
-    assert isinstance(parsed[0], wire_pb2.PredictionLog)
+    assert isinstance(parsed[0], warmup_pb2.PredictionLog)
