@@ -30,7 +30,7 @@ TESSERA = str(pathlib.Path(sys.executable).with_name("tessera"))
 
 
 def _write_models(root: pathlib.Path, names: list[str]) -> pathlib.Path:
-    from tests.integration.models import write_version
+    from tests.bundles_testlib import write_version
 
     lines = []
     for name in names:
@@ -263,8 +263,8 @@ def lost_node() -> Outcome:
     from benchmarks.chaos.two_node import TwoNodeCluster
     from cluster.app import TesseraServer
     from cluster.config import ModelConfig, ServeOptions, ServerConfig
-    from tests.integration.conftest import LoopThread
-    from tests.integration.models import write_version
+    from tests.bundles_testlib import write_version
+    from tests.integration.serving_testlib import LoopThread
 
     with tempfile.TemporaryDirectory(prefix="tessera-chaos-") as tmp:
         root = pathlib.Path(tmp)

@@ -9,20 +9,16 @@ import pathlib
 import signal
 import socket
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from typing import Any
 
 import grpc
 import pytest
 
 from benchmarks.chaos.stream import Stream
 from cluster.app import TesseraServer
-from cluster.config import ModelConfig, ServeOptions, ServerConfig
 from cluster.replica import wire
 from protos.tensorflow_serving.apis import get_model_status_pb2, model_service_pb2_grpc
-from tests.integration.conftest import LoopThread
-from tests.integration.models import write_version
+from tests.bundles_testlib import write_version
+from tests.integration.serving_testlib import LoopThread, config, routed, serving, wait_until
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -35,40 +31,10 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
     return base
 
 
-@contextmanager
-def serving(loop_thread: LoopThread, config: ServerConfig, **options: Any) -> Iterator[TesseraServer]:
-    opts = ServeOptions(host="127.0.0.1", grpc_port=0, file_system_poll_wait_seconds=0.5, **options)
-    server = TesseraServer(opts, config)
-    loop_thread.run(server.start())
-    try:
-        yield server
-    finally:
-        loop_thread.run(server.stop(grace=5))
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float = 60.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"{what} not met in {timeout:.0f}s")
-
-
 def replica_pids(server: TesseraServer, model: str) -> set[int]:
     import ray
 
     return {m["pid"] for m in ray.get(server.controller.replica_memory.remote(model))}
-
-
-def routed(server: TesseraServer, model: str) -> int:
-    route = server.dispatcher.table.models.get(model)
-    return len(route.replicas) if route is not None and route.available else 0
-
-
-def config(root: pathlib.Path, names: list[str], **model: Any) -> ServerConfig:
-    return ServerConfig(tuple(ModelConfig(n, str(root / n), **model) for n in names))
 
 
 def test_a_crowded_host_serves_what_fits_reports_the_rest_and_places_them_when_room_frees(

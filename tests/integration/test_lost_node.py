@@ -17,9 +17,8 @@ from benchmarks.chaos.stream import Stream
 from benchmarks.chaos.two_node import TwoNodeCluster
 from cluster.app import TesseraServer
 from cluster.config import ModelConfig, ServeOptions, ServerConfig
-from tests.integration.conftest import LoopThread
-from tests.integration.models import write_version
-from tests.integration.test_faults import wait_until
+from tests.bundles_testlib import write_version
+from tests.integration.serving_testlib import LoopThread, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(400)]
 

@@ -12,9 +12,8 @@ import pytest
 
 from benchmarks.chaos.stream import Stream
 from cluster.config import ServeOptions
-from tests.integration.conftest import LoopThread
-from tests.integration.models import write_version
-from tests.integration.test_faults import config, routed, serving, wait_until
+from tests.bundles_testlib import write_version
+from tests.integration.serving_testlib import LoopThread, config, routed, serving, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 

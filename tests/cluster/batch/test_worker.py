@@ -20,7 +20,7 @@ from cluster.batch.worker import BatchJob, BatchWorker, Counts, version_path
 from examples.export_models import IRIS_FEATURES, serialize_examples
 from exporter.errors import BundleError, InvalidInputError
 from exporter.servable import register_loader
-from tests.exporter.test_storage import S3, s3  # noqa: F401  (the moto S3 fixture)
+from tests.s3_testlib import S3
 
 
 def _table(trained: object) -> pa.Table:
@@ -142,7 +142,7 @@ def test_version_path(iris: tuple, tmp_path: pathlib.Path) -> None:
         version_path(str(tmp_path / "nope"))
 
 
-def test_s3_in_and_out(iris: tuple, s3: S3) -> None:  # noqa: F811
+def test_s3_in_and_out(iris: tuple, s3: S3) -> None:
     base, trained = iris
     prefix = uuid.uuid4().hex
     with s3.fs.open_output_stream(f"models/{prefix}/in/part-0.parquet") as f:
@@ -156,7 +156,7 @@ def test_s3_in_and_out(iris: tuple, s3: S3) -> None:  # noqa: F811
 
 
 def test_an_onnx_model_in_tritons_layout(tmp_path: pathlib.Path) -> None:
-    from tests.exporter.test_onnx_loader import write_onnx_version
+    from tests.exporter.onnx_testlib import write_onnx_version
 
     write_onnx_version(tmp_path / "scale", 3, 2.0)
     x = np.arange(20, dtype=np.float32).reshape(10, 2)

@@ -9,26 +9,11 @@ from typing import Any
 from cluster.config import ModelConfig, ServerConfig
 from cluster.controller.controller import Controller, ControllerOptions
 from cluster.controller.replica_set import HealthOptions
-from tests.cluster.controller.test_replica_set import FakeHandle
 
-
-def _controller(started: list[FakeHandle], **options: Any) -> Controller:
-    def new_replica(model: ModelConfig, index: int) -> FakeHandle:
-        handle = FakeHandle(index)
-        started.append(handle)
-        return handle
-
-    def kill(handle: FakeHandle) -> None:
-        handle.killed = True
-
-    return Controller(ControllerOptions(drain_seconds=0.01, **options), new_replica, kill)
-
-
-async def _until(predicate: Any, timeout: float = 5.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not predicate():
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.01)
+# Under the names these tests (and test_autoscaling, on the autoscale branch) have always used.
+from tests.cluster.controller.controller_testlib import FakeHandle
+from tests.cluster.controller.controller_testlib import make_controller as _controller
+from tests.cluster.controller.controller_testlib import until as _until
 
 
 def test_polled_once_yet_a_dead_replica_is_still_replaced(tmp_path: pathlib.Path) -> None:

@@ -10,8 +10,7 @@ import pathlib
 from cluster.config import ModelConfig, ServerConfig
 from cluster.controller.controller import Controller, ControllerOptions
 from exporter.errors import BundleError
-from tests.cluster.controller.test_controller import _until
-from tests.cluster.controller.test_replica_set import FakeHandle
+from tests.cluster.controller.controller_testlib import FakeHandle, until
 
 
 class PathHandle(FakeHandle):
@@ -50,11 +49,11 @@ def test_replicas_load_the_resolved_path_and_new_replicas_too(tmp_path: pathlib.
     async def main() -> None:
         controller = _controller(started, resolve, num_replicas=2)
         await controller.set_config(ServerConfig((ModelConfig("m", str(tmp_path / "m")),)))
-        await _until(lambda: controller._table.ready())  # noqa: SLF001
+        await until(lambda: controller._table.ready())  # noqa: SLF001
         want = str(tmp_path / "m" / "1") + "-imported"
         assert [h.paths for h in started] == [{1: want}, {1: want}]
         started[0].dead = True  # its replacement loads the resolved path, without resolving again
-        await _until(lambda: len(started) == 3 and 1 in started[2].loaded)
+        await until(lambda: len(started) == 3 and 1 in started[2].loaded)
         assert started[2].paths == {1: want}
         assert calls == [("tensorflow", str(tmp_path / "m" / "1"))]
         await controller.shutdown()
@@ -80,9 +79,9 @@ def test_a_failed_resolution_fails_only_that_version(tmp_path: pathlib.Path) -> 
         policy = VersionPolicy(kind="all")
         await controller.set_config(ServerConfig((ModelConfig("m", str(tmp_path / "m"), version_policy=policy),)))
         stream = controller._models["m"].stream  # noqa: SLF001
-        await _until(lambda: (r := stream.record(2)) is not None and r.error_message is not None)
+        await until(lambda: (r := stream.record(2)) is not None and r.error_message is not None)
         assert "importing it failed" in stream.record(2).error_message
-        await _until(lambda: 1 in started[0].loaded)
+        await until(lambda: 1 in started[0].loaded)
         assert 2 not in started[0].paths  # no replica was asked to load what did not resolve
         await controller.shutdown()
 

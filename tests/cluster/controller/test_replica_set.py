@@ -8,63 +8,7 @@ from typing import Any
 import pytest
 
 from cluster.controller.replica_set import HealthOptions, ReplicaSet
-
-
-class _Remote:
-    def __init__(self, fn: Any) -> None:
-        self.remote = fn
-
-
-class FakeHandle:
-    """A replica actor: `hung` makes every call wait (a stopped process, or one Ray has not placed);
-    `dead` makes every call fail (a killed process)."""
-
-    def __init__(self, index: int, *, dead: bool = False, bad_version: int | None = None, hung: bool = False) -> None:
-        self.index, self.dead, self.bad_version, self.hung = index, dead, bad_version, hung
-        self.loaded: set[int] = set()
-        self.platforms: dict[int, str] = {}  # version -> the platform it was loaded with
-        self.killed = False
-        self.events: list[str] = []
-        self.ping = _Remote(self._ping)
-        self.load = _Remote(self._load)
-        self.unload = _Remote(self._unload)
-        self.data_address = _Remote(self._address)
-        self.drain = _Remote(self._drain)
-        self.stats = _Remote(self._stats)
-
-    async def _answer(self) -> None:
-        while self.hung and not self.killed:
-            await asyncio.sleep(0.005)
-        if self.dead or self.killed:
-            raise RuntimeError("actor died")
-
-    async def _ping(self) -> str:
-        await self._answer()
-        return "ok"
-
-    async def _load(self, version: int, path: str, platform: str = "tensorflow") -> dict:
-        await self._answer()
-        if version == self.bad_version:
-            raise ValueError(f"bad bundle {path}")
-        self.loaded.add(version)
-        self.platforms[version] = platform
-        return {"serving_default": f"sig-v{version}"}
-
-    async def _unload(self, version: int, drain_timeout_s: float = 30.0) -> None:
-        self.loaded.discard(version)
-
-    async def _address(self) -> tuple[str, int]:
-        await self._answer()
-        return ("127.0.0.1", 9000 + self.index)
-
-    async def _stats(self) -> None:
-        await self._answer()
-        raise RuntimeError("no statistics in a fake")
-
-    async def _drain(self, timeout_s: float = 30.0) -> int:
-        self.events.append("drain")
-        return 0
-
+from tests.cluster.controller.controller_testlib import FakeHandle, until
 
 FAST = HealthOptions(period_s=0.02, timeout_s=0.05, report_unplaced_after_s=0.05, restart_backoff_s=0.01)
 
@@ -93,17 +37,10 @@ def _set(count: int, wanted: dict[int, str] | None = None, **kwargs: Any) -> tup
     return replicas, started, changes
 
 
-async def _until(predicate: Any, timeout: float = 5.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not predicate():
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.005)
-
-
 def test_load_everywhere_or_nowhere() -> None:
     async def main() -> None:
         replicas, handles, _ = _set(2)
-        await _until(lambda: len(replicas.ready()) == 2)
+        await until(lambda: len(replicas.ready()) == 2)
         assert await replicas.load(1, "/m/1") == {"serving_default": "sig-v1"}
         assert all(h.loaded == {1} for h in handles)
         handles[1].bad_version = 2
@@ -118,11 +55,11 @@ def test_load_everywhere_or_nowhere() -> None:
 def test_a_replica_that_cannot_be_placed_is_reported_and_starts_once_there_is_room() -> None:
     async def main() -> None:
         replicas, handles, changes = _set(2, wanted={1: "/m/1"}, hung=True)  # Ray has no room for the first
-        await _until(lambda: len(replicas.ready()) == 1)
+        await until(lambda: len(replicas.ready()) == 1)
         assert [r.address[1] for r in replicas.refs(frozenset({1}))] == [9001]  # the placed one serves
-        await _until(lambda: replicas.unplaced() == ["Ray has no room for it"])
+        await until(lambda: replicas.unplaced() == ["Ray has no room for it"])
         handles[0].hung = False  # room frees up: Ray starts it, it loads v1, then it is routed
-        await _until(lambda: len(replicas.ready()) == 2)
+        await until(lambda: len(replicas.ready()) == 2)
         assert replicas.unplaced() == [] and handles[0].loaded == {1} and not handles[0].killed
         assert sorted(r.address[1] for r in replicas.refs(frozenset({1}))) == [9000, 9001]
         assert changes  # the controller was told to publish
@@ -133,14 +70,14 @@ def test_a_replica_that_cannot_be_placed_is_reported_and_starts_once_there_is_ro
 def test_a_hung_replica_leaves_at_the_first_unanswered_ping_and_is_replaced() -> None:
     async def main() -> None:
         replicas, handles, changes = _set(2, wanted={1: "/m/1"})
-        await _until(lambda: len(replicas.ready()) == 2)
+        await until(lambda: len(replicas.ready()) == 2)
         handles[0].hung = True  # SIGSTOP
         started = asyncio.get_running_loop().time()
         assert await replicas.check()  # one ping, bounded by the timeout
         assert asyncio.get_running_loop().time() - started < 0.5
         assert handles[0].killed
         assert [r.address[1] for r in replicas.refs(frozenset({1}))] == [9001]  # out of the table at once
-        await _until(lambda: len(replicas.ready()) == 2)  # the replacement, same index, loaded first
+        await until(lambda: len(replicas.ready()) == 2)  # the replacement, same index, loaded first
         assert handles[2].index == 0 and handles[2].loaded == {1}
         assert not await replicas.check()
 
@@ -150,7 +87,7 @@ def test_a_hung_replica_leaves_at_the_first_unanswered_ping_and_is_replaced() ->
 def test_a_replica_that_dies_while_starting_is_replaced() -> None:
     async def main() -> None:
         replicas, handles, _ = _set(1, dead=True)
-        await _until(lambda: len(replicas.ready()) == 1)
+        await until(lambda: len(replicas.ready()) == 1)
         assert handles[0].killed and replicas.ready()[0].handle is handles[1]
 
     asyncio.run(main())
@@ -160,7 +97,7 @@ def test_shrink_takes_out_first_then_retire_drains_then_kills() -> None:
     async def main() -> None:
         replicas, handles, _ = _set(1, wanted={3: "/m/3"})
         replicas.grow(3)
-        await _until(lambda: len(replicas.ready()) == 3)
+        await until(lambda: len(replicas.ready()) == 3)
         assert all(h.loaded == {3} for h in handles)
         leaving = replicas.shrink(1)
         assert len(replicas) == 1 and len(replicas.refs(frozenset({3}))) == 1  # out of the table first
@@ -176,7 +113,7 @@ def test_shrink_takes_out_first_then_retire_drains_then_kills() -> None:
 def test_a_replica_not_placed_yet_leaves_first_when_shrinking() -> None:
     async def main() -> None:
         replicas, handles, _ = _set(2, hung=True)
-        await _until(lambda: len(replicas.ready()) == 1)
+        await until(lambda: len(replicas.ready()) == 1)
         leaving = replicas.shrink(1)
         assert [m.handle for m in leaving] == [handles[0]] and replicas.ready()[0].handle is handles[1]
         await replicas.retire(leaving, propagation_s=0.0)
