@@ -15,7 +15,7 @@ import secrets
 import signal
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import ray
 
@@ -117,7 +117,8 @@ class TesseraServer:
         # Restarted by Ray if its process dies (same arguments: same secret, same replica names);
         # its replicas (detached, named) survive and are adopted again, and the dispatcher sends it
         # the config again. Kept on this node, so losing another node never takes it along.
-        self._controller = ControllerActor.options(
+        # An @ray.remote class: mypy does not apply class decorators, so it cannot see .options.
+        self._controller = cast(Any, ControllerActor).options(
             max_concurrency=1000, max_restarts=-1, scheduling_strategy=_this_node(),
         ).remote(
             controller_options, opts.replica_num_cpus, opts.enable_model_warmup, batching, opts.log_format,

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import pyarrow as pa
@@ -172,7 +172,7 @@ def _feature(batch: pa.RecordBatch, key: str, feature: FeatureSpec) -> np.ndarra
 
 
 def _set(feature: example_pb2.Feature, value: object) -> None:
-    values = value if isinstance(value, list | tuple) else [value]
+    values: Sequence[Any] = value if isinstance(value, list | tuple) else [value]
     first = next((v for v in values if v is not None), None)
     if isinstance(first, bytes | str):
         feature.bytes_list.value.extend(v.encode() if isinstance(v, str) else v for v in values)

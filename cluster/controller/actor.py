@@ -6,7 +6,7 @@ import asyncio
 import os
 import threading
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, cast
 
 import ray
 
@@ -78,7 +78,8 @@ class ControllerActor:
             # Named and detached: replicas outlive a controller that crashes, and the restarted
             # controller (same arguments, so same names) adopts them with their versions loaded.
             replica_id = f"{server_id}:{model.name}:{index}"
-            return ReplicaActor.options(
+            # An @ray.remote class: mypy does not apply class decorators, so it cannot see .options.
+            return cast(Any, ReplicaActor).options(
                 name=replica_id, get_if_exists=True, lifetime="detached",
                 num_cpus=replica_num_cpus, max_concurrency=1000,
             ).remote(model.name, replica_id, enable_warmup, model.batching or batching, log_format, session_threads, data_plane)

@@ -183,7 +183,7 @@ class ReplicaSet:
         load = member.handle.load.remote(version, path, self._platform() if platform is None else platform)
         signatures = await asyncio.wait_for(load, self.health.load_timeout_s)
         member.versions.add(version)
-        return signatures  # type: ignore[no-any-return]
+        return signatures
 
     # -- versions ------------------------------------------------------------------------------
     async def load(self, version: int, path: str, platform: str = "tensorflow") -> Mapping[str, Signature]:

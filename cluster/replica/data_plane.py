@@ -14,19 +14,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-
-import numpy as np
+from typing import Any
 
 from cluster import errors
 from cluster.replica import wire
 from cluster.replica.contract import RunResult
+from exporter.signature import Tensors
 
 log = logging.getLogger("tessera.replica")
 
 RunFn = Callable[
-    [int, str, Sequence[Mapping[str, np.ndarray]], Sequence[str], Sequence[float | None] | None],
+    [int, str, Sequence[Tensors], Sequence[str], Sequence[float | None] | None],
     Awaitable[Sequence[RunResult]],
 ]  # `Runner.run` (cluster.replica.contract)
 
@@ -114,7 +114,7 @@ class DataPlaneServer:
         finally:
             writer.close()
 
-    async def _answer(self, call_id: int, header: dict, payload: memoryview, writer: asyncio.StreamWriter) -> None:
+    async def _answer(self, call_id: int, header: dict[str, Any], payload: memoryview, writer: asyncio.StreamWriter) -> None:
         try:
             if self.draining:
                 raise errors.Unavailable("replica is draining")

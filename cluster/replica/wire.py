@@ -18,13 +18,14 @@ import hashlib
 import hmac
 import json
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from cluster import errors
 from cluster.replica.contract import RunResult
+from exporter.signature import Tensors
 
 FRAME = struct.Struct("<IQI")  # total length after this field, call id, header length
 FRAME_LENGTH = struct.Struct("<I")
@@ -38,7 +39,6 @@ PROOF_BYTES = hashlib.sha256().digest_size
 ACCEPTED = b"\x01"
 PING = {"ping": 1}
 PONG = {"pong": 1}
-Tensors = Mapping[str, np.ndarray]
 
 
 def _encode_tensors(tensors: Tensors, chunks: list[bytes | memoryview]) -> list[list[Any]]:
@@ -52,7 +52,7 @@ def _encode_tensors(tensors: Tensors, chunks: list[bytes | memoryview]) -> list[
         else:
             data = np.ascontiguousarray(array)
             specs.append([alias, data.dtype.str, list(data.shape), data.nbytes])
-            chunks.append(memoryview(data).cast("B") if data.nbytes else b"")
+            chunks.append(data.data.cast("B") if data.nbytes else b"")
     return specs
 
 

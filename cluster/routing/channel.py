@@ -17,13 +17,12 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import Mapping, Sequence
-
-import numpy as np
+from collections.abc import Sequence
 
 from cluster import errors
 from cluster.replica import wire
 from cluster.replica.contract import RunResult
+from exporter.signature import Tensors
 
 
 class ReplicaChannel:
@@ -102,7 +101,7 @@ class ReplicaChannel:
         self,
         version: int,
         signature: str,
-        requests: Sequence[Mapping[str, np.ndarray]],
+        requests: Sequence[Tensors],
         output_filter: Sequence[str] = (),
         timeouts: Sequence[float | None] | None = None,
     ) -> list[RunResult]:

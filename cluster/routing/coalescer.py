@@ -21,16 +21,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
 from cluster import errors
 from cluster.routing.router import Router
+from exporter.signature import Tensors
 
-Outputs = Mapping[str, np.ndarray]
 Connect = Callable[[Any], Any]  # replica ref -> its call target
 
 log = logging.getLogger(__name__)
@@ -38,9 +36,9 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class _Request:
-    feeds: Mapping[str, np.ndarray]
+    feeds: Tensors
     deadline: float | None  # time.monotonic() seconds
-    future: asyncio.Future[Outputs]
+    future: asyncio.Future[Tensors]
 
 
 @dataclass
@@ -79,17 +77,17 @@ class Coalescer:
         connect: Connect,
         version: int,
         signature: str,
-        feeds: Mapping[str, np.ndarray],
+        feeds: Tensors,
         output_filter: tuple[str, ...] = (),
         deadline: float | None = None,
-    ) -> asyncio.Future[Outputs]:
+    ) -> asyncio.Future[Tensors]:
         """Queues one request; the future resolves to its outputs or fails with its own error."""
         key = (model, version, signature, output_filter)
         lane = self._lanes.get(key)
         if lane is None:
             lane = self._lanes[key] = _Lane(router, connect, version, signature, output_filter)
         lane.router, lane.connect = router, connect  # the latest routing table's
-        future: asyncio.Future[Outputs] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Tensors] = asyncio.get_running_loop().create_future()
         lane.pending.append(_Request(feeds, deadline, future))
         if lane.in_flight < self._max_calls * max(len(router.replicas), 1):
             self._send(key, lane)

@@ -117,5 +117,5 @@ class Router(Generic[H]):
             slot.in_flight -= weight
 
 
-def _counts(slots: Sequence[_Slot]) -> list[int]:
+def _counts(slots: Sequence[_Slot[H]]) -> list[int]:
     return [slot.in_flight for slot in slots]

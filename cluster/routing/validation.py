@@ -6,7 +6,7 @@ TF Serving's wording, since clients and their tests match on them.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -17,8 +17,8 @@ from exporter.errors import InvalidInputError
 from exporter.signature import CLASSIFY_METHOD, REGRESS_METHOD, Signature, check_feeds
 
 
-def _set(names: object) -> str:
-    return "{" + ",".join(sorted(names)) + "}"  # type: ignore[arg-type]
+def _set(names: Iterable[str]) -> str:
+    return "{" + ",".join(sorted(names)) + "}"
 
 
 def check_input_aliases(signature: Signature, aliases: Collection[str]) -> None:
