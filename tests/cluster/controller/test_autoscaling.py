@@ -10,8 +10,7 @@ from typing import Any
 from cluster.autoscaler.load import Load
 from cluster.config import ModelAutoscaling, ModelConfig, ServerConfig
 from cluster.controller.controller import Controller, ControllerOptions
-from tests.cluster.controller.test_controller import _controller, _until
-from tests.cluster.controller.test_replica_set import FakeHandle
+from tests.cluster.controller.controller_testlib import FakeHandle, make_controller, until
 
 
 def _replicas(controller: Controller, name: str) -> int:
@@ -24,7 +23,7 @@ def test_a_hot_model_scales_out_while_cold_ones_stay_at_their_minimum(tmp_path: 
     started: list[FakeHandle] = []
 
     async def main() -> None:
-        controller = _controller(
+        controller = make_controller(
             started, poll_seconds=0, tick_seconds=0.05, num_replicas=1, max_replicas=2,
             target_ongoing_requests=1.0, upscale_delay_s=0.0, downscale_delay_s=60.0, look_back_s=0.1,
             model_autoscaling={
@@ -34,7 +33,7 @@ def test_a_hot_model_scales_out_while_cold_ones_stay_at_their_minimum(tmp_path: 
         )
         models = tuple(ModelConfig(name, str(tmp_path / name)) for name in ("hot", "cold", "plain"))
         await controller.set_config(ServerConfig(models))
-        await _until(lambda: controller._table.ready())  # noqa: SLF001
+        await until(lambda: controller._table.ready())  # noqa: SLF001
         assert [_replicas(controller, m) for m in ("hot", "cold", "plain")] == [1, 2, 1]
 
         async def gateways() -> None:  # two gateways, each with half the traffic
@@ -47,7 +46,7 @@ def test_a_hot_model_scales_out_while_cold_ones_stay_at_their_minimum(tmp_path: 
 
         reporting = asyncio.ensure_future(gateways())
         # hot: 10 in flight in all at 2 per replica needs 5; its own maximum is 4.
-        await _until(lambda: _replicas(controller, "hot") == 4, timeout=10.0)
+        await until(lambda: _replicas(controller, "hot") == 4, timeout=10.0)
         await asyncio.sleep(0.5)
         assert _replicas(controller, "hot") == 4
         assert _replicas(controller, "cold") == 2  # its own minimum, not the flag's 1
@@ -107,7 +106,7 @@ def test_a_scale_up_takes_effect_when_its_replica_serves_and_is_not_repeated_whi
     async def main() -> None:
         controller = _slow_start_controller(started, downscale_delay_s=60.0, **{**_FAST, "upscale_delay_s": 0.3})
         await controller.set_config(ServerConfig((ModelConfig("m", str(tmp_path / "m")),)))
-        await _until(lambda: controller._table.ready())  # noqa: SLF001
+        await until(lambda: controller._table.ready())  # noqa: SLF001
 
         async def gateway() -> None:  # 5 in flight at 1 per replica: wants more, step by step
             while True:
@@ -115,7 +114,7 @@ def test_a_scale_up_takes_effect_when_its_replica_serves_and_is_not_repeated_whi
                 await asyncio.sleep(0.02)
 
         reporting = asyncio.ensure_future(gateway())
-        await _until(lambda: len(started) == 2)
+        await until(lambda: len(started) == 2)
         scaler = controller._models["m"].scaler  # noqa: SLF001
         assert scaler is not None
         decided = scaler.state.last_change
@@ -124,8 +123,8 @@ def test_a_scale_up_takes_effect_when_its_replica_serves_and_is_not_repeated_whi
         assert _replicas(controller, "m") == 1 and scaler.state.last_change == decided
         joined = time.monotonic()
         started[1].hung = False
-        await _until(lambda: _replicas(controller, "m") == 2)
-        await _until(lambda: len(started) == 3)  # the next step follows once it serves ...
+        await until(lambda: _replicas(controller, "m") == 2)
+        await until(lambda: len(started) == 3)  # the next step follows once it serves ...
         # ... the upscale delay after it joined the table (counted from the decision, 0.6 s
         # before, it would follow at the next tick).
         assert time.monotonic() - joined >= 0.3
@@ -142,7 +141,7 @@ def test_a_scale_down_still_applies_while_a_scale_up_cannot_start(tmp_path: path
     async def main() -> None:
         controller = _slow_start_controller(started, downscale_delay_s=0.1, **_FAST)
         await controller.set_config(ServerConfig((ModelConfig("m", str(tmp_path / "m")),)))
-        await _until(lambda: controller._table.ready())  # noqa: SLF001
+        await until(lambda: controller._table.ready())  # noqa: SLF001
         load = {"m": Load(5.0, 500.0, 500.0)}
 
         async def gateway() -> None:
@@ -151,11 +150,11 @@ def test_a_scale_down_still_applies_while_a_scale_up_cannot_start(tmp_path: path
                 await asyncio.sleep(0.02)
 
         reporting = asyncio.ensure_future(gateway())
-        await _until(lambda: len(started) == 2)  # replica 1 never starts (no room, say)
+        await until(lambda: len(started) == 2)  # replica 1 never starts (no room, say)
         load["m"] = Load(0.0, 0.0, 0.0)  # the traffic goes away
-        await _until(lambda: started[1].killed)  # the one not serving yet leaves first
+        await until(lambda: started[1].killed)  # the one not serving yet leaves first
         model = controller._models["m"]  # noqa: SLF001
-        await _until(lambda: model.scaling is None)  # the scale-down took effect at its publish
+        await until(lambda: model.scaling is None)  # the scale-down took effect at its publish
         assert len(model.replicas) == 1 and _replicas(controller, "m") == 1 and not started[0].killed
         reporting.cancel()
         await controller.shutdown()

@@ -9,11 +9,7 @@ from typing import Any
 from cluster.config import ModelConfig, ServerConfig
 from cluster.controller.controller import Controller, ControllerOptions
 from cluster.controller.replica_set import HealthOptions
-
-# Under the names these tests (and test_autoscaling, on the autoscale branch) have always used.
-from tests.cluster.controller.controller_testlib import FakeHandle
-from tests.cluster.controller.controller_testlib import make_controller as _controller
-from tests.cluster.controller.controller_testlib import until as _until
+from tests.cluster.controller.controller_testlib import FakeHandle, make_controller, until
 
 
 def test_polled_once_yet_a_dead_replica_is_still_replaced(tmp_path: pathlib.Path) -> None:
@@ -21,16 +17,16 @@ def test_polled_once_yet_a_dead_replica_is_still_replaced(tmp_path: pathlib.Path
     started: list[FakeHandle] = []
 
     async def main() -> None:
-        controller = _controller(started, poll_seconds=0, tick_seconds=0.05)
+        controller = make_controller(started, poll_seconds=0, tick_seconds=0.05)
         await controller.set_config(ServerConfig((ModelConfig("m", str(tmp_path / "m")),)))
-        await _until(lambda: controller._table.ready())  # noqa: SLF001
+        await until(lambda: controller._table.ready())  # noqa: SLF001
         table = controller._table  # noqa: SLF001
         assert set(table.models["m"].available) == {1}
         (tmp_path / "m" / "2").mkdir()  # polled once: a new version is not picked up ...
         started[0].dead = True  # ... but health checks still run
-        await _until(lambda: len(started) == 2)
-        await _until(lambda: 1 in started[1].loaded)  # the replacement loads v1 before routing
-        await _until(lambda: controller._table.models["m"].replicas[0].handle is started[1])  # noqa: SLF001
+        await until(lambda: len(started) == 2)
+        await until(lambda: 1 in started[1].loaded)  # the replacement loads v1 before routing
+        await until(lambda: controller._table.models["m"].replicas[0].handle is started[1])  # noqa: SLF001
         assert set(controller._table.models["m"].available) == {1}  # noqa: SLF001
         await controller.shutdown()
 
@@ -42,9 +38,9 @@ def test_a_new_version_replaces_the_old_without_a_gap(tmp_path: pathlib.Path) ->
     started: list[FakeHandle] = []
 
     async def main() -> None:
-        controller = _controller(started, poll_seconds=0.05, tick_seconds=0.05)
+        controller = make_controller(started, poll_seconds=0.05, tick_seconds=0.05)
         await controller.set_config(ServerConfig((ModelConfig("m", str(tmp_path / "m")),)))
-        await _until(lambda: controller._table.ready())  # noqa: SLF001
+        await until(lambda: controller._table.ready())  # noqa: SLF001
         seen: list[set[int]] = []
         (tmp_path / "m" / "2").mkdir()
 
@@ -54,10 +50,10 @@ def test_a_new_version_replaces_the_old_without_a_gap(tmp_path: pathlib.Path) ->
                 await asyncio.sleep(0.005)
 
         watcher = asyncio.ensure_future(watch())
-        await _until(lambda: set(controller._table.models["m"].available) == {2})  # noqa: SLF001
+        await until(lambda: set(controller._table.models["m"].available) == {2})  # noqa: SLF001
         watcher.cancel()
         assert all(s for s in seen)  # never a moment without an available version
-        await _until(lambda: started[0].loaded == {2})  # then the old one is unloaded, after the drain
+        await until(lambda: started[0].loaded == {2})  # then the old one is unloaded, after the drain
         await controller.shutdown()
 
     asyncio.run(main())
@@ -93,17 +89,17 @@ def test_a_model_whose_replica_cannot_be_placed_is_reported_and_holds_back_no_ot
         controller = _crowded_controller(started, {"m2", "m4"}, poll_seconds=0.05, tick_seconds=0.05)
         await controller.set_config(ServerConfig(tuple(ModelConfig(n, str(tmp_path / n)) for n in names)))
         table = lambda: controller._table  # noqa: E731, SLF001
-        await _until(lambda: all(table().models[n].available for n in names if n not in ("m2", "m4")))
+        await until(lambda: all(table().models[n].available for n in names if n not in ("m2", "m4")))
         for name in ("m2", "m4"):
             route = table().models[name]
             assert not route.available and not route.replicas
-            await _until(lambda n=name: "no room" in (table().models[n].statuses[0].error_message or ""))
+            await until(lambda n=name: "no room" in (table().models[n].statuses[0].error_message or ""))
             assert table().models[name].statuses[0].error_kind == "Unavailable"
         stats = {s.model: s for s in await controller.cluster_stats()}
         assert stats["m2"].replicas_unplaced == 1 and stats["m0"].replicas_unplaced == 0
         for handle in started:  # room frees up: the waiting replicas start, load, serve
             handle.hung = False
-        await _until(lambda: table().ready() and all(table().models[n].replicas for n in names))
+        await until(lambda: table().ready() and all(table().models[n].replicas for n in names))
         assert table().models["m2"].statuses[0].error_message is None
         assert not any(h.killed for h in started)  # waited in Ray's queue: never killed and re-made
         await controller.shutdown()
@@ -122,14 +118,14 @@ def test_a_hung_replica_leaves_the_routing_table_within_the_health_timeout(tmp_p
             ModelConfig("m", str(tmp_path / "m")), ModelConfig("other", str(tmp_path / "other")),
         )))
         table = lambda: controller._table  # noqa: E731, SLF001
-        await _until(lambda: table().ready() and all(len(r.replicas) == 2 for r in table().models.values()))
+        await until(lambda: table().ready() and all(len(r.replicas) == 2 for r in table().models.values()))
         hung = table().models["m"].replicas[0].handle
         hung.hung = True  # SIGSTOP
         stopped = asyncio.get_running_loop().time()
-        await _until(lambda: all(r.handle is not hung for r in table().models["m"].replicas), timeout=1.0)
+        await until(lambda: all(r.handle is not hung for r in table().models["m"].replicas), timeout=1.0)
         assert asyncio.get_running_loop().time() - stopped < 0.5  # period 0.05 + timeout 0.1
         assert hung.killed
-        await _until(lambda: len(table().models["m"].replicas) == 2)  # replaced, versions loaded first
+        await until(lambda: len(table().models["m"].replicas) == 2)  # replaced, versions loaded first
         assert len(table().models["other"].replicas) == 2  # the other model never noticed
         await controller.shutdown()
 
@@ -146,10 +142,10 @@ def test_the_models_platform_reaches_every_replica_load(tmp_path: pathlib.Path) 
     started: list[FakeHandle] = []
 
     async def main() -> None:
-        controller = _controller(started, poll_seconds=0.05, tick_seconds=0.05, num_replicas=2)
+        controller = make_controller(started, poll_seconds=0.05, tick_seconds=0.05, num_replicas=2)
         config = ModelConfig("m", str(tmp_path / "m"), platform="onnx")
         await controller.set_config(ServerConfig((config,)))
-        await _until(lambda: controller._table.ready())  # noqa: SLF001
+        await until(lambda: controller._table.ready())  # noqa: SLF001
         assert [h.platforms for h in started] == [{1: "onnx"}, {1: "onnx"}]
         await controller.shutdown()
 
@@ -163,9 +159,9 @@ def test_polled_once_a_version_still_being_written_is_looked_at_until_complete(t
     started: list[FakeHandle] = []
 
     async def main() -> None:
-        controller = _controller(started, poll_seconds=0, tick_seconds=0.05)
+        controller = make_controller(started, poll_seconds=0, tick_seconds=0.05)
         await controller.set_config(ServerConfig((ModelConfig("m", str(tmp_path / "m"), platform="onnx"),)))
-        await _until(lambda: controller._table.ready())  # noqa: SLF001
+        await until(lambda: controller._table.ready())  # noqa: SLF001
         assert started[0].platforms == {1: "onnx"}
         await controller.shutdown()
 
