@@ -26,7 +26,7 @@ from cluster.metrics import CONTENT_TYPE, MetricsExporter
 from cluster.replica.data_plane import DataPlaneConfig
 from cluster.routing.channel import ReplicaChannel
 from cluster.routing.dispatcher import Dispatcher
-from cluster.serving.lifecycle import RetryPolicy
+from cluster.serving.planner import RetryPolicy
 
 log = logging.getLogger("tessera")
 DEFAULT_METRICS_PATH = "/monitoring/prometheus/metrics"

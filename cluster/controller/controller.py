@@ -27,8 +27,9 @@ from cluster.autoscaler.scaler import AutoscalingConfig, ModelScaler
 from cluster.config import ModelAutoscaling, ModelConfig, ServerConfig
 from cluster.controller.replica_set import HealthOptions, PlacementProbe, ReplicaSet, unwrap_error
 from cluster.routing.table import ModelRoute, RoutingTable
-from cluster.serving.lifecycle import ActionKind, RetryPolicy, ServableStream
+from cluster.serving.planner import ActionKind, RetryPolicy
 from cluster.serving.source import FileSystemSource, SourceReport
+from cluster.serving.stream import ServableStream
 from cluster.types import ServableState, VersionStatus
 from exporter.signature import Signature
 

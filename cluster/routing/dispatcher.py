@@ -43,7 +43,7 @@ from cluster.routing.validation import (
     multi_inference_methods,
     regress_outputs,
 )
-from cluster.serving.lifecycle import resolve_version
+from cluster.serving.resolution import resolve_version
 from cluster.types import VersionStatus
 from exporter.signature import Signature
 

@@ -1,87 +1,18 @@
-"""Servable lifecycle: per-stream version states and the availability-preserving transition planner.
+"""A servable stream: the versions of one model name, their states and errors, and the aspired set.
 
-The planner is TF Serving's AvailabilityPreservingPolicy (spec §12), as a pure function: the
-controller feeds it the current records, the aspired set and the time, applies the actions it
-returns (on the replicas), and reports the outcome back to the `ServableStream`.
-Label and version resolution for requests (spec §7.1) lives here too.
+The record the controller keeps per stream (TF Serving's ServableStateMonitor and the harness of
+its manager): the planner (cluster.serving.planner) reads it, the controller updates it as loads
+and unloads start, succeed and fail.
 """
 
 from __future__ import annotations
 
-import enum
-from collections.abc import Iterable, Mapping, Set
-from dataclasses import dataclass, replace
+from collections.abc import Iterable
+from dataclasses import replace
 
 from cluster import errors
-from cluster.types import ServableState, VersionChoice, VersionRequest, VersionStatus
-
-
-@dataclass(frozen=True, slots=True)
-class VersionRecord:
-    """What the controller knows about one version of a stream."""
-
-    state: ServableState
-    error_message: str | None = None
-    error_kind: str | None = None
-    failed_loads: int = 0  # consecutive failed loads since the version last became aspired
-    retry_at: float | None = None  # clock time from which a failed load may be retried
-
-
-@dataclass(frozen=True, slots=True)
-class RetryPolicy:
-    """`--max_num_load_retries` (retries after the first attempt) and the interval between them."""
-
-    max_retries: int = 5
-    retry_interval_s: float = 60.0
-
-
-class ActionKind(enum.Enum):
-    LOAD = "load"
-    UNLOAD = "unload"
-
-
-@dataclass(frozen=True, slots=True)
-class Action:
-    kind: ActionKind
-    version: int
-
-
-def plan_transitions(
-    records: Mapping[int, VersionRecord],
-    aspired: Set[int],
-    *,
-    now: float,
-    retry: RetryPolicy,
-) -> list[Action]:
-    """The loads and unloads to start now, loads first.
-
-    Loads: every aspired version that is new, was unloaded earlier, or failed and is due for a retry
-    (at most `retry.max_retries` retries, `retry.retry_interval_s` apart), highest version first.
-
-    Unloads (smallest first) of un-aspired AVAILABLE versions, so that serving never has a gap:
-    - if some aspired version is AVAILABLE, or nothing is aspired at all, all of them go;
-    - otherwise (replacements still loading, or failed) the highest un-aspired one stays.
-    Versions that are LOADING or UNLOADING are left alone: their outcome arrives first.
-    """
-    loads = sorted((v for v in aspired if _wants_load(records.get(v), now, retry)), reverse=True)
-
-    available = {v for v, r in records.items() if r.state is ServableState.AVAILABLE}
-    unaspired_available = sorted(available.difference(aspired))
-    if unaspired_available and aspired and not available.intersection(aspired):
-        unaspired_available.pop()  # the last version that can still answer requests
-    return [Action(ActionKind.LOAD, v) for v in loads] + [
-        Action(ActionKind.UNLOAD, v) for v in unaspired_available
-    ]
-
-
-def _wants_load(record: VersionRecord | None, now: float, retry: RetryPolicy) -> bool:
-    if record is None or record.state in (ServableState.UNKNOWN, ServableState.START):
-        return True
-    if record.state is not ServableState.END:
-        return False
-    if record.error_message is None:
-        return True  # unloaded earlier, aspired again
-    return record.failed_loads <= retry.max_retries and (record.retry_at is None or now >= record.retry_at)
+from cluster.serving.planner import Action, RetryPolicy, VersionRecord, plan_transitions
+from cluster.types import ServableState, VersionStatus
 
 
 def error_kind(exc: BaseException) -> str:
@@ -182,33 +113,3 @@ class ServableStream:
             VersionStatus(v, r.state, r.error_message, r.error_kind)
             for v, r in sorted(self._records.items(), reverse=True)
         ]
-
-
-def resolve_version(
-    request: VersionRequest,
-    available: Set[int],
-    labels: Mapping[str, int] | None,
-    *,
-    model_name: str,
-) -> int:
-    """The version that serves `request`, with TF Serving's errors (spec §7.1).
-
-    `labels` is None while the label map is not initialised yet (UNAVAILABLE for label requests).
-    A label resolves to its version, which must then be available like a specific request.
-    """
-    if request.choice is VersionChoice.LATEST:
-        if not available:
-            raise errors.NotFound(f"Servable not found for request: {request.describe(model_name)}")
-        return max(available)
-    if request.choice is VersionChoice.LABEL:
-        if labels is None:
-            raise errors.Unavailable(f"Version labels of model {model_name} are not available yet")
-        assert request.label is not None
-        version = labels.get(request.label)
-        if version is None:
-            raise errors.InvalidArgument(f"Unrecognized servable version label: {request.label}")
-        request = VersionRequest.specific(version)
-    assert request.version is not None
-    if request.version not in available:
-        raise errors.NotFound(f"Servable not found for request: {request.describe(model_name)}")
-    return request.version
