@@ -1,6 +1,7 @@
 """TF Serving's gRPC messages <-> the domain requests and results of `cluster.requests`.
 
-With `config_converters`, the only code that knows proto field names. Validation here is what TF
+With `config_converters` and `predict_bytes` (big Predict responses written by hand), the only code
+that knows proto field names. Validation here is what TF
 Serving does before it looks a servable up (a missing or nameless ModelSpec, empty input,
 undecodable tensors), with TF's messages; everything that needs the model is the service's job.
 
@@ -36,11 +37,10 @@ from cluster.requests import (
 )
 from cluster.routing.validation import check_claimed_tensors, check_input_aliases
 from cluster.types import VersionRequest, VersionStatus
-from exporter import dtypes
 from exporter.errors import InvalidInputError
 from exporter.signature import Signature, TensorInfo
 from exporter.tensor_codec import TensorLayout, array_to_proto, decode_tensor, tensor_layout
-from protos.tensorflow.core.framework import tensor_pb2, types_pb2
+from protos.tensorflow.core.framework import types_pb2
 from protos.tensorflow.core.protobuf import error_codes_pb2, meta_graph_pb2
 from protos.tensorflow_serving.apis import (
     classification_pb2,
@@ -255,87 +255,7 @@ def _serialized_examples(chunks: Sequence[bytes]) -> tuple[list[bytes], bytes]:
 # Results
 
 
-def predict_response_bytes(result: PredictResult, *, tensor_content: bool = False) -> bytes:
-    """`predict_response(result, ...)` serialized, the big fixed-width outputs written straight from
-    their arrays' bytes: upb takes about 1 s to serialize a 100 MB response (and holds the GIL
-    throughout); this takes one copy. It parses to the very message `predict_response` builds."""
-    parts: list[bytes] = []
-    for alias, array in result.outputs.items():
-        tensor = _tensor_parts(alias, np.asarray(array), tensor_content)
-        key = _field(1, alias.encode())
-        size = len(key) + _field_size(2, sum(len(p) for p in tensor))
-        parts += [_tag(1), _varint(size), key, _tag(2), _varint(sum(len(p) for p in tensor)), *tensor]
-    spec = model_pb2.ModelSpec()
-    _fill_spec(spec, result.spec)
-    parts.append(_field(2, spec.SerializeToString()))
-    return b"".join(parts)
-
-
-_TENSOR_FIELDS: Final = tensor_pb2.TensorProto.DESCRIPTOR.fields_by_name
-# dtypes whose typed field's packed encoding is the values' own bytes (see exporter.tensor_codec).
-_WIRE_LAYOUT: Final[dict[int, tuple[str, np.dtype]]] = {
-    dtypes.FLOAT: ("float_val", np.dtype("<f4")),
-    dtypes.DOUBLE: ("double_val", np.dtype("<f8")),
-    dtypes.BOOL: ("bool_val", np.dtype(np.uint8)),
-    dtypes.COMPLEX64: ("scomplex_val", np.dtype("<f4")),
-    dtypes.COMPLEX128: ("dcomplex_val", np.dtype("<f8")),
-}
-
-
-def _tensor_parts(alias: str, array: np.ndarray, tensor_content: bool) -> list[bytes]:
-    """A serialized TensorProto as byte chunks; other dtypes go through `array_to_proto`."""
-    try:
-        dtype = dtypes.from_numpy(array.dtype)
-    except ValueError:
-        dtype = None
-    layout = _WIRE_LAYOUT.get(dtype) if dtype is not None else None
-    fixed = dtype is not None and dtype not in (dtypes.STRING, dtypes.BFLOAT16)
-    if not (fixed and (tensor_content or layout is not None)):
-        message = tensor_pb2.TensorProto()
-        try:
-            array_to_proto(array, message, use_tensor_content=tensor_content)
-        except InvalidInputError as exc:
-            raise Internal(f"cannot encode output {alias}: {exc}") from exc
-        return [message.SerializeToString()]
-    assert dtype is not None  # `fixed`
-    header = tensor_pb2.TensorProto(dtype=cast(types_pb2.DataType, dtype))  # proto3 enums are open
-    header.tensor_shape.SetInParent()
-    for size in array.shape:
-        header.tensor_shape.dim.add().size = size
-    flat = np.ascontiguousarray(array).reshape(-1)
-    if tensor_content:
-        number, data = _TENSOR_FIELDS["tensor_content"].number, flat.astype(flat.dtype.newbyteorder("<"), copy=False)
-    else:
-        assert layout is not None
-        name, wire = layout
-        parts = flat.view(flat.real.dtype) if np.iscomplexobj(flat) else flat
-        number, data = _TENSOR_FIELDS[name].number, parts.astype(wire, copy=False)
-    raw = data.tobytes()
-    return [header.SerializeToString(), *([_tag(number), _varint(len(raw)), raw] if raw else [])]
-
-
-def _tag(number: int) -> bytes:
-    return _varint(number << 3 | _LENGTH_DELIMITED)
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, value = value & 0x7F, value >> 7
-        out.append(byte | 0x80 if value else byte)
-        if not value:
-            return bytes(out)
-
-
-def _field(number: int, payload: bytes) -> bytes:
-    return _tag(number) + _varint(len(payload)) + payload
-
-
-def _field_size(number: int, size: int) -> int:
-    return len(_tag(number)) + len(_varint(size)) + size
-
-
-def _fill_spec(target: model_pb2.ModelSpec, spec: ResolvedSpec, *, with_signature: bool = True) -> None:
+def fill_spec(target: model_pb2.ModelSpec, spec: ResolvedSpec, *, with_signature: bool = True) -> None:
     target.name = spec.name
     target.version.value = spec.version
     if with_signature:
@@ -350,7 +270,7 @@ def predict_response(result: PredictResult, *, tensor_content: bool = False) -> 
             array_to_proto(array, response.outputs[alias], use_tensor_content=tensor_content)
         except InvalidInputError as exc:
             raise Internal(f"cannot encode output {alias}: {exc}") from exc
-    _fill_spec(response.model_spec, result.spec)
+    fill_spec(response.model_spec, result.spec)
     return response
 
 
@@ -403,14 +323,14 @@ def regression_result(result: RegressResult, target: regression_pb2.RegressionRe
 def classification_response(result: ClassifyResult) -> classification_pb2.ClassificationResponse:
     response = classification_pb2.ClassificationResponse()
     classification_result(result, response.result)
-    _fill_spec(response.model_spec, result.spec)
+    fill_spec(response.model_spec, result.spec)
     return response
 
 
 def regression_response(result: RegressResult) -> regression_pb2.RegressionResponse:
     response = regression_pb2.RegressionResponse()
     regression_result(result, response.result)
-    _fill_spec(response.model_spec, result.spec)
+    fill_spec(response.model_spec, result.spec)
     return response
 
 
@@ -421,7 +341,7 @@ def multi_inference_response(
     response = inference_pb2.MultiInferenceResponse()
     for result in results:
         entry = response.results.add()
-        _fill_spec(entry.model_spec, result.spec)
+        fill_spec(entry.model_spec, result.spec)
         if isinstance(result, ClassifyResult):
             classification_result(result, entry.classification_result)
         else:
@@ -456,7 +376,7 @@ def signature_def_map(signatures: Mapping[str, Signature]) -> get_model_metadata
 def metadata_response(metadata: ModelMetadata) -> get_model_metadata_pb2.GetModelMetadataResponse:
     """model_spec {name, version} (no signature) and the Any-packed SignatureDefMap (spec §7.4)."""
     response = get_model_metadata_pb2.GetModelMetadataResponse()
-    _fill_spec(response.model_spec, metadata.spec, with_signature=False)
+    fill_spec(response.model_spec, metadata.spec, with_signature=False)
     response.metadata[SIGNATURE_DEF_FIELD].Pack(signature_def_map(metadata.signatures))
     return response
 

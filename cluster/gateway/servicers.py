@@ -25,7 +25,7 @@ import grpc
 import numpy as np
 
 from cluster import errors
-from cluster.gateway import config_converters, converters
+from cluster.gateway import config_converters, converters, predict_bytes
 from cluster.gateway.offload import OFFLOAD_BYTES, Abort, in_thread
 from cluster.gateway.status import log_failure, status_of
 from cluster.requests import ClassifyResult, ModelMetadata, ModelSpec, ServingAPI
@@ -154,7 +154,7 @@ class PredictionServicer:
         # Serialized here, not by grpc on the loop: a big response is written in a worker thread.
         if sum(a.nbytes for a in result.outputs.values()) < OFFLOAD_BYTES:
             return converters.predict_response(result, tensor_content=self._tensor_content).SerializeToString()
-        return await asyncio.to_thread(converters.predict_response_bytes, result, tensor_content=self._tensor_content)
+        return await asyncio.to_thread(predict_bytes.predict_response_bytes, result, tensor_content=self._tensor_content)
 
     async def _signature(self, spec: ModelSpec) -> Signature | None:
         """The signature `spec` resolves to now, or None: then the service refuses the spec itself

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from cluster.errors import InvalidArgument
-from cluster.gateway import converters
+from cluster.gateway import converters, predict_bytes
 from cluster.requests import ClassifyResult, ModelMetadata, PredictResult, RegressResult, ResolvedSpec
 from cluster.types import ServableState, VersionChoice, VersionRequest, VersionStatus
 from exporter import dtypes
@@ -420,5 +420,5 @@ def test_predict_response_bytes_is_the_serialized_predict_response(tensor_conten
     }
     result = PredictResult(ResolvedSpec("m", 3, "serving_default"), outputs)
     expected = converters.predict_response(result, tensor_content=tensor_content)
-    got = predict_pb2.PredictResponse.FromString(converters.predict_response_bytes(result, tensor_content=tensor_content))
+    got = predict_pb2.PredictResponse.FromString(predict_bytes.predict_response_bytes(result, tensor_content=tensor_content))
     assert got == expected
