@@ -1,9 +1,9 @@
 """TF Serving's gRPC messages <-> the domain requests and results of `cluster.requests`.
 
 With `config_converters` and `predict_bytes` (big Predict responses written by hand), the only code
-that knows proto field names. Validation here is what TF
-Serving does before it looks a servable up (a missing or nameless ModelSpec, empty input,
-undecodable tensors), with TF's messages; everything that needs the model is the service's job.
+that knows proto field names. Validation here is what TF Serving does before it looks a servable up
+(a missing or nameless ModelSpec, empty input, undecodable tensors), with TF's messages; everything
+that needs the model is the service's job.
 
 Classify, Regress and MultiInference requests arrive as raw bytes: the examples are never decoded
 in the gateway. Like TF Serving's `SerializedInput`, the request's `input` field is parsed as a
