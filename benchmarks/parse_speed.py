@@ -1,4 +1,4 @@
-"""tf.Example parsing: `exporter.features.parse_example` against TensorFlow's parser on the same bytes.
+"""tf.Example parsing: `exporter.example_parser.parse_example` against TensorFlow's parser on the same bytes.
 
     python -m benchmarks.parse_speed [--features 10] [--repeat 200]
 
@@ -17,7 +17,8 @@ from collections.abc import Callable
 import numpy as np
 
 from exporter import dtypes
-from exporter.features import ExampleParser, FixedLenFeature, VarLenFeature
+from exporter.example_parser import ExampleParser
+from exporter.features import FixedLenFeature, VarLenFeature
 from protos.tessera import example_pb2
 
 

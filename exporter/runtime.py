@@ -243,7 +243,7 @@ class Runtime:
         output_filter: Sequence[str] | None = None,
     ) -> Tensors:
         """Runs signature `signature_key` from its receiver's parsed features, as ParseExample
-        would have produced them (`exporter.features.parse_example`: dense [batch, *shape], or a
+        would have produced them (`exporter.example_parser.parse_example`: dense [batch, *shape], or a
         SparseTensorValue); the same outputs as `run` on the serialized Examples."""
         node = self._parse_node(signature_key)
         if node is None:

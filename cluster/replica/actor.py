@@ -28,7 +28,7 @@ from cluster.replica.data_plane import DataPlaneConfig, DataPlaneServer
 from cluster.replica.replica import Replica, compute
 from cluster.requests import EXAMPLE_CONTEXT_FEED
 from cluster.stats import ReplicaStats
-from exporter.features import with_context
+from exporter.example_parser import with_context
 from exporter.servable import LoadOptions
 from exporter.signature import Signature
 

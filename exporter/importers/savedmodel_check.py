@@ -19,7 +19,8 @@ import numpy as np
 
 from exporter import dtypes
 from exporter.errors import BundleError, ExportError, InvalidInputError
-from exporter.features import FeatureSpec, FixedLenFeature, SparseTensorValue, parse_example
+from exporter.example_parser import parse_example
+from exporter.features import FeatureSpec, FixedLenFeature, SparseTensorValue
 from exporter.importers.savedmodel_types import ConvertedSignature
 from exporter.signature import TensorInfo
 from protos.tessera import example_pb2

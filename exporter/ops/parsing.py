@@ -6,7 +6,7 @@ Outputs, in `exporter.features.output_layout` order: feature names sorted; a Fix
 one dense tensor [batch, *shape]; a VarLenFeature or SparseFeature gives three tensors: indices
 int64 [n, 2], values [n], dense_shape int64 [2].
 
-The spec is decoded once at load (`prepare`); each run is its `exporter.features.ExampleParser`.
+The spec is decoded once at load (`prepare`); each run is its `exporter.example_parser.ExampleParser`.
 """
 
 from __future__ import annotations
@@ -18,14 +18,9 @@ import numpy as np
 
 from exporter import dtypes
 from exporter.errors import GraphError
+from exporter.example_parser import ExampleParser
 from exporter.feature_attrs import spec_from_attrs, spec_to_attrs
-from exporter.features import (
-    ExampleParser,
-    FeatureSpec,
-    FixedLenFeature,
-    SparseTensor,
-    output_layout,
-)
+from exporter.features import FeatureSpec, FixedLenFeature, SparseTensor, output_layout
 from exporter.ops.registry import LoadContext, TensorType, register_op
 
 if TYPE_CHECKING:

@@ -18,7 +18,8 @@ from google.protobuf.message import DecodeError
 
 from exporter import dtypes
 from exporter.errors import InvalidInputError
-from exporter.features import FixedLenFeature, SparseTensorValue, VarLenFeature, parse_example
+from exporter.example_parser import parse_example
+from exporter.features import FixedLenFeature, SparseTensorValue, VarLenFeature
 from protos.tessera import example_pb2
 
 KINDS = {dtypes.FLOAT: "float_list", dtypes.INT64: "int64_list", dtypes.STRING: "bytes_list"}
@@ -256,7 +257,7 @@ def test_negative_int64s_and_non_bytes_items() -> None:
 def test_examples_with_a_shared_context_parse_as_their_concatenations(seed: int) -> None:
     """ExampleListWithContext: the parser cuts the context to the keys it reads, once; the result
     must be what parsing `context + example` gives, in every encoding the generator makes."""
-    from exporter.features import with_context
+    from exporter.example_parser import with_context
 
     rng = np.random.default_rng(3000 + seed)
     contexts = [_example(SPEC, rng) for _ in range(2)]

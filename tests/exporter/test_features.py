@@ -13,15 +13,9 @@ import pytest
 from exporter import attrs as attr_codec
 from exporter import dtypes
 from exporter.errors import GraphError, InvalidInputError
+from exporter.example_parser import parse_example
 from exporter.feature_attrs import spec_from_attrs, spec_to_attrs
-from exporter.features import (
-    FixedLenFeature,
-    SparseFeature,
-    SparseTensorValue,
-    VarLenFeature,
-    output_layout,
-    parse_example,
-)
+from exporter.features import FixedLenFeature, SparseFeature, SparseTensorValue, VarLenFeature, output_layout
 from exporter.ops.registry import LoadContext, TensorType, get_op
 from protos.tessera import example_pb2
 
@@ -247,7 +241,7 @@ def _assert_same_parse(a: dict[str, Any], b: dict[str, Any]) -> None:
 
 
 def test_with_context_parses_as_the_concatenation_would() -> None:
-    from exporter.features import with_context
+    from exporter.example_parser import with_context
 
     spec = {
         "x": FixedLenFeature([1], "float32", default_value=[-1.0]),
@@ -281,7 +275,7 @@ def test_with_context_parses_as_the_concatenation_would() -> None:
 def test_a_big_context_is_parsed_once_not_once_per_example() -> None:
     import tracemalloc
 
-    from exporter.features import with_context
+    from exporter.example_parser import with_context
 
     # 256 KB of context (a feature the model does not read) shared by 4,000 examples: merged by
     # concatenation this is 1 GB of strings to build and parse (issue 9 measured +4.9 GB, 13 s).

@@ -14,7 +14,8 @@ from cluster.batch.tfrecord import RECORD_COLUMN
 from examples.export_models import IRIS_FEATURES, Trained, serialize_examples
 from exporter import dtypes
 from exporter.errors import InvalidInputError
-from exporter.features import FixedLenFeature, VarLenFeature, parse_example
+from exporter.example_parser import parse_example
+from exporter.features import FixedLenFeature, VarLenFeature
 from exporter.servable import load_servable
 from exporter.storage import list_versions
 from tests.cluster.batch.plain_loader import PlainServable
