@@ -97,9 +97,6 @@ class ControllerActor:
     ) -> RoutingTable:
         return await self._controller.get_routing_table(known_epoch, timeout, incarnation)
 
-    async def wait_ready(self, timeout: float) -> bool:
-        return await self._controller.wait_ready(timeout)
-
     async def report_load(self, gateway: str, period_s: float, loads: dict[str, Load]) -> None:
         self._controller.report_load(gateway, period_s, loads)
 

@@ -448,15 +448,6 @@ class Controller:
                     pass
             return self._table
 
-    async def wait_ready(self, timeout: float) -> bool:
-        deadline = self._clock() + timeout
-        while not self._table.ready():
-            remaining = deadline - self._clock()
-            if remaining <= 0:
-                return False
-            await self.get_routing_table(self._table.epoch, min(remaining, 1.0))
-        return True
-
     async def cluster_stats(self, timeout: float = 2.0) -> list[stats.ModelStats]:
         """Every model's versions, load latency and replicas' statistics (for a metrics scrape).
 

@@ -1,7 +1,7 @@
 """The gateway's side of the cluster: implements ServingAPI over the routing table.
 
 Resolves (model, version | label | latest, signature) against the latest routing table snapshot,
-validates the request against the signature (so a bad request never costs a Ray call), picks a
+validates the request against the signature (so a bad request never reaches a replica), picks a
 replica by power of two choices, and hands the request to the coalescer. The table arrives by
 long-poll from the controller; a swap is one attribute assignment.
 """

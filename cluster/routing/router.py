@@ -1,6 +1,7 @@
 """A router over a set of replica handles that counts requests in flight on each.
 
-Generic over the handle type (a Ray actor handle in production, anything in tests). Not
+Generic over the handle type (in production a `ReplicaRef`: the replica's data-plane address, where
+requests travel as frames; anything in tests). Not
 thread-safe: one router per event loop, as the gateway uses it. A replica whose call just failed
 can be set aside for a while (`mark_down`), so new calls go to the others until the controller's
 next routing table says what became of it.
@@ -93,9 +94,6 @@ class Router(Generic[H]):
 
     def in_flight(self) -> list[int]:
         return [slot.in_flight for slot in self._slots]
-
-    def total_in_flight(self) -> int:
-        return sum(slot.in_flight for slot in self._slots)
 
     @contextmanager
     def acquire(self, weight: int = 1, *, exclude: H | None = None) -> Iterator[H]:

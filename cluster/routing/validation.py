@@ -1,6 +1,6 @@
 """Checks of a request against a signature, and of a signature against its method (spec §7.2–7.3).
 
-Run in the gateway before any Ray call, so a bad request costs no replica time. Messages follow
+Run in the gateway before a request is sent to a replica, so a bad one costs no replica time. Messages follow
 TF Serving's wording, since clients and their tests match on them.
 """
 
