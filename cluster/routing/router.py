@@ -1,10 +1,9 @@
 """A router over a set of replica handles that counts requests in flight on each.
 
-Generic over the handle type (in production a `ReplicaRef`: the replica's data-plane address, where
-requests travel as frames; anything in tests). Not
-thread-safe: one router per event loop, as the gateway uses it. A replica whose call just failed
-can be set aside for a while (`mark_down`), so new calls go to the others until the controller's
-next routing table says what became of it.
+Generic over the handle type (in production a `ReplicaRef`, whose data-plane address requests travel
+to as frames; anything in tests). Not thread-safe: one router per event loop, as the gateway uses
+it. A replica whose call just failed can be set aside for a while (`mark_down`), so new calls go to
+the others until the controller's next routing table says what became of it.
 """
 
 from __future__ import annotations
