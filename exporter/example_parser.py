@@ -22,6 +22,7 @@ from exporter.features import (
     VarLenFeature,
     list_keys,
 )
+from exporter.protobuf_wire import encode_varint, length_delimited_fields
 
 try:
     from exporter import _example_scan
@@ -73,68 +74,21 @@ def with_context(context: bytes, examples: Sequence[bytes]) -> np.ndarray:
     return out
 
 
-def _varint(data: bytes, pos: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        if pos >= len(data) or shift > 63:
-            raise ValueError("truncated varint")
-        byte = data[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        shift += 7
-        if not byte & 0x80:
-            return value, pos
-
-
-def _length_delimited(data: bytes) -> list[tuple[int, bytes]]:
-    """The (field number, bytes) of a message's length-delimited fields, in order; others skipped."""
-    out, pos = [], 0
-    while pos < len(data):
-        tag, pos = _varint(data, pos)
-        wire = tag & 7
-        if wire == 0:
-            _, pos = _varint(data, pos)
-        elif wire == 1:
-            pos += 8
-        elif wire == 5:
-            pos += 4
-        elif wire == 2:
-            size, pos = _varint(data, pos)
-            if pos + size > len(data):
-                raise ValueError("truncated field")
-            out.append((tag >> 3, data[pos : pos + size]))
-            pos += size
-        else:
-            raise ValueError(f"wire type {wire}")
-        if pos > len(data):
-            raise ValueError("truncated field")
-    return out
-
-
 def _kept_entries(context: bytes, names: frozenset[bytes]) -> bytes:
     """`context` as one serialized Example holding only the feature-map entries named in `names`,
     verbatim and in their order: for those keys, it reads exactly as the whole context does."""
     kept = []
-    for field, features in _length_delimited(context):
+    for field, features in length_delimited_fields(context):
         if field != 1:  # Example.features
             continue
-        for entry_field, entry in _length_delimited(features):
+        for entry_field, entry in length_delimited_fields(features):
             if entry_field != 1:  # Features.feature (a map entry: key = 1, value = 2)
                 continue
-            keys = [value for number, value in _length_delimited(entry) if number == 1]
+            keys = [value for number, value in length_delimited_fields(entry) if number == 1]
             if (keys[-1] if keys else b"") in names:
-                kept.append(b"\x0a" + _encode_varint(len(entry)) + entry)
+                kept.append(b"\x0a" + encode_varint(len(entry)) + entry)
     body = b"".join(kept)
-    return b"\x0a" + _encode_varint(len(body)) + body if body else b""
-
-
-def _encode_varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, value = value & 0x7F, value >> 7
-        out.append(byte | 0x80 if value else byte)
-        if not value:
-            return bytes(out)
+    return b"\x0a" + encode_varint(len(body)) + body if body else b""
 
 
 def _where(key: str, index: int) -> str:

@@ -24,7 +24,7 @@ from typing import Any, Final, TypeVar
 
 import numpy as np
 
-from exporter import dtypes
+from exporter import dtypes, protobuf_wire
 from exporter.errors import InvalidInputError
 
 P = TypeVar("P")
@@ -303,18 +303,9 @@ _PACKED_MIN: Final = 4096  # values; below it, extending is as fast
 _PACKED_CHUNK: Final = 1 << 18  # values per chunk: a few milliseconds each
 
 
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, value = value & 0x7F, value >> 7
-        out.append(byte | 0x80 if value else byte)
-        if not value:
-            return bytes(out)
-
-
 def _merge_packed(msg: Any, field_name: str, wire_values: np.ndarray) -> None:
     """Appends `wire_values` (already in wire layout) to the packed repeated field `field_name`."""
-    tag = _varint(msg.DESCRIPTOR.fields_by_name[field_name].number << 3 | 2)
+    tag = protobuf_wire.tag(msg.DESCRIPTOR.fields_by_name[field_name].number)
     for start in range(0, wire_values.size, _PACKED_CHUNK):
         data = wire_values[start : start + _PACKED_CHUNK].tobytes()
-        msg.MergeFromString(tag + _varint(len(data)) + data)
+        msg.MergeFromString(tag + protobuf_wire.encode_varint(len(data)) + data)

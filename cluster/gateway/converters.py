@@ -37,6 +37,7 @@ from cluster.requests import (
 )
 from cluster.routing.validation import check_claimed_tensors, check_input_aliases
 from cluster.types import VersionRequest, VersionStatus
+from exporter import protobuf_wire
 from exporter.errors import InvalidInputError
 from exporter.signature import Signature, TensorInfo
 from exporter.tensor_codec import TensorLayout, array_to_proto, decode_tensor, tensor_layout
@@ -58,7 +59,7 @@ SIGNATURE_DEF_FIELD = "signature_def"
 # What TF's fill may add to one request's tensors (`tessera serve --max_request_fill_bytes`).
 DEFAULT_MAX_FILL_BYTES: Final = DEFAULT_MAX_REQUEST_FILL_BYTES
 M = TypeVar("M", bound=Message)
-_LENGTH_DELIMITED = 2
+
 
 # ---------------------------------------------------------------------------------------------
 # Requests
@@ -205,7 +206,7 @@ def _top_level_fields(raw: bytes) -> dict[int, list[bytes]]:
     # types-protobuf's UnknownFieldSet stub lacks __iter__; the class iterates its fields.
     for field in unknown_fields.UnknownFieldSet(holder):  # type: ignore[attr-defined]
         # Other wire types under our numbers are what a generated parser skips as unknown, too.
-        if field.wire_type == _LENGTH_DELIMITED:
+        if field.wire_type == protobuf_wire.LENGTH_DELIMITED:
             fields.setdefault(field.field_number, []).append(field.data)
     return fields
 

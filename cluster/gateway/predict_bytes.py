@@ -13,6 +13,7 @@ from cluster.gateway.converters import fill_spec
 from cluster.requests import PredictResult
 from exporter import dtypes
 from exporter.errors import InvalidInputError
+from exporter.protobuf_wire import encode_varint, field, field_size, tag
 from exporter.tensor_codec import array_to_proto
 from protos.tensorflow.core.framework import tensor_pb2, types_pb2
 from protos.tensorflow_serving.apis import model_pb2
@@ -25,16 +26,15 @@ def predict_response_bytes(result: PredictResult, *, tensor_content: bool = Fals
     parts: list[bytes] = []
     for alias, array in result.outputs.items():
         tensor = _tensor_parts(alias, np.asarray(array), tensor_content)
-        key = _field(1, alias.encode())
-        size = len(key) + _field_size(2, sum(len(p) for p in tensor))
-        parts += [_tag(1), _varint(size), key, _tag(2), _varint(sum(len(p) for p in tensor)), *tensor]
+        key = field(1, alias.encode())
+        size = len(key) + field_size(2, sum(len(p) for p in tensor))
+        parts += [tag(1), encode_varint(size), key, tag(2), encode_varint(sum(len(p) for p in tensor)), *tensor]
     spec = model_pb2.ModelSpec()
     fill_spec(spec, result.spec)
-    parts.append(_field(2, spec.SerializeToString()))
+    parts.append(field(2, spec.SerializeToString()))
     return b"".join(parts)
 
 
-_LENGTH_DELIMITED: Final = 2  # protobuf's wire type of bytes, strings and messages
 _TENSOR_FIELDS: Final = tensor_pb2.TensorProto.DESCRIPTOR.fields_by_name
 
 
@@ -77,25 +77,4 @@ def _tensor_parts(alias: str, array: np.ndarray, tensor_content: bool) -> list[b
         parts = flat.view(flat.real.dtype) if np.iscomplexobj(flat) else flat
         number, data = _TENSOR_FIELDS[name].number, parts.astype(wire, copy=False)
     raw = data.tobytes()
-    return [header.SerializeToString(), *([_tag(number), _varint(len(raw)), raw] if raw else [])]
-
-
-def _tag(number: int) -> bytes:
-    return _varint(number << 3 | _LENGTH_DELIMITED)
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, value = value & 0x7F, value >> 7
-        out.append(byte | 0x80 if value else byte)
-        if not value:
-            return bytes(out)
-
-
-def _field(number: int, payload: bytes) -> bytes:
-    return _tag(number) + _varint(len(payload)) + payload
-
-
-def _field_size(number: int, size: int) -> int:
-    return len(_tag(number)) + len(_varint(size)) + size
+    return [header.SerializeToString(), *([tag(number), encode_varint(len(raw)), raw] if raw else [])]
