@@ -22,7 +22,7 @@ import numpy as np
 from exporter import dtypes, servable, storage
 from exporter.errors import BundleError, ExporterError
 from exporter.loaders import formats
-from exporter.signature import Shape, Signature
+from exporter.signature import DEFAULT_SERVING_SIGNATURE, Shape, Signature
 from protos.tessera import bundle_pb2
 
 
@@ -47,7 +47,7 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
         description="PATH is a version directory, or a base path (its newest version is used).",
     )
     run.add_argument("path", help="base path or version directory (local path or URI)")
-    run.add_argument("--signature", default="serving_default", help="signature key (default: %(default)s)")
+    run.add_argument("--signature", default=DEFAULT_SERVING_SIGNATURE, help="signature key (default: %(default)s)")
     run.add_argument(
         "--inputs", required=True,
         help='JSON object alias -> nested list, e.g. \'{"x": [[1, 2, 3, 4]]}\'; @FILE reads it from a file',

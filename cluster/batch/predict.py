@@ -29,6 +29,7 @@ from cluster.batch.output import OutputDir
 from cluster.batch.resources import UnschedulableError, plan_workers
 from cluster.batch.sources import FORMATS, Unit, list_files, plan_units
 from cluster.batch.worker import OUTPUT_FORMATS, BatchJob, BatchWorker, Counts
+from exporter.signature import DEFAULT_SERVING_SIGNATURE
 
 UNIT_ROWS = 1 << 18  # Parquet units: runs of row groups of about this many rows
 
@@ -140,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     add = parser.add_argument
     add("--model_path", required=True, help="a version directory, or a base path (its newest version); path or URI")
     add("--model_platform", default="tensorflow", help="the loader, as in the model config (tensorflow, onnx, ...)")
-    add("--signature", default="serving_default")
+    add("--signature", default=DEFAULT_SERVING_SIGNATURE)
     add("--input", action="append", required=True, help="file, directory or dir/*.ext; path or URI (repeatable)")
     add("--input_format", "--format", choices=FORMATS, default="parquet", dest="input_format")
     add("--output", required=True, help="a new directory (path or URI); see --overwrite")

@@ -15,6 +15,7 @@ from google.protobuf import text_format
 
 from cluster.client.examples import Features, make_input
 from cluster.client.tensors import make_ndarray, make_tensor_proto
+from exporter.signature import CLASSIFY_METHOD, REGRESS_METHOD
 from protos.tensorflow.core.example import example_pb2
 from protos.tensorflow.core.framework import tensor_pb2
 from protos.tensorflow_serving.apis import (
@@ -33,7 +34,7 @@ from protos.tensorflow_serving.config import model_server_config_pb2
 
 # TF Serving accepts and sends messages up to 2 GiB - 1; grpcio's default receive limit is 4 MiB.
 MAX_MESSAGE_BYTES = 2**31 - 1
-_METHODS = {"classify": "tensorflow/serving/classify", "regress": "tensorflow/serving/regress"}
+_METHODS = {"classify": CLASSIFY_METHOD, "regress": REGRESS_METHOD}
 
 Examples = Sequence[Features | example_pb2.Example]
 ClassifyResult = list[list[tuple[str, float]]]
