@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cluster import errors
-from cluster.replica import wire
+from cluster.replica import stream, wire
 from cluster.replica.contract import RunResult
 from exporter.signature import Tensors
 
@@ -63,7 +63,8 @@ class DataPlaneServer:
         self._max_frame = max_frame
         self._handshake_timeout = handshake_timeout_s
         self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[None]] = set()  # calls being answered
+        self._posts: set[asyncio.Task[None]] = set()  # pongs waiting for a big answer to go out
         self.refused = 0  # connections that failed the challenge (or sent an oversized frame)
         self.draining = False  # new calls are refused with Unavailable (the gateway retries elsewhere)
 
@@ -92,6 +93,7 @@ class DataPlaneServer:
         try:
             if not await self._admit(reader, writer):
                 return
+            frames = stream.FrameWriter(writer)
             while True:
                 (length,) = wire.FRAME_LENGTH.unpack(await reader.readexactly(wire.FRAME_LENGTH.size))
                 if length > self._max_frame:
@@ -99,14 +101,14 @@ class DataPlaneServer:
                     log.warning("data-plane frame of %d bytes refused (limit %d); connection closed",
                                 length, self._max_frame)
                     return
-                body = memoryview(await reader.readexactly(length))
+                body = await stream.read_body(reader, length)
                 call_id, header, payload = wire.split_frame(body)
                 if "ping" in header:
-                    writer.writelines(wire.control_frame(call_id, wire.PONG))
+                    self._keep(frames.post(wire.control_frame(call_id, wire.PONG)), self._posts)
                     continue
-                task = asyncio.get_running_loop().create_task(self._answer(call_id, header, payload, writer))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+                self._keep(asyncio.get_running_loop().create_task(
+                    self._answer(call_id, header, payload, length, frames)
+                ), self._tasks)
         except (asyncio.IncompleteReadError, ConnectionError):
             pass  # the gateway went away
         except Exception as exc:  # noqa: BLE001 - a peer that does not speak the protocol
@@ -114,18 +116,35 @@ class DataPlaneServer:
         finally:
             writer.close()
 
-    async def _answer(self, call_id: int, header: dict[str, Any], payload: memoryview, writer: asyncio.StreamWriter) -> None:
+    @staticmethod
+    def _keep(task: asyncio.Task[None] | None, tasks: set[asyncio.Task[None]]) -> None:
+        if task is not None:
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+
+    async def _answer(
+        self, call_id: int, header: dict[str, Any], payload: memoryview, length: int, frames: stream.FrameWriter
+    ) -> None:
+        # Big calls are decoded and their answers encoded in a worker thread (object tensors'
+        # items are copied one by one), so this loop keeps answering pings and other calls.
         try:
             if self.draining:
                 raise errors.Unavailable("replica is draining")
-            version, signature, requests, output_filter, timeouts = wire.decode_call(header, payload)
+            if length > stream.BIG:
+                version, signature, requests, output_filter, timeouts = await asyncio.to_thread(
+                    wire.decode_call, header, payload
+                )
+            else:
+                version, signature, requests, output_filter, timeouts = wire.decode_call(header, payload)
             results = await self._run(version, signature, requests, output_filter, timeouts)
-            frame = wire.encode_results(call_id, results, self._max_frame)
+            if stream.payload_bytes(results) > stream.BIG:
+                frame = await asyncio.to_thread(wire.encode_results, call_id, results, self._max_frame)
+            else:
+                frame = wire.encode_results(call_id, results, self._max_frame)
         except Exception as exc:  # noqa: BLE001 - the call fails, the connection stays
             frame = wire.encode_failure(call_id, exc)
-        if not writer.is_closing():
-            writer.writelines(frame)
-            await writer.drain()
+        if not frames.writer.is_closing():
+            await frames.send(frame)
 
     def busy(self) -> int:
         """Calls received and not yet answered."""

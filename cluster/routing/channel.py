@@ -20,7 +20,7 @@ import time
 from collections.abc import Sequence
 
 from cluster import errors
-from cluster.replica import wire
+from cluster.replica import stream, wire
 from cluster.replica.contract import RunResult
 from exporter.signature import Tensors
 
@@ -47,6 +47,7 @@ class ReplicaChannel:
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future[list[RunResult]]] = {}
         self._writer: asyncio.StreamWriter | None = None
+        self._frames: stream.FrameWriter | None = None  # self._writer's
         self._reader_task: asyncio.Task[None] | None = None
         self._watch_task: asyncio.Task[None] | None = None
         self._connecting = asyncio.Lock()
@@ -56,19 +57,19 @@ class ReplicaChannel:
     def __repr__(self) -> str:
         return f"ReplicaChannel({self.address[0]}:{self.address[1]})"
 
-    async def _connection(self) -> asyncio.StreamWriter:
-        if self._writer is not None:
-            return self._writer
+    async def _connection(self) -> stream.FrameWriter:
+        if self._frames is not None:
+            return self._frames
         if self._closing:
             raise errors.Unavailable(f"replica at {self._where()} left the routing table")
         async with self._connecting:
             if self._writer is None:
                 reader, writer = await self._open()
-                self._writer = writer
+                self._writer, self._frames = writer, stream.FrameWriter(writer)
                 self._heard = time.monotonic()
                 self._reader_task = asyncio.get_running_loop().create_task(self._read(reader, writer))
-        assert self._writer is not None
-        return self._writer
+        assert self._frames is not None
+        return self._frames
 
     def _where(self) -> str:
         return f"{self.address[0]}:{self.address[1]}"
@@ -106,9 +107,14 @@ class ReplicaChannel:
         timeouts: Sequence[float | None] | None = None,
     ) -> list[RunResult]:
         call_id = next(self._ids)
-        # Encoded (and checked against the frame limit) before a connection is even opened.
-        frame = wire.encode_call(call_id, version, signature, requests, output_filter, timeouts, self._max_frame)
-        writer = await self._connection()
+        # Encoded (and checked against the frame limit) before a connection is even opened; a big
+        # one in a worker thread (object tensors' items are joined, strided arrays copied).
+        args = (call_id, version, signature, requests, output_filter, timeouts, self._max_frame)
+        if stream.payload_bytes(requests) > stream.BIG:
+            frame = await asyncio.to_thread(wire.encode_call, *args)
+        else:
+            frame = wire.encode_call(*args)
+        frames = await self._connection()
         future: asyncio.Future[list[RunResult]] = asyncio.get_running_loop().create_future()
         if not self._pending:
             self._heard = time.monotonic()  # silence is counted from the first call pending
@@ -116,8 +122,7 @@ class ReplicaChannel:
         if self._watch_task is None or self._watch_task.done():
             self._watch_task = asyncio.get_running_loop().create_task(self._watch())
         try:
-            writer.writelines(frame)
-            await writer.drain()
+            await frames.send(frame)
             return await future
         finally:
             self._pending.pop(call_id, None)
@@ -126,16 +131,16 @@ class ReplicaChannel:
         """While calls are pending: ping, and give the connection up if the replica stays silent."""
         while self._pending:
             await asyncio.sleep(self._ping_interval)
-            writer = self._writer
-            if writer is None:
+            frames = self._frames
+            if frames is None:
                 continue  # the next call reconnects
             silent = time.monotonic() - self._heard
             if silent >= self._liveness_timeout:
-                self._fail(writer, errors.Unavailable(
+                self._fail(frames.writer, errors.Unavailable(
                     f"replica at {self._where()} sent nothing for {silent:.1f}s (hung or lost)"
                 ))
-            elif silent >= self._ping_interval and not writer.is_closing():
-                writer.writelines(wire.control_frame(0, wire.PING))
+            elif silent >= self._ping_interval and not frames.writer.is_closing():
+                await frames.send(wire.control_frame(0, wire.PING))
 
     async def _read(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         failure: BaseException = errors.Unavailable(f"connection to replica {self._where()} closed")
@@ -144,7 +149,7 @@ class ReplicaChannel:
                 (length,) = wire.FRAME_LENGTH.unpack(await reader.readexactly(wire.FRAME_LENGTH.size))
                 if length > self._max_frame:
                     raise ValueError(f"frame of {length} bytes is over the limit of {self._max_frame}")
-                body = memoryview(await reader.readexactly(length))
+                body = await stream.read_body(reader, length, self._hear)
                 self._heard = time.monotonic()
                 call_id, header, payload = wire.split_frame(body)
                 future = self._pending.get(call_id)
@@ -156,6 +161,10 @@ class ReplicaChannel:
                     if not (isinstance(cls, type) and issubclass(cls, errors.ServingError)):
                         cls = errors.Internal
                     future.set_exception(cls(message))
+                elif length > stream.BIG:  # object tensors' items are copied out one by one
+                    results = await asyncio.to_thread(wire.decode_results, header, payload)
+                    if not future.done():
+                        future.set_result(results)
                 else:
                     future.set_result(wire.decode_results(header, payload))
         except asyncio.CancelledError:
@@ -168,10 +177,13 @@ class ReplicaChannel:
         finally:
             self._fail(writer, failure)
 
+    def _hear(self) -> None:
+        self._heard = time.monotonic()
+
     def _fail(self, writer: asyncio.StreamWriter, failure: BaseException) -> None:
         """Drops this connection: every call pending on it fails with `failure`."""
         if self._writer is writer:
-            self._writer = None
+            self._writer = self._frames = None
             if self._reader_task is not None and self._reader_task is not asyncio.current_task():
                 self._reader_task.cancel()
             self._reader_task = None
