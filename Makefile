@@ -19,7 +19,7 @@ test: $(STAMP) lint
 lint: $(STAMP)
 	$(PY) -m ruff check .
 	$(VENV)/bin/lint-imports
-	$(PY) -m mypy exporter cluster
+	$(PY) -m mypy
 
 protos: $(STAMP)
 	$(PY) -m protos.generate
