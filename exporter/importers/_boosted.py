@@ -8,7 +8,7 @@ predict / predict_proba on the same float32 features.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from exporter import dtypes
@@ -62,3 +62,28 @@ class BoostedModel(ImportedModel):
             if class_labels is not None:
                 raise ExportError("class_labels given for a regressor")
             super().__init__(onnx_model, inputs, regressor_heads_fn(outputs[0]), "regression")
+
+
+def convert_boosted(
+    model: Any,
+    to_onnx: Callable[[int], Any],
+    *,
+    classifier: bool,
+    feature_names: Sequence[str] | None,
+    input_key: str,
+    class_labels: Sequence[str | bytes] | None,
+) -> BoostedModel:
+    """What every boosted-model importer shares: the fitted check, the conversion's failure as an
+    ExportError with onnxmltools' reason, and the bundle's model. `to_onnx(n_features)` is the
+    library's own onnxmltools call (kept in its importer module, the only one that imports it)."""
+    n = int(getattr(model, "n_features_in_", 0))
+    if not n:
+        raise ExportError(f"{type(model).__name__} is not fitted")
+    try:
+        proto = to_onnx(n)
+    except Exception as e:  # noqa: BLE001 - onnxmltools raises RuntimeError, NotImplementedError, ...
+        raise ExportError(f"onnxmltools cannot convert {type(model).__name__}: {type(e).__name__}: {e}") from None
+    return BoostedModel(
+        proto.SerializeToString(), n_features=n, feature_names=feature_names_of(model, feature_names, n),
+        input_key=input_key, classes=list(model.classes_) if classifier else None, class_labels=class_labels,
+    )  # fmt: skip

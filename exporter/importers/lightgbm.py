@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from exporter.errors import ExportError
-from exporter.importers._boosted import ONNX_INPUT, BoostedModel, feature_names_of
+from exporter.importers._boosted import ONNX_INPUT, BoostedModel, convert_boosted
 
 
 def convert(
@@ -31,17 +31,11 @@ def convert(
 
     if not isinstance(model, LGBMClassifier | LGBMRegressor):
         raise ExportError(f"expected a fitted LGBMClassifier or LGBMRegressor, got {type(model).__name__}")
-    n = int(getattr(model, "n_features_in_", 0))
-    if not n:
-        raise ExportError(f"{type(model).__name__} is not fitted")
-    classifier = isinstance(model, LGBMClassifier)
-    try:
-        proto = onnxmltools.convert_lightgbm(
+    return convert_boosted(
+        model,
+        lambda n: onnxmltools.convert_lightgbm(
             model, initial_types=[(ONNX_INPUT, FloatTensorType([None, n]))], zipmap=False
-        )
-    except Exception as e:  # noqa: BLE001 - onnxmltools raises RuntimeError, NotImplementedError, ...
-        raise ExportError(f"onnxmltools cannot convert {type(model).__name__}: {type(e).__name__}: {e}") from None
-    return BoostedModel(
-        proto.SerializeToString(), n_features=n, feature_names=feature_names_of(model, feature_names, n),
-        input_key=input_key, classes=list(model.classes_) if classifier else None, class_labels=class_labels,
+        ),
+        classifier=isinstance(model, LGBMClassifier), feature_names=feature_names, input_key=input_key,
+        class_labels=class_labels,
     )  # fmt: skip

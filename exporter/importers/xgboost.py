@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from exporter.errors import ExportError
-from exporter.importers._boosted import ONNX_INPUT, BoostedModel, feature_names_of
+from exporter.importers._boosted import ONNX_INPUT, BoostedModel, convert_boosted
 
 
 def _unnamed(model: Any) -> Any:
@@ -46,15 +46,9 @@ def convert(
 
     if not isinstance(model, XGBClassifier | XGBRegressor):
         raise ExportError(f"expected a fitted XGBClassifier or XGBRegressor, got {type(model).__name__}")
-    n = int(getattr(model, "n_features_in_", 0))
-    if not n:
-        raise ExportError(f"{type(model).__name__} is not fitted")
-    try:
-        proto = onnxmltools.convert_xgboost(_unnamed(model), initial_types=[(ONNX_INPUT, FloatTensorType([None, n]))])
-    except Exception as e:  # noqa: BLE001 - onnxmltools raises RuntimeError, NotImplementedError, ...
-        raise ExportError(f"onnxmltools cannot convert {type(model).__name__}: {type(e).__name__}: {e}") from None
-    classes = list(model.classes_) if isinstance(model, XGBClassifier) else None
-    return BoostedModel(
-        proto.SerializeToString(), n_features=n, feature_names=feature_names_of(model, feature_names, n),
-        input_key=input_key, classes=classes, class_labels=class_labels,
+    return convert_boosted(
+        model,
+        lambda n: onnxmltools.convert_xgboost(_unnamed(model), initial_types=[(ONNX_INPUT, FloatTensorType([None, n]))]),
+        classifier=isinstance(model, XGBClassifier), feature_names=feature_names, input_key=input_key,
+        class_labels=class_labels,
     )  # fmt: skip
