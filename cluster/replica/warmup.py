@@ -15,6 +15,7 @@ import numpy as np
 from cluster import errors
 from cluster.routing.validation import check_classify_signature, check_regress_signature
 from exporter import tensor_codec
+from exporter.example_parser import with_context
 from exporter.servable import Servable
 from exporter.signature import CLASSIFY_METHOD, DEFAULT_SERVING_SIGNATURE, REGRESS_METHOD
 from exporter.warmup import WARMUP_FILE, read_warmup
@@ -69,15 +70,18 @@ def _run_examples(servable: Servable, key: str, method: str, examples: np.ndarra
 
 
 def serialized_examples(serialized_input: Any) -> np.ndarray:
-    """A SerializedInput as the DT_STRING vector fed to a classify/regress graph (spec §4.3)."""
+    """A SerializedInput as the DT_STRING vector fed to a classify/regress graph (spec §4.3).
+
+    A shared context reaches the parser as live requests' does (`with_context`: merged as each
+    example is parsed, never copied onto it), so warmup runs exactly what serving will.
+    """
     kind = serialized_input.WhichOneof("kind")
-    if kind == "example_list":
-        items = list(serialized_input.example_list.examples)
-    elif kind == "example_list_with_context":
+    if kind == "example_list_with_context":
         ctx = serialized_input.example_list_with_context
-        items = [ctx.context + e for e in ctx.examples]
-    else:
-        items = []
+        if not ctx.examples:
+            raise errors.InvalidArgument("Input is empty.")
+        return with_context(ctx.context, list(ctx.examples))
+    items = list(serialized_input.example_list.examples) if kind == "example_list" else []
     if not items:
         raise errors.InvalidArgument("Input is empty.")
     out = np.empty(len(items), dtype=object)

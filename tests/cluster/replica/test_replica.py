@@ -121,3 +121,33 @@ def test_batched_runner_expired_deadline_is_not_computed(base: pathlib.Path) -> 
     runner = BatchedRunner(replica, BatchingConfig(max_batch_size=4, batch_timeout_micros=1000))
     (result,) = asyncio.run(runner.run(1, "serving_default", [{"x": np.ones((1, 2), np.float32)}], timeouts=[-1.0]))
     assert isinstance(result, errors.DeadlineExceeded)
+
+
+def test_warmup_examples_share_their_context_as_live_requests_do() -> None:
+    """A warmup record's context reaches the parser as a live request's does (merged while parsing,
+    not copied onto each example), and parses as TF's context + example concatenation."""
+    from cluster.replica.warmup import serialized_examples
+    from exporter import dtypes
+    from exporter.example_parser import parse_example
+    from exporter.features import FixedLenFeature
+    from protos.tessera import warmup_pb2
+
+    context = make_example({"c": [1.0], "x": [9.0]}).SerializeToString()
+    rows = [make_example({"x": [float(i)]}).SerializeToString() for i in range(3)]
+    serialized = warmup_pb2.SerializedInput()
+    serialized.example_list_with_context.context = context
+    serialized.example_list_with_context.examples.extend(rows)
+
+    fed = serialized_examples(serialized)
+    assert [bytes(item) for item in fed] == rows  # the examples themselves, context not copied in
+    spec = {"c": FixedLenFeature((1,), dtypes.FLOAT), "x": FixedLenFeature((1,), dtypes.FLOAT)}
+    parsed = parse_example(fed, spec)
+    expected = parse_example([context + row for row in rows], spec)
+    np.testing.assert_array_equal(parsed["c"], expected["c"])
+    np.testing.assert_array_equal(parsed["x"], [[0.0], [1.0], [2.0]])  # the example's own value wins
+    np.testing.assert_array_equal(parsed["x"], expected["x"])
+
+    empty = warmup_pb2.SerializedInput()
+    empty.example_list_with_context.context = context
+    with pytest.raises(errors.InvalidArgument, match="Input is empty"):
+        serialized_examples(empty)
