@@ -8,7 +8,7 @@ then times, on the same files:
 - loop (bundle): pyarrow reads each file, the bundle's `predict` runs in-process in batches, the
   outputs are written as Parquet (what a user would write instead of batch-predict);
 - loop (sklearn): the same loop with scikit-learn's own `predict_proba`;
-- batch-predict (`cluster.batch.predict.run`, what the command runs, on one embedded Ray) with the
+- batch-predict (`cluster.batch_predict.predict.run`, what the command runs, on one embedded Ray) with the
   `predict` and `serving_default` (Classify over tf.Example features) signatures, at
   --concurrency=1 and 2, timed from every worker ready (model loaded) to the output published. The
   fixed cost is printed on its own: the whole `tessera batch-predict` command on 1,000 rows,
@@ -39,9 +39,9 @@ sys.path.insert(0, str(REPO))
 import ray  # noqa: E402
 
 from cluster.app import init_ray  # noqa: E402
-from cluster.batch.feeding import InputSelection  # noqa: E402
-from cluster.batch.predict import JobReport, run  # noqa: E402
-from cluster.batch.worker import BatchJob  # noqa: E402
+from cluster.batch_predict.feeding import InputSelection  # noqa: E402
+from cluster.batch_predict.predict import JobReport, run  # noqa: E402
+from cluster.batch_predict.worker import BatchJob  # noqa: E402
 from cluster.config import ServeOptions  # noqa: E402
 from examples.export_models import IRIS_FEATURES, export_trained, train_iris  # noqa: E402
 from exporter.servable import load_servable  # noqa: E402

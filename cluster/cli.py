@@ -38,7 +38,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return app.main(argv[1:])
     if argv[:1] == ["batch-predict"]:
-        from cluster.batch import predict
+        from cluster.batch_predict import predict
 
         return predict.main(argv[1:])
     args = build_parser().parse_args(argv)

@@ -12,10 +12,10 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 
-from cluster.batch.output import SUCCESS_FILE, OutputExistsError
-from cluster.batch.predict import main, run
-from cluster.batch.resources import UnschedulableError
-from cluster.batch.worker import BatchJob
+from cluster.batch_predict.output import SUCCESS_FILE, OutputExistsError
+from cluster.batch_predict.predict import main, run
+from cluster.batch_predict.resources import UnschedulableError
+from cluster.batch_predict.worker import BatchJob
 from examples.export_models import IRIS_FEATURES, export_trained, train_iris
 
 pytestmark = pytest.mark.timeout(240)

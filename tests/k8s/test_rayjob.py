@@ -11,8 +11,8 @@ import jsonschema
 import pytest
 import yaml
 
-from cluster.batch.predict import build_parser
-from cluster.batch.resources import UnschedulableError, plan_workers
+from cluster.batch_predict.predict import build_parser
+from cluster.batch_predict.resources import UnschedulableError, plan_workers
 
 K8S = pathlib.Path(__file__).resolve().parents[2] / "k8s"
 

@@ -6,7 +6,7 @@ Three ways, in this order:
 - the same signature over columns: when the servable can be fed its receiver's parsed features
   (`ParsesExamples`, the numpy runtime can), each feature comes straight from the column of its name
   (no Example is built, none parsed); otherwise one Example per row is serialized, each selected
-  column a feature, for the whole batch at once (`cluster.batch.examples`; row by row only for
+  column a feature, for the whole batch at once (`cluster.batch_predict.examples`; row by row only for
   column types it does not handle);
 - any other signature: each input from the column of its name, or from `--input_columns`
   `ALIAS:col1,col2,...` stacked along axis 1 (`x` [-1, 4] from four measurement columns).
@@ -24,9 +24,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from cluster.batch import examples
-from cluster.batch.columns import to_numpy
-from cluster.batch.tfrecord import RECORD_COLUMN
+from cluster.batch_predict import examples
+from cluster.batch_predict.columns import to_numpy
+from cluster.batch_predict.tfrecord import RECORD_COLUMN
 from exporter import dtypes
 from exporter.errors import InvalidInputError
 from exporter.features import FeatureSpec, FixedLenFeature, SparseTensorValue, VarLenFeature
@@ -188,7 +188,7 @@ def serialize_rows(batch: pa.RecordBatch, columns: Sequence[str]) -> np.ndarray:
     """One serialized tf.Example per row, each column a feature (floats as float_list, integers as
     int64_list, strings and bytes as bytes_list, lists as lists); nulls and NaNs are left out.
 
-    A Python loop over rows: for the column types `cluster.batch.examples` does not handle.
+    A Python loop over rows: for the column types `cluster.batch_predict.examples` does not handle.
     """
     lists = {c: batch.column(c).to_pylist() for c in columns}
     out = np.empty(batch.num_rows, dtype=object)

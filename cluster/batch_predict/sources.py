@@ -28,7 +28,7 @@ import pyarrow.fs as pafs
 import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
-from cluster.batch import tfrecord
+from cluster.batch_predict import tfrecord
 from exporter import storage
 
 FORMATS = ("parquet", "csv", "json", "tfrecord")

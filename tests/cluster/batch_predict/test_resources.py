@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cluster.batch.resources import UnschedulableError, WorkerResources, plan_workers
+from cluster.batch_predict.resources import UnschedulableError, WorkerResources, plan_workers
 
 
 def test_default_cpus_fit_the_cluster() -> None:

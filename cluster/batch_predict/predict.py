@@ -24,11 +24,11 @@ from typing import Any
 
 import ray
 
-from cluster.batch.feeding import InputSelection
-from cluster.batch.output import OutputDir
-from cluster.batch.resources import UnschedulableError, plan_workers
-from cluster.batch.sources import FORMATS, Unit, list_files, plan_units
-from cluster.batch.worker import OUTPUT_FORMATS, BatchJob, BatchWorker, Counts
+from cluster.batch_predict.feeding import InputSelection
+from cluster.batch_predict.output import OutputDir
+from cluster.batch_predict.resources import UnschedulableError, plan_workers
+from cluster.batch_predict.sources import FORMATS, Unit, list_files, plan_units
+from cluster.batch_predict.worker import OUTPUT_FORMATS, BatchJob, BatchWorker, Counts
 from exporter.signature import DEFAULT_SERVING_SIGNATURE
 
 UNIT_ROWS = 1 << 18  # Parquet units: runs of row groups of about this many rows

@@ -9,8 +9,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from cluster.batch import sources, tfrecord
-from cluster.batch.sources import InputError, list_files, plan_units, read_unit
+from cluster.batch_predict import sources, tfrecord
+from cluster.batch_predict.sources import InputError, list_files, plan_units, read_unit
 from protos.tessera import example_pb2
 
 

@@ -1,10 +1,11 @@
 """One batch-prediction worker: loads the servable once, then turns work units into output parts.
 
-A plain class (Ray wraps it as an actor in `cluster.batch.predict`; tests run it in-process). A unit
-is read in batches, each batch fed to the signature (`cluster.batch.feeding`), the outputs appended
-to the passthrough columns as typed columns (`cluster.batch.columns`) and written to the unit's part
-file. A batch the model refuses (InvalidInputError) is split until the refused rows are found, so
-only the rows at fault fail; they and the undecodable input go to the unit's errors file.
+A plain class (Ray wraps it as an actor in `cluster.batch_predict.predict`; tests run it
+in-process). A unit is read in batches, each batch fed to the signature
+(`cluster.batch_predict.feeding`), the outputs appended to the passthrough columns as typed columns
+(`cluster.batch_predict.columns`) and written to the unit's part file. A batch the model refuses
+(InvalidInputError) is split until the refused rows are found, so only the rows at fault fail; they
+and the undecodable input go to the unit's errors file.
 """
 
 from __future__ import annotations
@@ -21,10 +22,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from cluster.batch.columns import to_arrow
-from cluster.batch.feeding import Feeder, InputSelection, takes_examples
-from cluster.batch.sources import BadRow, Unit, read_unit
-from cluster.batch.tfrecord import RECORD_COLUMN
+from cluster.batch_predict.columns import to_arrow
+from cluster.batch_predict.feeding import Feeder, InputSelection, takes_examples
+from cluster.batch_predict.sources import BadRow, Unit, read_unit
+from cluster.batch_predict.tfrecord import RECORD_COLUMN
 from exporter import storage
 from exporter.errors import BundleError, InvalidInputError
 from exporter.servable import LoadOptions, Servable, load_servable

@@ -9,8 +9,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from cluster.batch.feeding import Feeder, InputSelection, _feature, serialize_rows
-from cluster.batch.tfrecord import RECORD_COLUMN
+from cluster.batch_predict.feeding import Feeder, InputSelection, _feature, serialize_rows
+from cluster.batch_predict.tfrecord import RECORD_COLUMN
 from examples.export_models import IRIS_FEATURES, Trained, serialize_examples
 from exporter import dtypes
 from exporter.errors import InvalidInputError
@@ -18,7 +18,7 @@ from exporter.example_parser import parse_example
 from exporter.features import FixedLenFeature, VarLenFeature
 from exporter.servable import load_servable
 from exporter.storage import list_versions
-from tests.cluster.batch.plain_loader import PlainServable
+from tests.cluster.batch_predict.plain_loader import PlainServable
 
 
 def _newest(base: pathlib.Path) -> str:

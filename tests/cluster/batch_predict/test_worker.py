@@ -12,11 +12,11 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 
-from cluster.batch import tfrecord
-from cluster.batch.feeding import InputSelection
-from cluster.batch.output import SUCCESS_FILE, OutputDir
-from cluster.batch.sources import list_files, plan_units
-from cluster.batch.worker import BatchJob, BatchWorker, Counts, version_path
+from cluster.batch_predict import tfrecord
+from cluster.batch_predict.feeding import InputSelection
+from cluster.batch_predict.output import SUCCESS_FILE, OutputDir
+from cluster.batch_predict.sources import list_files, plan_units
+from cluster.batch_predict.worker import BatchJob, BatchWorker, Counts, version_path
 from examples.export_models import IRIS_FEATURES, serialize_examples
 from exporter.errors import BundleError, InvalidInputError
 from exporter.servable import register_loader
@@ -112,7 +112,7 @@ def test_tfrecord_examples_with_a_corrupt_record(iris: tuple, tmp_path: pathlib.
 
 def test_any_platform_through_the_loader_registry(iris: tuple, tmp_path: pathlib.Path) -> None:
     # A servable that cannot be fed parsed features: each row becomes a serialized Example.
-    register_loader("plain-test", "tests.cluster.batch.plain_loader:load")
+    register_loader("plain-test", "tests.cluster.batch_predict.plain_loader:load")
     base, trained = iris
     pq.write_table(_table(trained), tmp_path / "in.parquet")
     job = BatchJob(str(base), model_platform="plain-test", selection=InputSelection(IRIS_FEATURES))

@@ -6,7 +6,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from cluster.batch.columns import to_arrow, to_numpy
+from cluster.batch_predict.columns import to_arrow, to_numpy
 from exporter.errors import InvalidInputError
 
 

@@ -7,7 +7,7 @@ import pathlib
 
 import pytest
 
-from cluster.batch.output import SUCCESS_FILE, OutputDir, OutputExistsError
+from cluster.batch_predict.output import SUCCESS_FILE, OutputDir, OutputExistsError
 
 
 def _write(out: OutputDir, name: str, text: str = "x") -> None:

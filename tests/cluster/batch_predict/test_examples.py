@@ -6,8 +6,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from cluster.batch.examples import serialize, varints
-from cluster.batch.feeding import serialize_rows
+from cluster.batch_predict.examples import serialize, varints
+from cluster.batch_predict.feeding import serialize_rows
 from protos.tessera import example_pb2
 
 

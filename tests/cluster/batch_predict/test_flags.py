@@ -6,8 +6,8 @@ import argparse
 
 import pytest
 
-from cluster.batch.feeding import InputSelection
-from cluster.batch.predict import _selection, build_parser
+from cluster.batch_predict.feeding import InputSelection
+from cluster.batch_predict.predict import _selection, build_parser
 
 
 def test_input_columns_name_features_or_stack_inputs() -> None:
