@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import threading
 from types import SimpleNamespace
@@ -13,6 +14,7 @@ import ray
 from cluster.autoscaler.load import Load
 from cluster.config import BatchingConfig, ModelConfig, ServerConfig
 from cluster.controller.controller import Controller, ControllerOptions
+from cluster.controller.placement import Placed, choose_node, free_after_pending, model_holdings
 from cluster.logs import configure_logging
 from cluster.replica.actor import ReplicaActor
 from cluster.replica.data_plane import DataPlaneConfig
@@ -20,6 +22,7 @@ from cluster.routing.table import RoutingTable
 from cluster.stats import ModelStats
 
 CONTROLLER_NAME = "tessera-controller"
+log = logging.getLogger("tessera")
 
 
 def _kill(handle: Any) -> None:
@@ -56,6 +59,53 @@ def _unplaced_reason(handle: Any, num_cpus: float) -> str | None:
     return f"replica actor is {status}"
 
 
+class _Spread:
+    """Aims each new replica at a node (placement.choose_node), from Ray's actor and node tables.
+
+    Remembers where it aimed replicas Ray has not started yet: a burst of new replicas (a model's
+    first two, say) must see each other before the actor table shows where they run.
+    """
+
+    def __init__(self, server_id: str, num_cpus: float) -> None:
+        self._prefix = f"{server_id}:"
+        self._num_cpus = num_cpus
+        self._aimed: dict[str, str] = {}  # replica id -> node, while Ray has not started it
+
+    def strategy(self, model: str, replica_id: str) -> Any:
+        """A scheduling strategy for the replica `replica_id` of `model`."""
+        from ray._private import state  # the public state API needs the dashboard, which may be off
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        try:
+            with _GCS:
+                actors = list(state.actors().values())
+                free = {node: float(res.get("CPU", 0.0)) for node, res in state.available_resources_per_node().items()}
+        except Exception as exc:  # noqa: BLE001 - placement is best effort: Ray's own spreading then
+            log.warning("model %s: Ray's tables unreadable (%s); replica %s placed by Ray's SPREAD", model, exc, replica_id)
+            return "SPREAD"
+        ours: list[Placed] = []
+        for info in actors:
+            name = str(info.get("Name", ""))
+            if not name.startswith(self._prefix) or name == replica_id or info.get("State") == "DEAD":
+                continue
+            started = info.get("State") == "ALIVE"
+            node = str(info["Address"]["NodeID"]) if started else self._aimed.get(name)
+            ours.append(Placed(name, node, started))
+        self._aimed = {p.name: p.node for p in ours if not p.started and p.node is not None}
+        same_model = [p for p in ours if p.name.rpartition(":")[0] == f"{self._prefix}{model}"]  # ids end ":<index>"
+        holdings = model_holdings(same_model, free)
+        room = free_after_pending(free, [(node, self._num_cpus) for node in self._aimed.values()])
+        node = choose_node(room, holdings, self._num_cpus)
+        if node is None:
+            # No node has room: Ray queues it (and KubeRay's autoscaler adds a node for it).
+            return "SPREAD"
+        self._aimed[replica_id] = node
+        log.info("model %s: replica %s aimed at node %s, which holds %d of the model's %d other replica(s)",
+                 model, replica_id, node[:12], holdings[node], len(same_model))
+        # Soft, spilling: a node that died or filled up meanwhile must not hold the replica back.
+        return NodeAffinitySchedulingStrategy(node, soft=True, _spill_on_unavailable=True)
+
+
 @ray.remote(num_cpus=0)
 class ControllerActor:
     """Thin Ray wrapper: every method delegates to the Controller on this actor's event loop."""
@@ -73,6 +123,7 @@ class ControllerActor:
     ) -> None:
         configure_logging(SimpleNamespace(log_format=log_format))
         self._data_plane = data_plane
+        spread = _Spread(server_id, replica_num_cpus)
 
         def new_replica(model: ModelConfig, index: int) -> Any:
             # Named and detached: replicas outlive a controller that crashes, and the restarted
@@ -82,6 +133,8 @@ class ControllerActor:
             return cast(Any, ReplicaActor).options(
                 name=replica_id, get_if_exists=True, lifetime="detached",
                 num_cpus=replica_num_cpus, max_concurrency=1000,
+                # Each model's replicas over as many nodes as have room: a lost node takes its share.
+                scheduling_strategy=spread.strategy(model.name, replica_id),
             ).remote(model.name, replica_id, enable_warmup, model.batching or batching, log_format, session_threads, data_plane)
 
         async def probe(handle: Any) -> str | None:
