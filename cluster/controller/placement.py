@@ -48,11 +48,13 @@ def choose_node(free_cpus: Mapping[str, float], holdings: Mapping[str, int], nee
 
     `free_cpus`: live nodes -> CPUs free (less what is pending there); `holdings`: node -> replicas
     of this model there; `need_cpus`: the replica's CPU reservation. Among nodes with room
-    (free >= need), the one holding the fewest of this model's replicas; ties go to the most free
-    CPUs (balances models against each other), then to the node id (deterministic). None lets Ray
-    queue the replica until room appears (a node joins; on KubeRay its autoscaler adds one for it).
+    (free >= need), the one holding the fewest of this model's replicas; ties go to the node with
+    the fewest free CPUs, then to the node id (deterministic). Packing on ties is for the cluster
+    autoscaler: it removes only nodes left wholly idle, and spreading every model over every node
+    would leave none so; each model's own spread is untouched by it. None lets Ray queue the
+    replica until room appears (a node joins; on KubeRay its autoscaler adds one for it).
     """
     room = [node for node, free in free_cpus.items() if free >= need_cpus]
     if not room:
         return None
-    return min(room, key=lambda node: (holdings.get(node, 0), -free_cpus[node], node))
+    return min(room, key=lambda node: (holdings.get(node, 0), free_cpus[node], node))

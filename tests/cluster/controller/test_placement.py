@@ -45,11 +45,17 @@ def test_pending_replicas_use_up_room_before_ray_reports_it() -> None:
     assert choose_node(free, {}, 1.0) == "b"
 
 
-def test_ties_go_to_the_most_free_node_then_the_node_id() -> None:
-    assert choose_node({"a": 1.0, "b": 3.0}, {"a": 1, "b": 1}, 1.0) == "b"
+def test_ties_pack_the_fullest_node_with_room_then_go_by_node_id() -> None:
+    # Packing leaves whole nodes idle for a cluster autoscaler to remove.
+    assert choose_node({"a": 1.0, "b": 3.0, "c": 0.5}, {"a": 1, "b": 1}, 1.0) == "a"
     assert choose_node({"b": 2.0, "a": 2.0}, {}, 1.0) == "a"
-    # Fewest of this model wins over free CPUs.
-    assert choose_node({"a": 1.0, "b": 3.0}, {"a": 0, "b": 1}, 1.0) == "a"
+    # Fewest of this model wins over packing.
+    assert choose_node({"a": 1.0, "b": 3.0}, {"a": 1, "b": 0}, 1.0) == "b"
+
+
+def test_one_replica_models_pack_onto_as_few_nodes_as_hold_them() -> None:
+    placed = _place([f"m{i}" for i in range(4)], {"a": 2.0, "b": 2.0, "c": 2.0}, 1.0)
+    assert sorted(str(n) for nodes in placed.values() for n in nodes) == ["a", "a", "b", "b"]
 
 
 def test_holdings_count_live_nodes_only() -> None:
