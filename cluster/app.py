@@ -104,6 +104,7 @@ class TesseraServer:
             target_ongoing_requests=opts.target_ongoing_requests,
             upscale_delay_s=opts.upscale_delay_s,
             downscale_delay_s=opts.downscale_delay_s,
+            scale_to_zero_idle_s=opts.scale_to_zero_idle_s,
             model_autoscaling=dict(opts.model_autoscaling),
         )
         batching = (opts.batching or BatchingConfig()) if opts.enable_batching else None

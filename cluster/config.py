@@ -55,11 +55,12 @@ class ModelConfig:
 class ModelAutoscaling:
     """One model's entry in `--autoscaling_config_file`: None leaves the flag's value."""
 
-    min_replicas: int | None = None  # default: --num_replicas
+    min_replicas: int | None = None  # default: --num_replicas; 0: scale to zero when idle
     max_replicas: int | None = None  # default: --max_replicas (and never below min_replicas)
     target_ongoing_requests: float | None = None  # default: --target_ongoing_requests
     upscale_delay_s: float | None = None  # default: --upscale_delay_s
     downscale_delay_s: float | None = None  # default: --downscale_delay_s
+    scale_to_zero_idle_s: float | None = None  # default: --scale_to_zero_idle_s
 
 
 @dataclass(frozen=True)
@@ -110,6 +111,7 @@ class ServeOptions:
     target_ongoing_requests: float = 8.0
     upscale_delay_s: float = 3.0
     downscale_delay_s: float = 30.0
+    scale_to_zero_idle_s: float = 300.0  # a model with min_replicas 0 goes to 0 after this long idle
     # TF's --tensorflow_intra_op_parallelism / --tensorflow_inter_op_parallelism, applied to each
     # onnxruntime session (0: intra-op from the replica's CPUs, inter-op sequential).
     session_threads: tuple[int, int] = (0, 0)

@@ -107,6 +107,8 @@ _OUR_FLAGS: tuple[tuple[str, type, object, str, str], ...] = (
     ("target_ongoing_requests", float, 8.0, "N", "autoscaling target: requests in flight per replica"),
     ("upscale_delay_s", float, 3.0, "S", "autoscaling: least time between a change and a scale-up"),
     ("downscale_delay_s", float, 30.0, "S", "autoscaling: how long the load must stay low before a scale-down"),
+    ("scale_to_zero_idle_s", float, 300.0, "S",
+     "a model with min_replicas 0 (--autoscaling_config_file) is unloaded after this long with no request"),
     (
         "autoscaling_config_file",
         str,
@@ -171,7 +173,7 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         parser.error(f"--model_platform must be one of {', '.join(servable.platforms())}, got {args.model_platform!r}")
     if args.model_platform != "tensorflow" and args.model_config_file:
         parser.error("--model_platform applies to --model_base_path; set model_platform in the model config instead")
-    for flag in ("upscale_delay_s", "downscale_delay_s"):
+    for flag in ("upscale_delay_s", "downscale_delay_s", "scale_to_zero_idle_s"):
         if getattr(args, flag) < 0:
             parser.error(f"--{flag} must not be negative, got {getattr(args, flag)}")
     if args.log_format not in ("text", "json"):
@@ -245,6 +247,7 @@ def _options(args: argparse.Namespace) -> ServeOptions:
         target_ongoing_requests=args.target_ongoing_requests,
         upscale_delay_s=args.upscale_delay_s,
         downscale_delay_s=args.downscale_delay_s,
+        scale_to_zero_idle_s=args.scale_to_zero_idle_s,
         session_threads=(args.tensorflow_intra_op_parallelism, args.tensorflow_inter_op_parallelism),
         max_request_fill_bytes=args.max_request_fill_bytes,
         autoscaling_config_file=args.autoscaling_config_file,

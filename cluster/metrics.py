@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from cluster import stats
@@ -95,12 +95,32 @@ class ClusterCollector(Collector):
         warmup = _histogram_family("tessera_model_warmup_latency_seconds", "Time to replay a version's warmup file",
                                    ["model"])
         batch = _histogram_family("tessera_batch_size", "Rows per executed batch", ["model"])
+        cold = _histogram_family(
+            "tessera_model_cold_start_latency_seconds",
+            "From a request for a model at zero replicas (scaled to zero) until a replica serves it", ["model"],
+        )
+        to_zero = CounterMetricFamily(
+            "tessera_model_scaled_to_zero", "Times a model went to zero replicas for being idle", labels=["model"]
+        )
+        signal = GaugeMetricFamily(
+            "tessera_autoscaler_load_in_flight",
+            "The autoscaler's load: requests in flight, time-averaged over its look-back, all gateways",
+            labels=["model"],
+        )
+        arrivals = GaugeMetricFamily(
+            "tessera_autoscaler_arrival_rate", "Requests arriving per second, as the autoscaler sees them",
+            labels=["model"],
+        )
         for model in self._snapshot:
             replicas.add_metric([model.model], model.replica_count)
             unplaced.add_metric([model.model], model.replicas_unplaced)
             for version, value in sorted(model.versions.items()):
                 state.add_metric([model.model, str(version)], value)
             _add_histogram(load, [model.model], model.load_seconds)
+            _add_histogram(cold, [model.model], model.cold_start_seconds)
+            to_zero.add_metric([model.model], model.scaled_to_zero)
+            signal.add_metric([model.model], model.load_in_flight)
+            arrivals.add_metric([model.model], model.load_rate)
             batches = stats.Histogram(stats.BATCH_SIZE_BUCKETS)
             warmups = stats.Histogram(stats.LATENCY_BUCKETS)
             for replica in model.replicas:
@@ -110,7 +130,7 @@ class ClusterCollector(Collector):
                 warmups.merge(replica.warmup_seconds)
             _add_histogram(batch, [model.model], batches)
             _add_histogram(warmup, [model.model], warmups)
-        yield from (replicas, unplaced, state, in_flight, queue, load, warmup, batch)
+        yield from (replicas, unplaced, state, in_flight, queue, load, warmup, batch, cold, to_zero, signal, arrivals)
 
 
 class MetricsExporter:

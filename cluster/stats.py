@@ -61,3 +61,10 @@ class ModelStats:
     replicas: list[ReplicaStats] = field(default_factory=list)
     replica_count: int = 0  # started or starting
     replicas_unplaced: int = 0  # waiting for Ray to find room for them
+    # From a request for a model at zero replicas until a replica serves it (load on demand).
+    cold_start_seconds: Histogram = field(default_factory=lambda: Histogram(LATENCY_BUCKETS))
+    scaled_to_zero: int = 0  # times the model went to zero replicas for being idle
+    # The autoscaler's signal: every gateway's requests in flight (time average over the
+    # look-back, summed) and arrivals per second.
+    load_in_flight: float = 0.0
+    load_rate: float = 0.0

@@ -29,7 +29,8 @@ class VersionStatus:
 
     `error_kind` names the `cluster.errors` class that best describes the failure (e.g. "NotFound"),
     or the raw exception class name when it was not one of ours; the gateway maps it to a code.
-    Both error fields are None when the version is healthy.
+    Both error fields are None when the version is healthy, or `error_kind` is "OK" and the
+    message a note on a healthy version (a model scaled to zero loads on demand).
     """
 
     version: int

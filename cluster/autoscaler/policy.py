@@ -25,6 +25,14 @@ The rules, and why:
   replica at a time, each step `look_back_s` after the last (so the load is judged again on the
   smaller count) for as long as the load stays low: after a burst the count comes back within
   `downscale_delay_s` plus one `look_back_s` per step.
+- **Scale to zero** (`min_replicas` 0 only): the load rules never take the count below 1; a model
+  with no request arriving or in flight for `scale_to_zero_idle_s` goes to 0 replicas from any
+  count (unloaded everywhere; it stays configured). Idle means the look-back saw no arrival and
+  nothing in flight, so a single request restarts the idle clock.
+- **From zero, at once**: at 0 replicas any demand — a request arrived or waiting (its gateway
+  holds it and reports at once), or a version waiting for a replica to load on (`pending`) — goes
+  to 1 replica without delay: nothing can serve meanwhile, and the load measured while nothing
+  serves says nothing about how many replicas it needs (the normal rules take it from 1).
 - **No flapping**: more replicas shorten queues, so the same traffic reads as fewer requests in
   flight on more replicas (Ray Serve's users see the count see-saw). Every scale-up from n at an
   arrival rate r records that n replicas are too few for r, and the count does not go down to n
@@ -68,6 +76,7 @@ class AutoscalingConfig:
     downscale_delay_s: float = 30.0
     look_back_s: float = 3.0  # the load is the time average over this long
     hysteresis: float = 0.2  # the down threshold sits this fraction below one replica fewer's worth
+    scale_to_zero_idle_s: float = 300.0  # min_replicas 0: to 0 replicas after this long with no request
 
     def __post_init__(self) -> None:
         if not 0 <= self.min_replicas <= self.max_replicas:
@@ -76,13 +85,17 @@ class AutoscalingConfig:
             raise ValueError(f"target_ongoing_requests must be positive, got {self.target_ongoing_requests}")
         if not 0 <= self.hysteresis < 1:
             raise ValueError(f"hysteresis must be in [0, 1), got {self.hysteresis}")
-        for name in ("upscale_delay_s", "downscale_delay_s", "look_back_s"):
+        for name in ("upscale_delay_s", "downscale_delay_s", "look_back_s", "scale_to_zero_idle_s"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative, got {getattr(self, name)}")
 
     @property
     def enabled(self) -> bool:
         return self.max_replicas > self.min_replicas
+
+    @property
+    def scales_to_zero(self) -> bool:
+        return self.min_replicas == 0
 
 
 @dataclass(frozen=True)
@@ -93,19 +106,45 @@ class ScalingState:
     last_direction: Direction = Direction.NONE
     low_since: float | None = None  # since when the load has been below the down threshold
     too_few: tuple[int, float] | None = None  # (n, rate): n replicas proved too few at that arrival rate
+    idle_since: float | None = None  # since when no request has arrived or been in flight
+
+
+def _busy(load: Load) -> bool:
+    """Whether any request arrived or was in flight over the load's period."""
+    return load.in_flight > 0 or load.rate > 0
 
 
 def decide(
-    config: AutoscalingConfig, state: ScalingState, current: int, load: Load, now: float, recent: Load | None = None
+    config: AutoscalingConfig,
+    state: ScalingState,
+    current: int,
+    load: Load,
+    now: float,
+    recent: Load | None = None,
+    *,
+    pending: bool = False,
 ) -> tuple[int, ScalingState]:
     """The replica count to move to now (== `current`: no change) and the state to keep.
 
     `load` is the average over the look-back; `recent` the newest period's (default: `load`).
+    `pending`: a version waits for a replica to load on (demand, for a model at zero).
     """
     lo, hi = config.min_replicas, config.max_replicas
     if current < lo or current > hi:
         desired = min(max(current, lo), hi)
         return desired, ScalingState(now, direction_of(current, desired), too_few=state.too_few)
+
+    busy = pending or _busy(load) or (recent is not None and _busy(recent))
+    if current == 0:
+        if busy:  # cold start: one replica at once; the load rules take it from there
+            return 1, ScalingState(now, Direction.UP)
+        return 0, state
+    if config.scales_to_zero:
+        idle_since = None if busy else state.idle_since if state.idle_since is not None else now
+        if idle_since is not None and now - idle_since >= config.scale_to_zero_idle_s:
+            return 0, ScalingState(now, Direction.DOWN, idle_since=idle_since)
+        state = replace(state, idle_since=idle_since)
+        lo = 1  # the load rules stop at one replica: below that only the idle rule goes
 
     target = config.target_ongoing_requests
     # Up only on load that is still there: a backlog draining after a scale-up reads high on
@@ -124,7 +163,7 @@ def decide(
         if not (state.last_direction is Direction.DOWN or since_change >= wait):
             return current, replace(state, low_since=None)
         # `current` replicas are too few for this traffic: not back down to it until it falls.
-        return needed, ScalingState(now, Direction.UP, too_few=(current, load.rate))
+        return needed, ScalingState(now, Direction.UP, too_few=(current, load.rate), idle_since=state.idle_since)
     if needed > current:
         return current, replace(state, low_since=None)
 
@@ -138,5 +177,5 @@ def decide(
     low_since = state.low_since if state.low_since is not None else now
     if now - low_since >= config.downscale_delay_s and since_change >= config.look_back_s:
         # low_since is kept: the next step down needs only the load to stay low at the new count.
-        return current - 1, ScalingState(now, Direction.DOWN, low_since, state.too_few)
+        return current - 1, ScalingState(now, Direction.DOWN, low_since, state.too_few, state.idle_since)
     return current, replace(state, low_since=low_since)

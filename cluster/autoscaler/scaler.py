@@ -24,18 +24,19 @@ class ModelScaler:
         self.last_load = Load(0.0, 0.0)  # the load of the last decision (for logs)
 
     def decide(
-        self, now: float, current: int, load: Load, recent: Load | None = None, *, may_grow: bool = True
+        self, now: float, current: int, load: Load, recent: Load | None = None, *, may_grow: bool = True,
+        pending: bool = False,
     ) -> int:
         """The replica count to move to (== current: no change). A change is remembered as made:
         if the controller cannot make it, the next decision starts from the count it has.
 
         `may_grow=False` (the last scale-up's replicas are still starting): a scale-up the load
         asks for waits, remembering nothing (the load is judged again once they serve); bounds
-        and scale-downs still apply.
+        and scale-downs still apply. `pending`: a version waits for a replica to load on.
         """
         self.last_load = load
-        desired, state = decide(self.config, self.state, current, load, now, recent)
-        if desired > current and not may_grow and current >= self.config.min_replicas:
+        desired, state = decide(self.config, self.state, current, load, now, recent, pending=pending)
+        if desired > current and not may_grow and current >= max(self.config.min_replicas, 1):
             self.state = replace(self.state, low_since=None)  # the load is not low: it asks for more
             return current
         self.state = state

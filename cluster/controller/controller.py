@@ -35,6 +35,8 @@ from exporter.signature import Signature
 
 log = logging.getLogger("tessera.controller")
 
+_LOADING = (ServableState.START, ServableState.LOADING)
+
 ReplicaFactory = Callable[[ModelConfig, int], Any]  # (model, index) -> replica handle
 ReplicaKiller = Callable[[Any], None]
 # (model, version path on storage) -> the path replicas load. The hook for versions that need a
@@ -61,6 +63,7 @@ class ControllerOptions:
     target_ongoing_requests: float = 8.0
     upscale_delay_s: float = 3.0
     downscale_delay_s: float = 30.0
+    scale_to_zero_idle_s: float = 300.0  # min_replicas 0: unloaded after this long with no request
     model_autoscaling: Mapping[str, ModelAutoscaling] = field(default_factory=dict)  # by model name
     look_back_s: float = 3.0  # the load is every gateway's in-flight time average over this long
     load_report_ttl_s: float = 5.0  # a gateway that has not reported for this long counts as gone
@@ -75,6 +78,7 @@ class _Scaling:
 
     before: int
     target: int
+    at: float = 0.0  # when it was decided (a cold start's latency counts from here)
 
     @property
     def up(self) -> bool:
@@ -94,6 +98,8 @@ class _Model:
     load_seconds: stats.Histogram = field(default_factory=lambda: stats.Histogram(stats.LATENCY_BUCKETS))
     scaler: ModelScaler | None = None
     scaling: _Scaling | None = None  # the autoscaler's last change, until it takes effect
+    cold_start_seconds: stats.Histogram = field(default_factory=lambda: stats.Histogram(stats.LATENCY_BUCKETS))
+    scaled_to_zero: int = 0  # times it went to 0 replicas for being idle
     last_poll: float | None = None  # when the source was last listed
 
 
@@ -169,7 +175,8 @@ class Controller:
         """The flags' autoscaling settings, overridden by the model's --autoscaling_config_file entry."""
         o, m = self._options, self._options.model_autoscaling.get(model.name, ModelAutoscaling())
         low = m.min_replicas if m.min_replicas is not None else model.num_replicas or o.num_replicas
-        high = m.max_replicas if m.max_replicas is not None else max(low, o.max_replicas or low)
+        # A model that may scale to zero may still have one replica when asked for.
+        high = m.max_replicas if m.max_replicas is not None else max(low, o.max_replicas or low, 1 if low == 0 else 0)
         if m.min_replicas is None:
             low = min(low, high)  # a model's own maximum wins over the flags' minimum
         target = o.target_ongoing_requests if m.target_ongoing_requests is None else m.target_ongoing_requests
@@ -180,11 +187,14 @@ class Controller:
             upscale_delay_s=o.upscale_delay_s if m.upscale_delay_s is None else m.upscale_delay_s,
             downscale_delay_s=o.downscale_delay_s if m.downscale_delay_s is None else m.downscale_delay_s,
             look_back_s=o.look_back_s,
+            scale_to_zero_idle_s=o.scale_to_zero_idle_s if m.scale_to_zero_idle_s is None else m.scale_to_zero_idle_s,
         )
 
     def _add_model(self, model: ModelConfig) -> None:
         scaling = self._autoscaling_config(model)
-        count = scaling.min_replicas
+        # A model that may scale to zero starts with one replica all the same: its versions load
+        # (so a broken bundle shows at once, and its signatures are known), then it idles to zero.
+        count = max(scaling.min_replicas, 1)
 
         def start(index: int, initial: ModelConfig = model) -> Any:
             current = self._models.get(initial.name)  # new replicas follow config updates
@@ -213,7 +223,8 @@ class Controller:
             replicas=replicas,
             scaler=ModelScaler(scaling, self._clock()) if scaling.enabled else None,
         )
-        log.info("model %s added: base path %s, %d replica(s)", model.name, model.base_path, count)
+        log.info("model %s added: base path %s, %d replica(s)%s", model.name, model.base_path, count,
+                 f"; scales to zero after {scaling.scale_to_zero_idle_s:g}s idle" if scaling.scales_to_zero else "")
 
     def _update_model(self, current: _Model, model: ModelConfig) -> None:
         old = current.config
@@ -349,8 +360,14 @@ class Controller:
     # -- autoscaling --------------------------------------------------------------------------
     def report_load(self, gateway: str, period_s: float, loads: Mapping[str, Load]) -> None:
         """A gateway's load per model (requests in flight averaged over time, arrival and answer
-        rates) over the `period_s` seconds before now; sent about once a second."""
+        rates) over the `period_s` seconds before now; sent about once a second, and at once
+        when a request arrives for a model with no replica (a model scaled to zero then loads
+        on demand here, without waiting for the next tick)."""
         self._load_window.add(gateway, self._clock(), period_s, loads)
+        for name, load in loads.items():
+            model = self._models.get(name)
+            if model is not None and not model.replicas.members and (load[0] > 0 or load[1] > 0):
+                self._autoscale(model)
 
     def _autoscale(self, model: _Model) -> None:
         if model.scaler is None:
@@ -361,13 +378,26 @@ class Controller:
         # No second scale-up while the last one's replicas still start: the load is judged on them.
         growing = model.scaling is not None and model.scaling.up
         load = window.load(name, now)
-        desired = model.scaler.decide(now, current, load, window.recent(name, now), may_grow=not growing)
+        # A version waiting to load (or loading) is demand too: a new version of a model at zero
+        # loads (so its errors show), and no model idles to zero in the middle of a load.
+        pending = any(s.state in _LOADING for s in model.stream.statuses())
+        desired = model.scaler.decide(
+            now, current, load, window.recent(name, now), may_grow=not growing, pending=pending
+        )
         if desired == current:
             return
-        model.scaling = _Scaling(current, desired)  # in effect (scaler.applied) at a publish: _took_effect
+        model.scaling = _Scaling(current, desired, now)  # in effect (scaler.applied) at a publish: _took_effect
         self._resize(model, desired)
-        log.info("model %s scaling from %d to %d replicas (load %.2f in flight, %.1f requests/s)",
-                 name, current, desired, load.in_flight, load.rate)
+        if current == 0:
+            log.info("model %s cold start: loading on demand on %d replica(s) (%.1f requests/s waiting%s)",
+                     name, desired, load.rate, ", and a new version" if pending else "")
+        elif desired == 0:
+            model.scaled_to_zero += 1
+            log.info("model %s scaled to zero: no request for %.0fs, unloading from its %d replica(s); "
+                     "it loads again on its next request", name, model.scaler.config.scale_to_zero_idle_s, current)
+        else:
+            log.info("model %s scaling from %d to %d replicas (load %.2f in flight, %.1f requests/s)",
+                     name, current, desired, load.in_flight, load.rate)
 
     def _took_effect(self, table: RoutingTable) -> None:
         """Tells each model's scaler that its last change took effect, once `table` (published)
@@ -382,12 +412,21 @@ class Controller:
                 continue  # still starting (or one died meanwhile: it counts once replaced)
             model.scaling = None
             model.scaler.applied(now)
-            log.info("model %s scaled from %d to %d replicas: %d in the routing table",
-                     name, change.before, change.target, len(route.replicas))
+            if change.before == 0 and change.up:
+                model.cold_start_seconds.observe(now - change.at)
+                log.info("model %s cold start done: serving on %d replica(s) %.2fs after the first request",
+                         name, len(route.replicas), now - change.at)
+            else:
+                log.info("model %s scaled from %d to %d replicas: %d in the routing table",
+                         name, change.before, change.target, len(route.replicas))
 
     def _resize(self, model: _Model, desired: int) -> None:
+        """The one way a model's replica count changes (config, autoscaling, scale to zero and
+        back). At 0 the model stays configured with its versions AVAILABLE: its next request
+        (held by the gateway) brings it back through the autoscaler."""
         if desired > len(model.replicas):
             model.replicas.grow(desired)  # each takes traffic once it holds the available versions
+            self._publish_due.set()  # GetModelStatus: a model at zero now says it is loading
         elif desired < len(model.replicas):
             # Out of the routing table first (the publish), then drained and stopped.
             self._spawn(model.replicas.retire(model.replicas.shrink(desired), self._options.drain_seconds))
@@ -419,12 +458,30 @@ class Controller:
 
     @staticmethod
     def _statuses(model: _Model) -> tuple[VersionStatus, ...]:
-        """GetModelStatus: a version waiting to load because no replica could start says why."""
+        """GetModelStatus: a version waiting to load because no replica could start says why.
+
+        A model scaled to zero keeps its versions AVAILABLE (a request is served: it loads them
+        first), with an OK status whose message says so: clients that wait for AVAILABLE before
+        sending still send, and the message tells an operator why no replica holds it."""
         statuses = model.stream.statuses()
         if model.replicas.ready():
             return tuple(statuses)
         unplaced = model.replicas.unplaced()
         why = "waiting for a replica to start" + (f": {unplaced[0]}" if unplaced else "")
+        if model.scaler is not None and model.scaler.config.scales_to_zero:
+            idle = model.scaler.config.scale_to_zero_idle_s
+            cold = model.scaling is not None and model.scaling.before == 0 and model.scaling.up
+            note = (
+                f"scaled to zero (no request for {idle:g}s): loads on demand at the next request"
+                if not model.replicas.members
+                else "loading on demand (cold start): requests wait for it" if cold else None
+            )
+            if note is not None:
+                statuses = [
+                    VersionStatus(s.version, s.state, note, "OK")
+                    if s.state is ServableState.AVAILABLE and s.error_message is None else s
+                    for s in statuses
+                ]
         return tuple(
             VersionStatus(s.version, s.state, why, "Unavailable")
             if s.state is ServableState.START and s.error_message is None else s
@@ -462,11 +519,17 @@ class Controller:
             return [r for r in replies if isinstance(r, stats.ReplicaStats)]
 
         answers = await asyncio.gather(*(replicas(model) for _, model in models))
+        now = self._clock()
+        signals = {name: self._load_window.load(name, now) for name, _ in models}
         return [
             stats.ModelStats(
                 model=name,
                 versions={s.version: int(s.state) for s in model.stream.statuses()},
                 load_seconds=model.load_seconds,
+                cold_start_seconds=model.cold_start_seconds,
+                scaled_to_zero=model.scaled_to_zero,
+                load_in_flight=signals[name].in_flight,
+                load_rate=signals[name].rate,
                 replicas=replies,
                 replica_count=len(model.replicas),
                 replicas_unplaced=len(model.replicas.unplaced()),

@@ -30,15 +30,13 @@ def autoscaling_from_proto(message: autoscaling_pb2.AutoscalingConfig) -> dict[s
 
         low, high, target = get("min_replicas"), get("max_replicas"), get("target_ongoing_requests")
         where = f"AutoscalingConfig for model {entry.name}"
-        if low is not None and low < 1:
-            raise InvalidArgument(f"{where}: min_replicas must be at least 1 (scaling to zero is not supported)")
         if high is not None and high < 1:
             raise InvalidArgument(f"{where}: max_replicas must be at least 1")
         if low is not None and high is not None and high < low:
             raise InvalidArgument(f"{where}: max_replicas ({high}) is below min_replicas ({low})")
         if target is not None and not (target > 0 and math.isfinite(target)):
             raise InvalidArgument(f"{where}: target_ongoing_requests must be positive, got {target}")
-        for field in ("upscale_delay_s", "downscale_delay_s"):
+        for field in ("upscale_delay_s", "downscale_delay_s", "scale_to_zero_idle_s"):
             value = get(field)
             if value is not None and not (value >= 0 and math.isfinite(value)):
                 raise InvalidArgument(f"{where}: {field} must not be negative, got {value}")
@@ -48,6 +46,7 @@ def autoscaling_from_proto(message: autoscaling_pb2.AutoscalingConfig) -> dict[s
             target_ongoing_requests=target,
             upscale_delay_s=get("upscale_delay_s"),
             downscale_delay_s=get("downscale_delay_s"),
+            scale_to_zero_idle_s=get("scale_to_zero_idle_s"),
         )
     return models
 

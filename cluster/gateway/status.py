@@ -91,8 +91,9 @@ def status_of(exc: BaseException) -> Status:
 
 
 def code_for_kind(kind: str | None) -> grpc.StatusCode:
-    """The code for `VersionStatus.error_kind` (an error class name); unknown names are INTERNAL."""
-    if kind is None:
+    """The code for `VersionStatus.error_kind` (an error class name); unknown names are INTERNAL.
+    "OK" is a note on a healthy version (e.g. a model scaled to zero), not an error."""
+    if kind is None or kind == "OK":
         return grpc.StatusCode.OK
     return _CODES_BY_NAME.get(kind, grpc.StatusCode.INTERNAL)
 

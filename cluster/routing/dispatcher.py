@@ -86,6 +86,8 @@ class Dispatcher:
         self._report_load = report_load
         self._report_interval = report_interval_s
         self._report_task: asyncio.Task[None] | None = None
+        self._report_now = asyncio.Event()  # a request waits for a model with no replica: report at once
+        self._demand_at: dict[str, float] = {}  # model -> when its last waiting request asked for a report
         self._on_controller_restart = on_controller_restart
         self._seen: tuple[str, int] = ("", -1)  # the newest table received: (incarnation, epoch)
         self._restarting = False
@@ -121,7 +123,11 @@ class Dispatcher:
         assert self._report_load is not None
         last = time.monotonic()
         while True:
-            await asyncio.sleep(self._report_interval)
+            try:
+                await asyncio.wait_for(self._report_now.wait(), self._report_interval)
+            except TimeoutError:
+                pass
+            self._report_now.clear()
             now = time.monotonic()
             period, last = now - last, now
             loads = {name: self._load(name).take(now) for name in self._routers}
@@ -158,6 +164,7 @@ class Dispatcher:
         for name in set(self._routers) - set(table.models):
             del self._routers[name]
             self._in_flight.pop(name, None)  # requests still running hold their own reference
+            self._demand_at.pop(name, None)
         live = {ref for route in table.models.values() for ref in route.replicas}
         for ref in set(self._channels) - live:
             # A replica leaving the table (retired, replaced, its model removed) answers what it
@@ -206,6 +213,8 @@ class Dispatcher:
         if timeout is not None and timeout <= 0:
             raise errors.DeadlineExceeded("Deadline exceeded before the request was run")
         in_flight.start(now)
+        if not route.replicas:
+            self._demand(name, now)
         try:
             future = self._coalescer.submit(
                 name, self._routers[name], self._channel, version, signature, feeds, output_filter, deadline
@@ -220,6 +229,15 @@ class Dispatcher:
                 timer.cancel()
         finally:
             in_flight.finish(time.monotonic())
+
+    def _demand(self, name: str, now: float) -> None:
+        """A request for a model with no replica (scaled to zero, or its last one being replaced)
+        waits in the coalescer for one, within its deadline; the controller hears of it at once
+        (a load report now, not at the end of the period) and starts one. At most one early
+        report per model per 0.2 s, however many requests wait."""
+        if self._report_load is not None and now - self._demand_at.get(name, -1.0) >= 0.2:
+            self._demand_at[name] = now
+            self._report_now.set()
 
     def _load(self, name: str) -> InFlight:
         in_flight = self._in_flight.get(name)

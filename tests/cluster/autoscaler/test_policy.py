@@ -107,3 +107,67 @@ def test_direction_of():
     assert direction_of(2, 3) is Direction.UP
     assert direction_of(3, 2) is Direction.DOWN
     assert direction_of(3, 3) is Direction.NONE
+
+
+# -- scale to zero -------------------------------------------------------------------------------
+ZERO = AutoscalingConfig(0, 4, target_ongoing_requests=2.0, upscale_delay_s=3.0, downscale_delay_s=30.0,
+                         look_back_s=3.0, scale_to_zero_idle_s=300.0)
+IDLE = Load(0.0, 0.0, 0.0)
+
+
+def test_idle_for_the_idle_period_goes_to_zero_and_not_before():
+    count, state = decide(ZERO, ScalingState(last_change=0.0), 1, IDLE, 1000.0)
+    assert count == 1 and state.idle_since == 1000.0
+    count, state = decide(ZERO, state, 1, IDLE, 1299.0)
+    assert count == 1
+    count, state = decide(ZERO, state, 1, IDLE, 1300.0)
+    assert count == 0 and state.last_direction is Direction.DOWN
+
+
+def test_the_load_rules_stop_at_one_replica_for_a_model_that_may_scale_to_zero():
+    # 0 in flight fits (1 - 1) replicas: the normal downscale would go to 0 after 30 s.
+    state = ScalingState(last_change=0.0)
+    for now in range(1000, 1100, 2):
+        count, state = decide(ZERO, state, 1, IDLE, float(now))
+        assert count == 1
+
+
+def test_one_request_restarts_the_idle_clock():
+    _, state = decide(ZERO, ScalingState(last_change=0.0), 1, IDLE, 1000.0)
+    _, state = decide(ZERO, state, 1, Load(0.0, 0.3, 0.3), 1200.0)  # one request in the look-back
+    assert state.idle_since is None
+    count, state = decide(ZERO, state, 1, IDLE, 1202.0)
+    count, state = decide(ZERO, state, 1, IDLE, 1501.0)
+    assert count == 1  # 299 s idle since the request
+    assert decide(ZERO, state, 1, IDLE, 1502.0)[0] == 0
+
+
+def test_several_replicas_idle_for_the_period_go_to_zero_at_once():
+    state = ScalingState(last_change=0.0, idle_since=600.0, low_since=600.0)
+    assert decide(ZERO, state, 3, IDLE, 900.0)[0] == 0
+
+
+def test_from_zero_any_demand_starts_one_replica_at_once():
+    just_scaled = ScalingState(last_change=1000.0, last_direction=Direction.DOWN, idle_since=700.0)
+    assert decide(ZERO, just_scaled, 0, IDLE, 1000.5) == (0, just_scaled)  # nothing asks: stays at zero
+    for load in (Load(0.0, 0.3), Load(0.01, 0.0), Load(50.0, 100.0)):  # an arrival, one waiting, many
+        count, state = decide(ZERO, just_scaled, 0, load, 1000.5)  # no upscale delay from zero
+        assert count == 1 and state.last_direction is Direction.UP and state.idle_since is None
+    # The newest period alone shows it (the look-back average may not yet).
+    assert decide(ZERO, just_scaled, 0, IDLE, 1000.5, recent=Load(0.0, 1.0))[0] == 1
+
+
+def test_a_version_waiting_to_load_is_demand_at_zero_and_keeps_a_model_from_idling_out():
+    assert decide(ZERO, ScalingState(last_change=0.0), 0, IDLE, 10.0, pending=True)[0] == 1
+    _, state = decide(ZERO, ScalingState(last_change=0.0), 1, IDLE, 10.0, pending=True)
+    assert state.idle_since is None
+
+
+def test_a_model_with_a_minimum_never_goes_to_zero_however_idle():
+    state = ScalingState(last_change=0.0, idle_since=0.0)
+    assert decide(CONFIG, state, 1, IDLE, 10_000.0)[0] == 1
+
+
+def test_bad_idle_period():
+    with pytest.raises(ValueError):
+        AutoscalingConfig(0, 2, scale_to_zero_idle_s=-1.0)

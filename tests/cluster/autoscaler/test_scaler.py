@@ -114,3 +114,26 @@ def test_a_scale_up_waits_while_the_last_ones_replicas_start_but_bounds_and_down
     assert scaler.decide(20.0, 1, hot, may_grow=False) == 2  # below the minimum: the bound wins
     scaler.applied(20.0)
     assert scaler.decide(30.0, 4, idle, may_grow=False) == 3  # a scale-down is never held back
+
+
+def test_idle_goes_to_zero_after_the_idle_period_and_the_first_request_brings_one_back_at_once():
+    config = AutoscalingConfig(0, 8, target_ongoing_requests=1.0, upscale_delay_s=3.0, downscale_delay_s=30.0,
+                               look_back_s=3.0, scale_to_zero_idle_s=120.0)
+    rate = 1.5 / SERVICE_S  # two replicas' worth, then nothing from 100 s, then the same from 500 s
+
+    def load(t: float) -> float:
+        return 0.0 if 100 <= t < 500 else rate
+
+    run = simulate(config, load, 700.0, service_s=SERVICE_S, start=1, noise=0.05)
+    assert run.count_at(99.0) >= 2
+    to_zero = run.first_time(lambda c: c == 0, after=100.0)
+    assert to_zero is not None
+    # Idle once the last request leaves the look-back, then the idle period, then a tick.
+    assert 100 + config.scale_to_zero_idle_s <= to_zero <= 100 + config.look_back_s + config.scale_to_zero_idle_s + 2.0
+    assert run.changes(after=to_zero + 0.1, before=500.0) == 0  # stays at zero while idle
+    back = run.first_time(lambda c: c >= 1, after=500.0)
+    # From zero without the upscale delay: the next report, a tick, the replica's start.
+    assert back is not None and back <= 500 + 1.0 + 2.0 + 1.5 + 1e-6, run.counts
+    # Then up to what the load needs, and steady.
+    assert run.count_at(700.0) >= 2
+    assert run.changes(after=500 + 4 * STEP_S) == 0, run.counts

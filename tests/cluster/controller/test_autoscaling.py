@@ -10,6 +10,7 @@ from typing import Any
 from cluster.autoscaler.load import Load
 from cluster.config import ModelAutoscaling, ModelConfig, ServerConfig
 from cluster.controller.controller import Controller, ControllerOptions
+from cluster.types import ServableState
 from tests.cluster.controller.controller_testlib import FakeHandle, make_controller, until
 
 
@@ -156,6 +157,83 @@ def test_a_scale_down_still_applies_while_a_scale_up_cannot_start(tmp_path: path
         model = controller._models["m"]  # noqa: SLF001
         await until(lambda: model.scaling is None)  # the scale-down took effect at its publish
         assert len(model.replicas) == 1 and _replicas(controller, "m") == 1 and not started[0].killed
+        reporting.cancel()
+        await controller.shutdown()
+
+    asyncio.run(main())
+
+
+def test_min_zero_idles_to_zero_then_loads_on_demand_at_once(tmp_path: pathlib.Path) -> None:
+    (tmp_path / "rare" / "1").mkdir(parents=True)
+    started: list[FakeHandle] = []
+
+    async def main() -> None:
+        controller = make_controller(
+            started, poll_seconds=0, tick_seconds=0.02, look_back_s=0.05, scale_to_zero_idle_s=0.2,
+            model_autoscaling={"rare": ModelAutoscaling(min_replicas=0)},  # max: 1, no --max_replicas
+        )
+        await controller.set_config(ServerConfig((ModelConfig("rare", str(tmp_path / "rare")),)))
+        await until(lambda: controller._table.ready() and _replicas(controller, "rare") == 1)  # noqa: SLF001
+        model = controller._models["rare"]  # noqa: SLF001
+        assert model.scaler is not None and model.scaler.config.max_replicas == 1
+        # No gateway reports any request: idle, then unloaded everywhere, still configured.
+        await until(lambda: started[0].killed and _replicas(controller, "rare") == 0)
+        assert len(model.replicas) == 0 and model.scaled_to_zero == 1
+        (status,) = controller._table.models["rare"].statuses  # noqa: SLF001
+        assert status.state is ServableState.AVAILABLE and status.error_kind == "OK"
+        assert "scaled to zero" in (status.error_message or "")
+        assert controller._table.ready()  # noqa: SLF001  - a model at zero is still servable
+        # A request waits in a gateway, which reports at once: one replica starts within the call.
+        controller.report_load("g", 0.01, {"rare": Load(0.0, 100.0, 0.0)})
+        assert len(model.replicas) == 1 and len(started) == 2
+        await until(lambda: _replicas(controller, "rare") == 1)
+        assert started[1].loaded == {1}  # it loaded the available version before it was routed
+        assert model.cold_start_seconds.count == 1
+        (status,) = controller._table.models["rare"].statuses  # noqa: SLF001
+        assert status.error_message is None  # serving again: a plain AVAILABLE
+        await controller.shutdown()
+
+    asyncio.run(main())
+
+
+def test_one_slow_cold_start_never_holds_back_another_model(tmp_path: pathlib.Path) -> None:
+    for name in ("slow", "fast"):
+        (tmp_path / name / "1").mkdir(parents=True)
+    handles: dict[str, list[FakeHandle]] = {"slow": [], "fast": []}
+
+    def new_replica(model: ModelConfig, index: int) -> FakeHandle:
+        # The slow model's later replicas hang in their start (a big bundle, no room yet).
+        handle = FakeHandle(index, hung=model.name == "slow" and bool(handles["slow"]))
+        handles[model.name].append(handle)
+        return handle
+
+    def kill(handle: FakeHandle) -> None:
+        handle.killed = True
+
+    async def main() -> None:
+        options = ControllerOptions(
+            drain_seconds=0.01, poll_seconds=0, tick_seconds=0.02, look_back_s=0.05, scale_to_zero_idle_s=0.1,
+            model_autoscaling={name: ModelAutoscaling(min_replicas=0) for name in handles},
+        )
+        controller = Controller(options, new_replica, kill)
+        models = tuple(ModelConfig(name, str(tmp_path / name)) for name in handles)
+        await controller.set_config(ServerConfig(models))
+        await until(lambda: all(_replicas(controller, n) == 0 and len(handles[n]) == 1 for n in handles)
+                    and controller._table.ready())  # noqa: SLF001
+        demand = {name: Load(0.5, 10.0, 0.0) for name in handles}
+
+        async def gateway() -> None:
+            while True:
+                controller.report_load("g", 0.02, demand)
+                await asyncio.sleep(0.02)
+
+        reporting = asyncio.ensure_future(gateway())
+        await until(lambda: _replicas(controller, "fast") == 1)
+        assert len(handles["slow"]) == 2 and _replicas(controller, "slow") == 0  # still starting
+        (status,) = controller._table.models["slow"].statuses  # noqa: SLF001
+        assert "loading on demand" in (status.error_message or "")
+        handles["slow"][1].hung = False
+        await until(lambda: _replicas(controller, "slow") == 1)
         reporting.cancel()
         await controller.shutdown()
 

@@ -26,12 +26,19 @@ def test_parses_models_and_leaves_unset_fields_to_the_flags():
     assert autoscaling_from_text("") == {}
 
 
+def test_min_replicas_0_scales_to_zero_after_its_idle_period():
+    text = 'model { name: "rare" min_replicas: 0 max_replicas: 2 scale_to_zero_idle_s: 600 }'
+    assert autoscaling_from_text(text) == {
+        "rare": ModelAutoscaling(min_replicas=0, max_replicas=2, scale_to_zero_idle_s=600.0)
+    }
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [
         ('model { min_replicas: 1 }', "needs a name"),
         ('model { name: "m" } model { name: "m" }', "more than once"),
-        ('model { name: "m" min_replicas: 0 }', "at least 1"),
+        ('model { name: "m" scale_to_zero_idle_s: -5 }', "must not be negative"),
         ('model { name: "m" max_replicas: 0 }', "at least 1"),
         ('model { name: "m" min_replicas: 3 max_replicas: 2 }', "below min_replicas"),
         ('model { name: "m" target_ongoing_requests: 0 }', "positive"),
@@ -61,10 +68,10 @@ def test_the_flag_reads_the_file_and_the_model_config_stays_tf_servings(tmp_path
 
 def test_a_bad_file_ends_the_process_with_a_usage_error(tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]):
     scaling = tmp_path / "autoscaling.config"
-    scaling.write_text('model { name: "m" min_replicas: 0 }')
+    scaling.write_text('model { name: "m" max_replicas: 0 }')
     with pytest.raises(SystemExit) as exit_info:
         parse_serve_args(["--model_base_path=/m", f"--autoscaling_config_file={scaling}"])
     assert exit_info.value.code == 2
-    assert "min_replicas must be at least 1" in capsys.readouterr().err
+    assert "max_replicas must be at least 1" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         parse_serve_args(["--model_base_path=/m", f"--autoscaling_config_file={tmp_path / 'missing'}"])

@@ -134,3 +134,38 @@ def test_deadlines_hold_and_a_full_waiting_queue_sheds_at_once() -> None:
         await d.stop()
 
     asyncio.run(main())
+
+
+def test_a_request_for_a_model_at_zero_reports_demand_at_once_and_waits_for_its_cold_start() -> None:
+    async def main() -> None:
+        tables = [_route((), 1)]  # scaled to zero: versions available, no replica
+        reports: list[dict[str, Any]] = []
+
+        async def poll(epoch: int, incarnation: str) -> RoutingTable:
+            while tables[-1].epoch <= epoch:
+                await asyncio.sleep(0.01)
+            return tables[-1]
+
+        async def reload(config: ServerConfig) -> None:
+            raise errors.FailedPrecondition("no reloads here")
+
+        async def report(period: float, loads: dict[str, Any]) -> None:
+            reports.append(loads)
+
+        d = Dispatcher(poll, reload, connect=lambda ref: ref.handle, max_in_flight_per_replica=8,
+                       report_load=report, report_interval_s=60.0)  # the periodic report never comes
+        await d.start()
+        request = lambda: d.predict(PredictRequest(ModelSpec("m"), _x(), deadline=time.monotonic() + 10))  # noqa: E731
+        waiting = [asyncio.ensure_future(request()) for _ in range(8)]
+        await asyncio.sleep(0.1)
+        assert reports and reports[0]["m"].rate > 0  # demand, reported without waiting for the period
+        assert len(reports) == 1  # one early report for the eight, not one each
+        with pytest.raises(errors.ResourceExhausted):  # the waiting queue is bounded even at zero
+            await request()
+        assert not any(f.done() for f in waiting)
+        tables.append(_route(tuple(_refs(Target("new"))), 2))  # the controller started one
+        results = await asyncio.gather(*waiting)  # zero failures
+        assert [float(r.outputs["y"][0]) for r in results] == [2.0] * 8
+        await d.stop()
+
+    asyncio.run(main())
