@@ -1,12 +1,27 @@
-"""Autoscaling under open-loop load: step, threshold and burst, against a real `tessera serve`.
+"""Autoscaling under open-loop load: step, threshold, burst and scale to zero, against a real `tessera serve`.
 
 Open loop (Poisson arrivals at a fixed rate, each request sent at its time whether or not the
 earlier ones have been answered), because a fixed concurrency hides oscillation: with fewer
 replicas the clients simply wait longer. The model is the benchmark DNN with enough rows per
-request to cost a few milliseconds (calibrated at start). The replica count is read from the
-gateway's Prometheus metrics (`tessera_replicas`) twice a second.
+request to cost a few milliseconds (calibrated at start). The replica count and the autoscaler's
+own signal (`tessera_replicas`, `tessera_autoscaler_load_in_flight`) are read from the gateway's
+Prometheus metrics twice a second, so a late change can be told apart: a signal that stayed under
+the threshold (the load), or one above it with no change (the policy).
 
-    python -m benchmarks.autoscale [--phases step threshold burst] [--out benchmarks/autoscale]
+Loads are in replicas' worth: each phase's server is first probed at a light load, and one
+replica's worth is the rate at which one replica holds `--target_ongoing_requests` in flight at
+the probe's median latency (Little's law). That overstates what a replica holds under load
+(coalescing batches concurrent requests), so the step (2.5) lands inside a dead band, away from
+any threshold (a fixed rate in requests/s had put it right at the 1 -> 2 line on a quiet machine,
+which read as a late scale-up), and the threshold phase (1.0) at or just under the 1 -> 2 line.
+The generator's lag (how late each request left against its schedule) is recorded: a busy
+machine holds back the generator too.
+
+The `zero` phase serves the model with `min_replicas: 0` and a short idle period: the time until
+it scales to zero, then concurrent first requests (a cold start: all must succeed), warm latency
+beside it, and a second cold start after the next scale to zero.
+
+    python -m benchmarks.autoscale [--phases step threshold burst zero] [--out benchmarks/autoscale]
 
 Prints, per phase: the replica count changes while the load is steady (after settling), the time
 to scale up and down, and failed requests; writes `<out>.json` and `<out>.png`.
@@ -17,6 +32,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import pathlib
 import random
 import re
@@ -38,7 +54,10 @@ MODEL_MS = 3.0  # the model's cost per request (calibrated rows); --model_ms
 
 @dataclass
 class Phase:
-    """A load shape: `rate(t)` requests/s for `seconds`; `steady` is the window judged for changes."""
+    """A load shape: `rate(t)` requests/s for `seconds`; `steady` is the window judged for changes.
+
+    `base` and `peak` are in replicas' worth until `scale` (one replica's worth in requests/s,
+    from the probe) turns them into rates."""
 
     name: str
     seconds: float
@@ -47,6 +66,11 @@ class Phase:
     peak_from: float = 0.0
     peak_to: float = 0.0
     steady_from: float = 0.0  # changes counted from here to the end (after settling)
+    per_replica: float = 0.0  # requests/s that one replica's worth is, once probed
+
+    def scale(self, per_replica: float) -> None:
+        self.per_replica = per_replica
+        self.base, self.peak = self.base * per_replica, self.peak * per_replica
 
     def rate(self, t: float) -> float:
         return self.peak if self.peak_from <= t < self.peak_to else self.base
@@ -65,6 +89,11 @@ class PhaseResult:
     changes_steady: int = 0
     scale_up_s: float | None = None  # from the load's rise to the first scale-up
     scale_down_s: float | None = None  # from the burst's end until back at the count before it
+    # (t, replicas, autoscaler in-flight signal, its arrival rate), every half second
+    signal: list[tuple[float, int, float, float]] = field(default_factory=list)
+    lag_p99_ms: float = float("nan")  # how late the generator sent requests against its schedule
+    lag_max_ms: float = float("nan")
+    extra: dict[str, float | None] = field(default_factory=dict)  # the zero phase's figures
 
 
 def calibrate_rows(target_ms: float) -> int:
@@ -88,13 +117,25 @@ def calibrate_rows(target_ms: float) -> int:
     return rows
 
 
-def replicas(metrics_url: str) -> int | None:
+def scrape(metrics_url: str) -> dict[str, float] | None:
+    """The model's replica count and the autoscaler's signal, from one scrape."""
     try:
         text = urllib.request.urlopen(metrics_url, timeout=2).read().decode()
     except OSError:
         return None
-    found = re.search(r'^tessera_replicas\{model="bench"\} (\S+)$', text, re.M)
-    return int(float(found.group(1))) if found else None
+    values = {}
+    for name in ("tessera_replicas", "tessera_autoscaler_load_in_flight", "tessera_autoscaler_arrival_rate",
+                 "tessera_model_scaled_to_zero_total", "tessera_model_cold_start_latency_seconds_sum",
+                 "tessera_model_cold_start_latency_seconds_count"):
+        found = re.search(rf'^{name}\{{model="bench"\}} (\S+)$', text, re.M)
+        if found:
+            values[name] = float(found.group(1))
+    return values if "tessera_replicas" in values else None
+
+
+def replicas(metrics_url: str) -> int | None:
+    values = scrape(metrics_url)
+    return None if values is None else int(values["tessera_replicas"])
 
 
 async def drive(target: str, payload: bytes, phase: Phase, metrics_url: str, seed: int) -> PhaseResult:
@@ -120,14 +161,19 @@ async def drive(target: str, payload: bytes, phase: Phase, metrics_url: str, see
         async def sample() -> None:
             last = None
             while True:
-                count = await asyncio.to_thread(replicas, metrics_url)
-                if count is not None and count != last:
-                    result.counts.append((round(time.monotonic() - start, 2), count))
-                    last = count
+                values = await asyncio.to_thread(scrape, metrics_url)
+                if values is not None:
+                    t, count = round(time.monotonic() - start, 2), int(values["tessera_replicas"])
+                    result.signal.append((t, count, values.get("tessera_autoscaler_load_in_flight", 0.0),
+                                          values.get("tessera_autoscaler_arrival_rate", 0.0)))
+                    if count != last:
+                        result.counts.append((t, count))
+                        last = count
                 await asyncio.sleep(0.5)
 
         sampler = asyncio.ensure_future(sample())
         at = 0.0
+        lags: list[float] = []
         while at < phase.seconds:
             rate = phase.rate(at)
             at += rng.expovariate(rate) if rate > 0 else 0.1
@@ -135,6 +181,7 @@ async def drive(target: str, payload: bytes, phase: Phase, metrics_url: str, see
             if delay > 0:
                 await asyncio.sleep(delay)
             if rate > 0 and at < phase.seconds:
+                lags.append(time.monotonic() - start - at)
                 task = asyncio.ensure_future(one())
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
@@ -145,6 +192,9 @@ async def drive(target: str, payload: bytes, phase: Phase, metrics_url: str, see
         sampler.cancel()
     result.failed = sum(codes.values())
     result.error_codes = codes
+    if lags:
+        result.lag_p99_ms = float(np.percentile(lags, 99)) * 1000
+        result.lag_max_ms = max(lags) * 1000
     if latencies:
         result.p50_ms, result.p99_ms = (float(v) * 1000 for v in np.percentile(latencies, [50, 99]))
         result.mean_ms = float(np.mean(latencies)) * 1000
@@ -159,7 +209,71 @@ async def drive(target: str, payload: bytes, phase: Phase, metrics_url: str, see
     return result
 
 
-def plot(results: list[PhaseResult], phases: list[Phase], path: pathlib.Path) -> None:
+async def cold_starts(target: str, payload: bytes, metrics_url: str, idle_s: float, clients: int = 8) -> PhaseResult:
+    """The model at min_replicas 0: time to zero, `clients` requests at once finding it there (all
+    must succeed), warm latency, then time to zero again after the last request and one more cold
+    start. Latencies as the clients see them, from send to answer."""
+    import grpc
+
+    result = PhaseResult("zero")
+    codes: dict[str, int] = {}
+    async with grpc.aio.insecure_channel(target) as channel:
+        call = channel.unary_unary(PREDICT_METHOD)
+        start = time.monotonic()
+
+        async def one() -> float | None:
+            sent = time.monotonic()
+            result.sent += 1
+            try:
+                await call(payload, timeout=120.0)
+                return time.monotonic() - sent
+            except grpc.RpcError as e:
+                codes[e.code().name] = codes.get(e.code().name, 0) + 1
+                return None
+
+        async def at_zero(since: float) -> float | None:
+            limit = time.monotonic() + idle_s + 120
+            while time.monotonic() < limit:
+                values = await asyncio.to_thread(scrape, metrics_url)
+                if values is not None:
+                    t, count = round(time.monotonic() - start, 2), int(values["tessera_replicas"])
+                    result.signal.append((t, count, values.get("tessera_autoscaler_load_in_flight", 0.0),
+                                          values.get("tessera_autoscaler_arrival_rate", 0.0)))
+                    if not result.counts or result.counts[-1][1] != count:
+                        result.counts.append((t, count))
+                    if count == 0:
+                        return time.monotonic() - since
+                await asyncio.sleep(0.25)
+            return None
+
+        first_zero = await at_zero(start)  # from the phase's start (the readiness probe's request)
+        cold = await asyncio.gather(*(one() for _ in range(clients)))
+        warm = [await one() for _ in range(40)]
+        last = time.monotonic()
+        second_zero = await at_zero(last)
+        second = await one()
+        values = await asyncio.to_thread(scrape, metrics_url) or {}
+    result.failed = sum(codes.values())
+    result.error_codes = codes
+    ok_cold = [c for c in cold if c is not None]
+    ok_warm = [w for w in warm if w is not None]
+    count = values.get("tessera_model_cold_start_latency_seconds_count", 0.0)
+    result.extra = {
+        "to_zero_after_start_s": first_zero,
+        "to_zero_after_last_request_s": second_zero,
+        "cold_first_ms": min(ok_cold) * 1000 if ok_cold else None,  # the first answered of the burst
+        "cold_last_ms": max(ok_cold) * 1000 if ok_cold else None,
+        "cold_second_ms": None if second is None else second * 1000,
+        "warm_p50_ms": float(np.percentile(ok_warm, 50)) * 1000 if ok_warm else None,
+        "scaled_to_zero_total": values.get("tessera_model_scaled_to_zero_total"),
+        "controller_cold_start_mean_s": values.get("tessera_model_cold_start_latency_seconds_sum", 0.0) / count
+        if count else None,
+        "cold_starts": count,
+    }
+    return result
+
+
+def plot(results: list[PhaseResult], phases: list[Phase], path: pathlib.Path, target: float = 0.0) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -170,11 +284,16 @@ def plot(results: list[PhaseResult], phases: list[Phase], path: pathlib.Path) ->
         ts = [t for t, _ in result.counts] + [phase.seconds]
         cs = [c for _, c in result.counts] + [result.counts[-1][1] if result.counts else 0]
         ax.step(ts, cs, where="post", color="tab:blue", label="replicas")
+        if result.signal and target:  # the autoscaler's load, in replicas' worth at the target
+            ax.plot([t for t, *_ in result.signal], [s / target for _, _, s, _ in result.signal],
+                    color="tab:orange", linewidth=0.8, alpha=0.8, label="in flight / target")
         ax.set_ylabel("replicas")
         ax.set_ylim(0, max(cs + [1]) + 1)
+        ax.legend(loc="upper left", fontsize=7)
         grid = np.arange(0, phase.seconds, 0.5)
         twin = ax.twinx()
-        twin.plot(grid, [phase.rate(t) for t in grid], color="tab:gray", alpha=0.5, label="requests/s")
+        twin.plot(grid, [phase.rate(t) for t in grid] if phase.name != "zero" else [0.0] * len(grid),
+                  color="tab:gray", alpha=0.5, label="requests/s")
         twin.set_ylabel("requests/s")
         ax.axvline(phase.steady_from, color="tab:green", linestyle=":", linewidth=1)
         ax.set_title(f"{phase.name}: {result.changes_steady} change(s) after settling (dotted), "
@@ -186,15 +305,17 @@ def plot(results: list[PhaseResult], phases: list[Phase], path: pathlib.Path) ->
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--phases", nargs="+", default=["step", "threshold", "burst"])
+    parser.add_argument("--phases", nargs="+", default=["step", "threshold", "burst", "zero"])
     # Small on purpose: the machine is 2 shared cores, and the gateway, the load generator and the
     # replicas share them. A low target makes a light load need several replicas.
-    parser.add_argument("--rate", type=float, default=75.0, help="the step's constant rate, requests/s")
+    parser.add_argument("--step_load", type=float, default=2.5,
+                        help="the step's constant load, in replicas' worth (mid dead band of 3 at 2.5)")
     parser.add_argument("--model_ms", type=float, default=MODEL_MS)
     parser.add_argument("--rows", type=int, default=0, help="rows a request (default: calibrated to --model_ms)")
     parser.add_argument("--max_replicas", type=int, default=4)
     parser.add_argument("--target_ongoing_requests", type=float, default=0.25)
     parser.add_argument("--downscale_delay_s", type=float, default=30.0)
+    parser.add_argument("--scale_to_zero_idle_s", type=float, default=5.0, help="the zero phase's idle period")
     parser.add_argument("--source", type=pathlib.Path, default=None,
                         help="serve from this source tree instead (e.g. `git archive main | tar -x -C DIR`), for a before/after")
     parser.add_argument("--out", type=pathlib.Path, default=REPO / "benchmarks" / "autoscale")
@@ -215,54 +336,72 @@ def main() -> None:
     servers.server_env = lambda: {**plain_env(), **extra}
     payload = predict_request(batch=rows).SerializeToString()
     d = args.downscale_delay_s
-    catalog = {
-        "step": Phase("step", 100.0, 0.0, args.rate, 10.0, 1e9, steady_from=40.0),
-        # Right at the 1 -> 2 threshold: about target_ongoing_requests in flight on one replica.
-        # Right at the 1 -> 2 threshold: target_ongoing_requests in flight on one replica, by
-        # Little's law at the median latency a light probe measures first (base set then).
-        "threshold": Phase("threshold", 100.0, 0.0, steady_from=30.0),
-        "burst": Phase("burst", 40.0 + 10.0 + d + 30.0, args.rate / 2, args.rate * 2.5, 20.0, 30.0,
-                       steady_from=30.0 + d + 25.0),
+    catalog = {  # in replicas' worth (see the docstring), scaled to requests/s once probed
+        "step": Phase("step", 100.0, 0.0, args.step_load, 10.0, 1e9, steady_from=40.0),
+        "threshold": Phase("threshold", 100.0, 1.0, steady_from=30.0),  # right at the 1 -> 2 line
+        "burst": Phase("burst", 40.0 + 10.0 + d + 30.0, 0.5, 2.5, 20.0, 30.0, steady_from=30.0 + d + 25.0),
+        "zero": Phase("zero", 0.0, 0.0),
     }
     phases = [catalog[name] for name in args.phases]
     print(f"model: benchmark DNN, {rows} rows a request (~{args.model_ms:.0f} ms here); "
-          f"--target_ongoing_requests={args.target_ongoing_requests} --max_replicas={args.max_replicas}", flush=True)
+          f"--target_ongoing_requests={args.target_ongoing_requests} --max_replicas={args.max_replicas}; "
+          f"load average {os.getloadavg()[0]:.1f}", flush=True)
     results = []
     logs = pathlib.Path(tempfile.gettempdir()) / "tessera-autoscale-bench"  # kept: read them if a server fails
     logs.mkdir(exist_ok=True)
     with tempfile.TemporaryDirectory() as scratch:
         base = pathlib.Path(scratch) / "bench"
         export(base)
+        zero_config = pathlib.Path(scratch) / "autoscaling.config"
+        zero_config.write_text('model { name: "bench" min_replicas: 0 }\n')
         for index, phase in enumerate(phases):
             port, rest = free_port(), free_port()
+            flags = [f"--autoscaling_config_file={zero_config}",
+                     f"--scale_to_zero_idle_s={args.scale_to_zero_idle_s}"] if phase.name == "zero" else []
             server = ServerProcess(phase.name, [
                 *command, "serve", f"--port={port}", f"--rest_api_port={rest}", "--host=127.0.0.1",
                 "--model_name=bench", f"--model_base_path={base}", "--num_replicas=1",
                 f"--max_replicas={args.max_replicas}", f"--target_ongoing_requests={args.target_ongoing_requests}",
-                f"--downscale_delay_s={d}", "--replica_num_cpus=0.25", "--file_system_poll_wait_seconds=0",
+                f"--downscale_delay_s={d}", "--replica_num_cpus=0.25", "--file_system_poll_wait_seconds=0", *flags,
             ], port, logs / f"{phase.name}.log")
             server.start()
+            load_before = os.getloadavg()[0]
             try:
                 server.wait_ready(120)
                 metrics = f"http://127.0.0.1:{rest}/monitoring/prometheus/metrics"
-                if phase.name == "threshold":
+                if phase.name == "zero":
+                    result = asyncio.run(cold_starts(server.target, payload, metrics, args.scale_to_zero_idle_s))
+                else:
                     probe = asyncio.run(drive(server.target, payload, Phase("probe", 5.0, 20.0), metrics, seed=99))
-                    phase.base = args.target_ongoing_requests / (probe.p50_ms / 1000)
-                    print(f"threshold: probe median latency {probe.p50_ms:.1f} ms -> {phase.base:.0f} requests/s",
-                          flush=True)
-                result = asyncio.run(drive(server.target, payload, phase, metrics, seed=index))
+                    # Little's law: one replica holds the target in flight at this rate.
+                    phase.scale(args.target_ongoing_requests / (probe.p50_ms / 1000))
+                    print(f"{phase.name:>9}: probe median latency {probe.p50_ms:.1f} ms -> one replica's worth "
+                          f"{phase.per_replica:.0f} requests/s", flush=True)
+                    result = asyncio.run(drive(server.target, payload, phase, metrics, seed=index))
             finally:
                 server.stop()
             results.append(result)
+            load = f"load average {load_before:.1f} -> {os.getloadavg()[0]:.1f}"
+            if phase.name == "zero":
+                figures = ", ".join(f"{k} {v:.1f}" if isinstance(v, float) else f"{k} {v}" for k, v in result.extra.items())
+                print(f"     zero: {figures}; failed {result.failed}/{result.sent} {result.error_codes or ''}; {load}",
+                      flush=True)
+                continue
+            steady = [(c, sig) for t, c, sig, _ in result.signal if t >= phase.steady_from]
+            # The median: a stall of the machine reads as a spike of the mean.
+            ratio = (float(np.median([sig / (c * args.target_ongoing_requests) for c, sig in steady if c]))
+                     if steady else float("nan"))
             print(f"{phase.name:>9}: replicas {' '.join(f'{c}@{t:.0f}s' for t, c in result.counts)}; "
                   f"{result.changes_steady} change(s) after settling (from {phase.steady_from:.0f}s); "
                   f"up after {result.scale_up_s}s; down after {result.scale_down_s}s; "
                   f"failed {result.failed}/{result.sent} {result.error_codes or ''}; "
-                  f"p50 {result.p50_ms:.1f} ms p99 {result.p99_ms:.1f} ms", flush=True)
+                  f"p50 {result.p50_ms:.1f} ms p99 {result.p99_ms:.1f} ms; generator lag p99 "
+                  f"{result.lag_p99_ms:.1f} ms max {result.lag_max_ms:.0f} ms; steady signal at "
+                  f"{ratio:.2f}x the up threshold (median); {load}", flush=True)
     args.out.with_suffix(".json").write_text(json.dumps(
         {"rows": rows, "args": {k: str(v) for k, v in vars(args).items()},
          "phases": [asdict(p) for p in phases], "results": [asdict(r) for r in results]}, indent=1))
-    plot(results, phases, args.out.with_suffix(".png"))
+    plot(results, phases, args.out.with_suffix(".png"), args.target_ongoing_requests)
     print(f"wrote {args.out.with_suffix('.json')} and {args.out.with_suffix('.png')}")
 
 

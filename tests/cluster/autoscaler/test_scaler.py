@@ -72,6 +72,24 @@ def test_a_burst_scales_out_and_comes_back_within_the_downscale_delay_plus_a_bou
     assert reversals(run) <= 2  # up, down, and at most one correction at the knee of the queue
 
 
+def test_late_changes_come_only_from_loads_within_the_signal_s_noise_of_a_threshold():
+    # The benchmark's shape: 3.4 ms a request, target 0.25, the 1 -> 2 line, and each 1 s report
+    # off by up to 12% (about Poisson's at ~75 requests/s). A late scale-up, measured with the step
+    # load 2% above that line, is the noisy signal crossing a threshold it sits on; 15% off it,
+    # the count decides within one step and never changes again.
+    config = AutoscalingConfig(1, 4, 0.25, upscale_delay_s=3.0, downscale_delay_s=30.0, look_back_s=3.0)
+    service = 0.0034
+    low, high = 1e-6, 1.0 / service
+    for _ in range(100):  # the rate at which one replica holds the target in flight
+        mid = (low + high) / 2
+        low, high = (mid, high) if mmc_in_flight(mid, service, 1) < 0.25 else (low, mid)
+    for seed in range(8):
+        below = simulate(config, lambda t: low * 0.85, 300.0, service_s=service, noise=0.12, seed=seed)
+        assert below.changes() == 0, below.counts
+        above = simulate(config, lambda t: low * 1.15, 300.0, service_s=service, noise=0.12, seed=seed)
+        assert above.count_at(300.0) == 2 and above.last_change() <= STEP_S, above.counts
+
+
 def test_every_constant_load_from_below_settles_without_a_reversal():
     for target in (1.0, 2.0):
         config = AutoscalingConfig(1, 8, target, upscale_delay_s=3.0, downscale_delay_s=30.0, look_back_s=3.0)
