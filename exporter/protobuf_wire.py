@@ -23,7 +23,7 @@ def encode_varint(value: int) -> bytes:
             return bytes(out)
 
 
-def decode_varint(data: bytes, pos: int) -> tuple[int, int]:
+def decode_varint(data: bytes | memoryview, pos: int) -> tuple[int, int]:
     """The varint at `pos` and the position after it; ValueError if it is cut short or too long."""
     value = shift = 0
     while True:

@@ -105,16 +105,43 @@ class TensorLayout:
     numpy_dtype: np.dtype
     fill_bytes: int
     # The message's tensor_content, read once: every read of the field copies it out of the message.
-    content: bytes = field(default=b"", repr=False, compare=False)
+    content: bytes | memoryview = field(default=b"", repr=False, compare=False)
+    # The typed field's values as their packed little-endian bytes, when they were lifted out of the
+    # message (`Lifted`): decoded as a view, never copied.
+    values: memoryview | None = field(default=None, repr=False, compare=False)
 
     @property
     def nbytes(self) -> int:
         return math.prod(self.shape) * max(self.numpy_dtype.itemsize, 1)
 
 
-def tensor_layout(proto: Any, *, max_bytes: int = MAX_TENSOR_BYTES) -> TensorLayout:
+@dataclass(frozen=True, slots=True)
+class Lifted:
+    """One field of a TensorProto kept out of the message as the bytes of its payload: `tensor_content`,
+    or a packed fixed-width typed field (`float_val`, `double_val`, `scomplex_val`, `dcomplex_val`),
+    whose packed bytes are the values themselves. The message holds no other copy of that field.
+
+    A big request's tensors are read this way (see `cluster.gateway.predict_bytes`): parsing them
+    into the message would copy them, holding the GIL, and reading them back out copies them again.
+    """
+
+    field: str
+    data: memoryview
+
+
+# The typed fields that may be lifted, and the little-endian layout of their packed bytes.
+LIFTABLE: Final[dict[str, np.dtype]] = {
+    "float_val": np.dtype("<f4"),
+    "double_val": np.dtype("<f8"),
+    "scomplex_val": np.dtype("<f4"),
+    "dcomplex_val": np.dtype("<f8"),
+}
+
+
+def tensor_layout(proto: Any, *, max_bytes: int = MAX_TENSOR_BYTES, lifted: Lifted | None = None) -> TensorLayout:
     """The dtype, shape and fill of a TensorProto-shaped message, checked, in O(1): nothing is decoded.
 
+    `lifted`: one field of the tensor that travels beside the message instead of in it (see `Lifted`).
     Raises InvalidInputError for what `proto_to_array` would refuse before it reads a value: an
     unsupported dtype, a bad shape, a `tensor_content` of the wrong size, or more than `max_bytes`.
     """
@@ -128,7 +155,9 @@ def tensor_layout(proto: Any, *, max_bytes: int = MAX_TENSOR_BYTES) -> TensorLay
             f"tensor of shape {list(shape)} ({dtypes.name(dtype)}) would take "
             f"{count * np_dtype.itemsize} bytes, more than the limit of {max_bytes}"
         )
-    content = proto.tensor_content
+    content: bytes | memoryview = proto.tensor_content
+    if lifted is not None and lifted.field == "tensor_content":
+        content = lifted.data
     if content:
         if dtype == dtypes.STRING:
             raise InvalidInputError("DT_STRING tensors must use string_val, not tensor_content")
@@ -146,9 +175,15 @@ def tensor_layout(proto: Any, *, max_bytes: int = MAX_TENSOR_BYTES) -> TensorLay
             values_field, _ = _FIELDS[dtype]
         except KeyError:
             raise InvalidInputError(f"unsupported tensor dtype {dtypes.name(dtype)}") from None
-        have = len(getattr(proto, values_field))  # O(1) on a repeated field
+        values = None
+        if lifted is not None and lifted.field == values_field:
+            values = lifted.data
+            have = len(values) // LIFTABLE[values_field].itemsize
+        else:
+            have = len(getattr(proto, values_field))  # O(1) on a repeated field
         if dtype in dtypes.COMPLEX:
             have //= 2
+        return TensorLayout(dtype, shape, np_dtype, max(count - have, 0) * itemsize, values=values)
     return TensorLayout(dtype, shape, np_dtype, max(count - have, 0) * itemsize)
 
 
@@ -195,8 +230,13 @@ def decode_tensor(proto: Any, layout: TensorLayout, check: Callable[[], None] | 
             values[start:stop] = strings[start:stop]
         return _fill(values, count, np_dtype).reshape(shape)
     values_field, field_dtype = _FIELDS[dtype]
-    # upb's repeated scalar containers implement __array__: one C-level copy, no Python loop.
-    raw = np.asarray(getattr(proto, values_field), dtype=field_dtype)
+    if layout.values is not None:
+        raw = np.frombuffer(layout.values, dtype=LIFTABLE[values_field])
+        if not raw.dtype.isnative:
+            raw = raw.astype(field_dtype)
+    else:
+        # upb's repeated scalar containers implement __array__: one C-level copy, no Python loop.
+        raw = np.asarray(getattr(proto, values_field), dtype=field_dtype)
     if dtype in dtypes.COMPLEX:
         # An odd trailing component is ignored, as TensorFlow does.
         raw = raw[: raw.shape[0] // 2 * 2].view(np_dtype)

@@ -40,7 +40,7 @@ from cluster.types import VersionRequest, VersionStatus
 from exporter import protobuf_wire
 from exporter.errors import InvalidInputError
 from exporter.signature import Signature, TensorInfo
-from exporter.tensor_codec import TensorLayout, array_to_proto, decode_tensor, tensor_layout
+from exporter.tensor_codec import Lifted, TensorLayout, array_to_proto, decode_tensor, tensor_layout
 from protos.tensorflow.core.framework import types_pb2
 from protos.tensorflow.core.protobuf import error_codes_pb2, meta_graph_pb2
 from protos.tensorflow_serving.apis import (
@@ -97,8 +97,10 @@ def predict_request(
     signature: Signature | None = None,
     max_fill_bytes: int = DEFAULT_MAX_FILL_BYTES,
     check: Callable[[], None] | None = None,
+    lifted: Mapping[str, Lifted] | None = None,
 ) -> PredictRequest:
-    """A PredictRequest with its tensors decoded (zero-copy views for `tensor_content`).
+    """A PredictRequest with its tensors decoded (zero-copy views for `tensor_content` and for the
+    payloads `lifted` out of a big request by `predict_bytes.parse_predict_request`).
 
     Nothing is allocated before the request is checked: with the `signature` of the version it
     resolves to, the input aliases, then each tensor's header (the "tensor parsing error"s), then
@@ -110,7 +112,8 @@ def predict_request(
     protos = request.inputs
     if signature is not None:
         check_input_aliases(signature, protos.keys())
-    layouts = {alias: _layout(alias, proto) for alias, proto in protos.items()}
+    lifted = lifted or {}
+    layouts = {alias: _layout(alias, proto, lifted.get(alias)) for alias, proto in protos.items()}
     if signature is not None:
         claimed = {alias: (layout.numpy_dtype, layout.shape) for alias, layout in layouts.items()}
         check_claimed_tensors(signature, claimed)
@@ -129,9 +132,9 @@ def predict_request(
     return PredictRequest(spec, inputs, tuple(request.output_filter), deadline)
 
 
-def _layout(alias: str, proto: Any) -> TensorLayout:
+def _layout(alias: str, proto: Any, lifted: Lifted | None) -> TensorLayout:
     try:
-        return tensor_layout(proto)
+        return tensor_layout(proto, lifted=lifted)
     except (InvalidInputError, ValueError) as exc:
         raise InvalidArgument(f"tensor parsing error: {alias}") from exc
 

@@ -1,29 +1,161 @@
-"""A PredictResponse serialized by hand for big answers: the fixed-width outputs written straight from
-their arrays' bytes (upb takes about 1 s for a 100 MB response, holding the GIL; this takes one copy).
-The bytes parse to the very message `converters.predict_response` builds."""
+"""Big Predict messages by hand, so that their tensors' bytes are never copied while the GIL is held.
+
+* Requests: `parse_predict_request` lifts the big tensor payloads (`tensor_content`, packed
+  float/double/complex values) out of the message as views of the request's own bytes, and parses
+  only what is left with protobuf. Parsing a 100 MB PredictRequest with upb takes one C call that
+  holds the GIL for about as long as copying 100 MB (every thread, the event loop's included, waits),
+  and reading `tensor_content` back out copies it again; the views cost nothing.
+* Responses: `predict_response_bytes` writes the fixed-width outputs straight from their arrays'
+  bytes (upb takes about 1 s for a 100 MB response, holding the GIL): one copy, by numpy, which
+  lets go of the GIL while it copies (`tobytes()` and `bytes.join` of a view both hold it). The
+  bytes parse to the very message `converters.predict_response` builds.
+"""
 
 from __future__ import annotations
 
+import ctypes
+from collections.abc import Sequence
 from typing import Final, cast
 
 import numpy as np
 
 from cluster.errors import Internal
-from cluster.gateway.converters import fill_spec
+from cluster.gateway.converters import fill_spec, parse
 from cluster.requests import PredictResult
-from exporter import dtypes
+from exporter import dtypes, protobuf_wire
 from exporter.errors import InvalidInputError
 from exporter.protobuf_wire import encode_varint, field, field_size, tag
-from exporter.tensor_codec import array_to_proto
+from exporter.tensor_codec import LIFTABLE, Lifted, array_to_proto
 from protos.tensorflow.core.framework import tensor_pb2, types_pb2
-from protos.tensorflow_serving.apis import model_pb2
+from protos.tensorflow_serving.apis import model_pb2, predict_pb2
+
+# A tensor payload smaller than this stays in the message: protobuf parses it faster than we cut it.
+LIFT_BYTES: Final = 64 * 1024
+# A message with more top-level fields than this is parsed by protobuf alone (in its worker thread):
+# scanning it field by field in Python would cost more than it saves.
+_MAX_SCANNED_FIELDS: Final = 4096
+
+_TENSOR_FIELDS: Final = tensor_pb2.TensorProto.DESCRIPTOR.fields_by_name
+_LIFTED_NUMBERS: Final = {
+    _TENSOR_FIELDS[name].number: name for name in ("tensor_content", *LIFTABLE)
+}
+_INPUTS: Final = predict_pb2.PredictRequest.DESCRIPTOR.fields_by_name["inputs"].number
+_ENTRY_KEY, _ENTRY_VALUE = 1, 2  # a map entry's fields
+
+
+def parse_predict_request(raw: bytes) -> tuple[predict_pb2.PredictRequest, dict[str, Lifted]]:
+    """A PredictRequest's bytes as the message without its big tensor payloads, and those payloads as
+    views of `raw` by input alias (`converters.predict_request(message, lifted=...)` decodes them).
+
+    Equivalent to `converters.parse(PredictRequest, raw)` with the lifted fields moved out. Anything
+    unusual about a tensor (a payload field sent twice, or both packed and not, an alias sent twice,
+    a packed length that is not a whole number of values, a message this scan cannot read) leaves the
+    whole message to protobuf, which parses it or refuses it (INVALID_ARGUMENT) as it always did.
+    """
+    cut = _lift(raw) if len(raw) >= LIFT_BYTES else None  # small: nothing to lift, no scan
+    if cut is None:
+        return parse(predict_pb2.PredictRequest, raw), {}
+    header, lifted = cut
+    return parse(predict_pb2.PredictRequest, header), lifted
+
+
+def _lift(raw: bytes) -> tuple[bytes, dict[str, Lifted]] | None:
+    view = memoryview(raw)
+    try:
+        top = _scan(view, _MAX_SCANNED_FIELDS)
+    except ValueError:
+        return None
+    if top is None:
+        return None
+    pieces: list[bytes | memoryview] = []
+    lifted: dict[str, Lifted] = {}
+    aliases: set[bytes] = set()
+    for number, wire, start, payload, end in top:
+        if number != _INPUTS or wire != protobuf_wire.LENGTH_DELIMITED:
+            pieces.append(view[start:end])
+            continue
+        entry = _lift_entry(view[payload:end])
+        if entry is None:
+            return None
+        key, rebuilt, one = entry
+        if key in aliases:
+            return None  # a map key sent twice: the last one wins; protobuf knows which
+        aliases.add(key)
+        if one is None:
+            pieces.append(view[start:end])
+            continue
+        try:
+            alias = key.decode()
+        except UnicodeDecodeError:
+            return None
+        lifted[alias] = one
+        pieces.append(field(_INPUTS, rebuilt))
+    if not lifted:
+        return None
+    return b"".join(pieces), lifted
+
+
+def _lift_entry(entry: memoryview) -> tuple[bytes, bytes, Lifted | None] | None:
+    """A map entry {1: key, 2: TensorProto} as (key, the entry rebuilt without the lifted payload,
+    the payload); (key, b"", None) when nothing in it is worth lifting; None: leave it to protobuf."""
+    fields = _scan(entry, 16)
+    if fields is None or [f[0] for f in fields] not in ([_ENTRY_KEY, _ENTRY_VALUE], [_ENTRY_VALUE, _ENTRY_KEY]):
+        return None
+    if any(f[1] != protobuf_wire.LENGTH_DELIMITED for f in fields):
+        return None
+    by_number = {number: entry[payload:end] for number, _, _, payload, end in fields}
+    key, tensor = bytes(by_number[_ENTRY_KEY]), by_number[_ENTRY_VALUE]
+    tensor_fields = _scan(tensor, 4096)
+    if tensor_fields is None:
+        return None
+    big = [f for f in tensor_fields if f[0] in _LIFTED_NUMBERS and f[4] - f[3] >= LIFT_BYTES]
+    if not big:
+        return key, b"", None
+    (number, wire, start, payload, end), *others = big
+    name = _LIFTED_NUMBERS[number]
+    if others or wire != protobuf_wire.LENGTH_DELIMITED or sum(f[0] == number for f in tensor_fields) > 1:
+        return None  # two occurrences merge (or the last wins): protobuf's job
+    if name in LIFTABLE and (end - payload) % LIFTABLE[name].itemsize:
+        return None  # not a whole number of values: protobuf refuses it
+    header = b"".join((tensor[:start], tensor[end:]))
+    rebuilt = field(_ENTRY_KEY, key) + field(_ENTRY_VALUE, header)
+    return key, rebuilt, Lifted(name, tensor[payload:end])
+
+
+def _scan(data: memoryview, limit: int) -> list[tuple[int, int, int, int, int]] | None:
+    """(number, wire type, start, payload start, end) of each field of a message, or None past
+    `limit` fields. ValueError for bytes that are not a message."""
+    out: list[tuple[int, int, int, int, int]] = []
+    pos, size = 0, len(data)
+    while pos < size:
+        if len(out) >= limit:
+            return None
+        start = pos
+        key, pos = protobuf_wire.decode_varint(data, pos)
+        wire = key & 7
+        if wire == protobuf_wire.VARINT:
+            _, pos = protobuf_wire.decode_varint(data, pos)
+            payload = start
+        elif wire == protobuf_wire.FIXED64:
+            payload, pos = pos, pos + 8
+        elif wire == protobuf_wire.FIXED32:
+            payload, pos = pos, pos + 4
+        elif wire == protobuf_wire.LENGTH_DELIMITED:
+            length, payload = protobuf_wire.decode_varint(data, pos)
+            pos = payload + length
+        else:
+            raise ValueError(f"wire type {wire}")
+        if pos > size or key >> 3 == 0:
+            raise ValueError("truncated field")
+        out.append((key >> 3, wire, start, payload, pos))
+    return out
 
 
 def predict_response_bytes(result: PredictResult, *, tensor_content: bool = False) -> bytes:
     """`predict_response(result, ...)` serialized, the big fixed-width outputs written straight from
     their arrays' bytes: upb takes about 1 s to serialize a 100 MB response (and holds the GIL
     throughout); this takes one copy. It parses to the very message `predict_response` builds."""
-    parts: list[bytes] = []
+    parts: list[bytes | memoryview] = []
     for alias, array in result.outputs.items():
         tensor = _tensor_parts(alias, np.asarray(array), tensor_content)
         key = field(1, alias.encode())
@@ -32,10 +164,30 @@ def predict_response_bytes(result: PredictResult, *, tensor_content: bool = Fals
     spec = model_pb2.ModelSpec()
     fill_spec(spec, result.spec)
     parts.append(field(2, spec.SerializeToString()))
-    return b"".join(parts)
+    return _joined(parts)
 
 
-_TENSOR_FIELDS: Final = tensor_pb2.TensorProto.DESCRIPTOR.fields_by_name
+# A new bytes object of a given size whose contents are still to be written, as C extensions make
+# one (PyBytes_FromStringAndSize(NULL, n)): nothing else can see it until `_joined` returns it.
+_new_bytes = ctypes.pythonapi.PyBytes_FromStringAndSize
+_new_bytes.restype, _new_bytes.argtypes = ctypes.py_object, (ctypes.c_void_p, ctypes.c_ssize_t)
+_bytes_data = ctypes.pythonapi.PyBytes_AsString
+_bytes_data.restype, _bytes_data.argtypes = ctypes.c_void_p, (ctypes.py_object,)
+
+
+def _joined(parts: Sequence[bytes | memoryview]) -> bytes:
+    """`b"".join(parts)`, the copying done by numpy without the GIL: gRPC wants `bytes`, and both
+    `tobytes()` and `bytes.join` of a memoryview copy 100 MB while holding the GIL (~100 ms during
+    which the event loop's thread cannot run)."""
+    total = sum(len(p) for p in parts)
+    out = _new_bytes(None, total)
+    if total:
+        target = np.ctypeslib.as_array((ctypes.c_uint8 * total).from_address(_bytes_data(out)))
+        offset = 0
+        for part in parts:
+            target[offset : offset + len(part)] = np.frombuffer(part, np.uint8)
+            offset += len(part)
+    return cast(bytes, out)
 
 
 # dtypes whose typed field's packed encoding is the values' own bytes (see exporter.tensor_codec).
@@ -48,7 +200,7 @@ _WIRE_LAYOUT: Final[dict[int, tuple[str, np.dtype]]] = {
 }
 
 
-def _tensor_parts(alias: str, array: np.ndarray, tensor_content: bool) -> list[bytes]:
+def _tensor_parts(alias: str, array: np.ndarray, tensor_content: bool) -> list[bytes | memoryview]:
     """A serialized TensorProto as byte chunks; other dtypes go through `array_to_proto`."""
     try:
         dtype = dtypes.from_numpy(array.dtype)
@@ -74,7 +226,11 @@ def _tensor_parts(alias: str, array: np.ndarray, tensor_content: bool) -> list[b
     else:
         assert layout is not None
         name, wire = layout
-        parts = flat.view(flat.real.dtype) if np.iscomplexobj(flat) else flat
-        number, data = _TENSOR_FIELDS[name].number, parts.astype(wire, copy=False)
-    raw = data.tobytes()
-    return [header.SerializeToString(), *([tag(number), encode_varint(len(raw)), raw] if raw else [])]
+        components = flat.view(flat.real.dtype) if np.iscomplexobj(flat) else flat
+        number, data = _TENSOR_FIELDS[name].number, components.astype(wire, copy=False)
+    # A view, not tobytes(): the one copy is `_joined`'s, which lets go of the GIL.
+    raw: memoryview = np.ascontiguousarray(data).reshape(-1).view(np.uint8).data
+    parts: list[bytes | memoryview] = [header.SerializeToString()]
+    if len(raw):
+        parts += [tag(number), encode_varint(len(raw)), raw]
+    return parts

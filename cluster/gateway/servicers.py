@@ -36,7 +36,6 @@ from protos.tensorflow_serving.apis import (
     get_model_status_pb2,
     inference_pb2,
     model_management_pb2,
-    predict_pb2,
     regression_pb2,
 )
 
@@ -136,13 +135,14 @@ class PredictionServicer:
     async def Predict(self, request: bytes, context: Any) -> bytes:
         deadline = _deadline(context)
         abort = Abort(deadline)
-        message = await _parse(predict_pb2.PredictRequest, request, abort)
+        # A big request's tensor payloads are lifted out as views, never parsed into the message.
+        message, lifted = await _convert(request, abort, predict_bytes.parse_predict_request, request)
         spec = converters.predict_spec(message)
         signature = await self._signature(spec)
         try:
             domain = await _convert(
                 request, abort, converters.predict_request, message, deadline,
-                signature=signature, max_fill_bytes=self._max_fill_bytes, check=abort.check,
+                signature=signature, max_fill_bytes=self._max_fill_bytes, check=abort.check, lifted=lifted,
             )
         except errors.ServingError as exc:
             # Refused before the service saw it: still counted, as the service's own refusals are.
