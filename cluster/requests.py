@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Final, Literal, Protocol
 
 import numpy as np
 
+from cluster import errors
 from cluster.types import VersionRequest, VersionStatus
 from exporter.signature import DEFAULT_SERVING_SIGNATURE
 
@@ -51,6 +52,11 @@ class PredictRequest:
     inputs: Mapping[str, np.ndarray]
     output_filter: tuple[str, ...] = ()
     deadline: float | None = None  # time.monotonic() seconds; None: no deadline
+    # The signature the inputs' aliases, dtypes and shapes were checked against where the request
+    # entered (the gRPC gateway checks them before decoding), or None: then the dispatcher checks
+    # them. Checked once: the dispatcher does not repeat a check made against the signature it
+    # resolves to.
+    checked: Signature | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,17 +88,50 @@ class ExamplesRequest:
 
 @dataclass(frozen=True, slots=True)
 class ClassifyResult:
-    """Per example, the classes: labels [n, k] (bytes) and/or scores [n, k] (float32)."""
+    """Per example, the classes: labels [n, k] (bytes) and/or scores [n, k] (float32).
+
+    The shapes are checked when a result is made (TF Serving's messages), the one check of them:
+    the converters that write a result to gRPC or JSON trust it.
+    """
 
     spec: ResolvedSpec
     labels: np.ndarray | None
     scores: np.ndarray | None
 
+    def __post_init__(self) -> None:
+        labels, scores = self.labels, self.scores
+        if labels is None and scores is None:
+            raise errors.Internal("a classify result has neither classes nor scores")
+        for name, tensor in (("classes", labels), ("scores", scores)):
+            if tensor is not None and tensor.ndim != 2:
+                raise errors.InvalidArgument(
+                    f"Expected Tensor shape: [batch_size num_classes] but got {list(tensor.shape)} for {name}"
+                )
+        if labels is not None and scores is not None and labels.shape != scores.shape:
+            raise errors.InvalidArgument(
+                f"Tensors class and score should match in shape: {list(labels.shape)} vs. {list(scores.shape)}"
+            )
+
+    @property
+    def rows(self) -> int:
+        reference = self.labels if self.labels is not None else self.scores
+        assert reference is not None  # checked when made
+        return int(reference.shape[0])
+
 
 @dataclass(frozen=True, slots=True)
 class RegressResult:
+    """Per example, one value: float32 [n] or [n, 1], checked when made (the converters trust it)."""
+
     spec: ResolvedSpec
-    values: np.ndarray  # float32 [n]
+    values: np.ndarray
+
+    def __post_init__(self) -> None:
+        values = self.values
+        if not (values.ndim == 1 or (values.ndim == 2 and values.shape[1] == 1)):
+            raise errors.InvalidArgument(
+                f"Expected output Tensor shape to be either [batch_size] or [batch_size, 1] but got {list(values.shape)}"
+            )
 
 
 @dataclass(frozen=True, slots=True)

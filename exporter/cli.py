@@ -22,7 +22,7 @@ import numpy as np
 from exporter import dtypes, servable, storage
 from exporter.errors import BundleError, ExporterError
 from exporter.loaders import formats
-from exporter.signature import DEFAULT_SERVING_SIGNATURE, Shape, Signature
+from exporter.signature import DEFAULT_SERVING_SIGNATURE, Shape, Signature, check_feeds
 from protos.tessera import bundle_pb2
 
 
@@ -192,9 +192,10 @@ def run_command(args: argparse.Namespace, out: TextIO | None = None) -> int:
     feeds = {}
     for alias, value in _load_inputs(args.inputs).items():
         info = signature.inputs.get(alias)
-        # An unknown alias is passed through so the runtime names it in its error.
+        # An unknown alias is passed through so the check names it in its error.
         feeds[alias] = dtypes.as_array(value, info.dtype) if info is not None else np.asarray(value)
     try:
+        check_feeds(signature, feeds)  # where `tessera run`'s request enters: the runtime trusts it
         outputs = loaded.run(args.signature, feeds, args.output_filter)
     finally:
         loaded.close()

@@ -20,7 +20,7 @@ from exporter import dtypes
 from exporter.errors import GraphError, InvalidInputError
 from exporter.features import FeatureSpec, SparseTensorValue, output_layout
 from exporter.ops.registry import KernelFn, LoadContext, Resource, TensorType, get_op
-from exporter.signature import Shape, Signature, TensorInfo, Tensors, check_feeds
+from exporter.signature import Shape, Signature, TensorInfo, Tensors
 from protos.tessera import bundle_pb2
 
 if TYPE_CHECKING:
@@ -307,11 +307,13 @@ class Runtime:
         feeds: Mapping[str, np.ndarray],
         output_filter: Sequence[str] | None = None,
     ) -> Tensors:
-        """Runs a signature on `feeds` (alias -> array); returns its outputs (alias -> array)."""
-        plan = self._plan(signature_key, output_filter)
-        sig = self.signatures[signature_key]
-        check_feeds(sig, feeds)
-        return self._execute(plan, feeds)
+        """Runs a signature on `feeds` (alias -> array); returns its outputs (alias -> array).
+
+        `feeds` have passed `check_feeds` where the request entered (the servable contract): the
+        replica checks each request before it is merged into a batch, so checking the merged batch
+        again here would only repeat that check on more rows.
+        """
+        return self._execute(self._plan(signature_key, output_filter), feeds)
 
     def _execute(self, plan: _Plan, feeds: Mapping[str, Any]) -> Tensors:
         values: list[Any] = [None] * plan.num_slots

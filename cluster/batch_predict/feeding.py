@@ -31,7 +31,7 @@ from exporter import dtypes
 from exporter.errors import InvalidInputError
 from exporter.features import FeatureSpec, FixedLenFeature, SparseTensorValue, VarLenFeature
 from exporter.servable import Servable
-from exporter.signature import Signature, Tensors
+from exporter.signature import Signature, Tensors, check_feeds
 from protos.tessera import example_pb2
 
 
@@ -135,6 +135,7 @@ class Feeder:
                 else:
                     array = to_numpy(batch.column(alias), alias)
                 feeds[alias] = dtypes.as_array(array, info.dtype)
+        check_feeds(sig, feeds)  # where batch prediction's rows enter: the servable trusts its feeds
         return self._servable.run(sig.key, feeds, self._filter)
 
 

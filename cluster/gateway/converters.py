@@ -129,7 +129,7 @@ def predict_request(
         if check is not None:
             check()
         inputs[alias] = decode_tensor(proto, layouts[alias], check)
-    return PredictRequest(spec, inputs, tuple(request.output_filter), deadline)
+    return PredictRequest(spec, inputs, tuple(request.output_filter), deadline, checked=signature)
 
 
 def _layout(alias: str, proto: Any, lifted: Lifted | None) -> TensorLayout:
@@ -279,19 +279,11 @@ def predict_response(result: PredictResult, *, tensor_content: bool = False) -> 
 
 
 def classification_result(result: ClassifyResult, target: classification_pb2.ClassificationResult) -> None:
-    """Fills `target` with one Classifications per example from labels and/or scores [n, k]."""
+    """Fills `target` with one Classifications per example from labels and/or scores [n, k] (their
+    shapes were checked when the result was made)."""
     labels, scores = result.labels, result.scores
     reference = labels if labels is not None else scores
-    if reference is None:
-        raise Internal("a classify result has neither classes nor scores")
-    if reference.ndim != 2:
-        raise InvalidArgument(
-            f"Expected Tensor shape: [batch_size num_classes] but got {list(reference.shape)}"
-        )
-    if labels is not None and scores is not None and labels.shape != scores.shape:
-        raise InvalidArgument(
-            f"Tensors class and score should match in shape: {list(labels.shape)} vs {list(scores.shape)}"
-        )
+    assert reference is not None  # ClassifyResult refuses neither
     rows, k = reference.shape
     count = rows * k
     label_list = [_text(v) for v in labels.ravel().tolist()] if labels is not None else [""] * count
@@ -312,15 +304,10 @@ def _text(value: Any) -> str:
 
 
 def regression_result(result: RegressResult, target: regression_pb2.RegressionResult) -> None:
-    """Fills `target` with one Regression per example from values [n] or [n, 1]."""
-    values = np.asarray(result.values)
-    if values.ndim not in (1, 2) or (values.ndim == 2 and values.shape[1] != 1):
-        raise InvalidArgument(
-            f"Expected output Tensor shape to be either [batch_size] or [batch_size, 1] but got "
-            f"{list(values.shape)}"
-        )
+    """Fills `target` with one Regression per example from values [n] or [n, 1] (checked when the
+    result was made)."""
     add = target.regressions.add
-    for value in values.astype(np.float32).ravel().tolist():
+    for value in np.asarray(result.values).astype(np.float32).ravel().tolist():
         add(value=value)
 
 

@@ -263,12 +263,10 @@ def _fill_feature(target: feature_pb2.Feature, value: Any, key: str) -> None:
 
 def classify_response(result: ClassifyResult) -> bytes:
     """`{"results": [[[label, score], ...], ...]}`: one list per example, a pair per class."""
-    labels, scores = result.labels, result.scores
+    labels, scores = result.labels, result.scores  # shapes checked when the result was made
     reference = labels if labels is not None else scores
     if reference is None or np.size(reference) == 0:
         raise InvalidArgument("Cannot convert empty ClassificationResults to JSON")
-    if np.ndim(reference) != 2 or (labels is not None and scores is not None and labels.shape != scores.shape):
-        raise InvalidArgument(f"Expected Tensor shape: [batch_size num_classes] but got {list(np.shape(reference))}")
     rows, k = reference.shape
     label_rows = to_json("classes", labels) if labels is not None else [[""] * k] * rows
     score_rows = shortest_floats(scores).tolist() if scores is not None else [[0.0] * k] * rows
@@ -277,14 +275,10 @@ def classify_response(result: ClassifyResult) -> bytes:
 
 
 def regress_response(result: RegressResult) -> bytes:
-    """`{"results": [v1, v2, ...]}` from values [n] or [n, 1]."""
+    """`{"results": [v1, v2, ...]}` from values [n] or [n, 1] (checked when the result was made)."""
     values = np.asarray(result.values)
     if values.size == 0:
         raise InvalidArgument("Cannot convert empty RegressionResults to JSON")
-    if values.ndim not in (1, 2) or (values.ndim == 2 and values.shape[1] != 1):
-        raise InvalidArgument(
-            f"Expected output Tensor shape to be either [batch_size] or [batch_size, 1] but got {list(values.shape)}"
-        )
     return dumps({"results": shortest_floats(values.ravel()).tolist()})
 
 

@@ -17,7 +17,13 @@ from cluster.routing.validation import check_classify_signature, check_regress_s
 from exporter import tensor_codec
 from exporter.example_parser import with_context
 from exporter.servable import Servable
-from exporter.signature import CLASSIFY_METHOD, DEFAULT_SERVING_SIGNATURE, REGRESS_METHOD
+from exporter.signature import (
+    CLASSIFY_METHOD,
+    DEFAULT_SERVING_SIGNATURE,
+    REGRESS_METHOD,
+    Tensors,
+    check_feeds,
+)
 from exporter.warmup import WARMUP_FILE, read_warmup
 
 __all__ = ["WARMUP_FILE", "replay_warmup", "serialized_examples"]
@@ -37,6 +43,7 @@ def replay_warmup(servable: Servable, path: pathlib.Path, iterations: int = 1) -
                 predict = record.predict_log.request
                 feeds = {alias: tensor_codec.proto_to_array(t) for alias, t in predict.inputs.items()}
                 key = predict.model_spec.signature_name or DEFAULT_SERVING_SIGNATURE
+                _check(servable, key, feeds)
                 servable.run(key, feeds, list(predict.output_filter) or None)
             elif kind == "classify_log" or kind == "regress_log":
                 examples_request = (
@@ -66,7 +73,16 @@ def _run_examples(servable: Servable, key: str, method: str, examples: np.ndarra
         alias = check_regress_signature(signature)
     else:
         raise errors.InvalidArgument(f"Unsupported signature method_name: {method}")
+    _check(servable, key, {alias: examples})
     servable.run(key, {alias: examples})
+
+
+def _check(servable: Servable, key: str, feeds: Tensors) -> None:
+    """A warmup record is a request like any other: checked where it enters, as the replica checks
+    a live one (the servable trusts its feeds)."""
+    signature = servable.signatures.get(key)
+    if signature is not None:  # an unknown key: the servable's run names it, as it always did
+        check_feeds(signature, feeds)
 
 
 def serialized_examples(serialized_input: Any) -> np.ndarray:

@@ -37,11 +37,12 @@ from cluster.routing.router import Router
 from cluster.routing.table import ModelRoute, ReplicaRef, RoutingTable
 from cluster.routing.validation import (
     check_classify_signature,
+    check_output_filter,
     check_predict_request,
     check_regress_signature,
-    classify_outputs,
+    classify_result,
     multi_inference_methods,
-    regress_outputs,
+    regress_result,
 )
 from cluster.serving.resolution import resolve_version
 from cluster.types import VersionStatus
@@ -252,7 +253,10 @@ class Dispatcher:
         signature = signatures.get(key)
         if signature is None:
             raise errors.FailedPrecondition(f'Serving signature key "{key}" not found.')
-        check_predict_request(signature, request.inputs, request.output_filter)
+        if request.checked == signature:  # checked where it entered, against this very signature
+            check_output_filter(signature, request.output_filter)
+        else:
+            check_predict_request(signature, request.inputs, request.output_filter)
         outputs = await self._run(
             route, version, key, request.inputs, tuple(sorted(request.output_filter)), request.deadline
         )
@@ -270,14 +274,13 @@ class Dispatcher:
         route, version, key, signature = self._examples_signature(request.spec)
         input_alias = check_classify_signature(signature)
         outputs = await self._run(route, version, key, _examples(input_alias, request.examples, request.context), (), request.deadline)
-        labels, scores = classify_outputs(outputs, len(request.examples))
-        return ClassifyResult(ResolvedSpec(route.name, version, key), labels, scores)
+        return classify_result(ResolvedSpec(route.name, version, key), outputs, len(request.examples))
 
     async def regress(self, request: ExamplesRequest) -> RegressResult:
         route, version, key, signature = self._examples_signature(request.spec)
         input_alias = check_regress_signature(signature)
         outputs = await self._run(route, version, key, _examples(input_alias, request.examples, request.context), (), request.deadline)
-        return RegressResult(ResolvedSpec(route.name, version, key), regress_outputs(outputs, len(request.examples)))
+        return regress_result(ResolvedSpec(route.name, version, key), outputs, len(request.examples))
 
     async def multi_inference(self, request: MultiInferenceRequest) -> list[ClassifyResult | RegressResult]:
         methods = multi_inference_methods(request.tasks)

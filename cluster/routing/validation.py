@@ -11,7 +11,7 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 import numpy as np
 
 from cluster import errors
-from cluster.requests import InferenceTask
+from cluster.requests import ClassifyResult, InferenceTask, RegressResult, ResolvedSpec
 from exporter import dtypes
 from exporter.errors import InvalidInputError
 from exporter.signature import CLASSIFY_METHOD, REGRESS_METHOD, Signature, check_feeds
@@ -62,6 +62,11 @@ def check_predict_request(
         check_feeds(signature, inputs)
     except InvalidInputError as e:
         raise errors.InvalidArgument(str(e)) from None
+    check_output_filter(signature, output_filter)
+
+
+def check_output_filter(signature: Signature, output_filter: Sequence[str]) -> None:
+    """Each alias of a Predict's output filter is one of the signature's outputs, named once."""
     seen: set[str] = set()
     for alias in output_filter:
         if alias not in signature.outputs:
@@ -106,39 +111,23 @@ def check_regress_signature(signature: Signature) -> str:
     return alias
 
 
-def classify_outputs(outputs: Mapping[str, np.ndarray], num_examples: int) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """The (labels, scores) of a classify run, checked to be [num_examples, k]."""
-    labels, scores = outputs.get("classes"), outputs.get("scores")
-    for name, tensor in (("classes", labels), ("scores", scores)):
-        if tensor is None:
-            continue
-        if tensor.ndim != 2:
-            raise errors.InvalidArgument(
-                f"Expected Tensor shape: [batch_size num_classes] but got {list(tensor.shape)} for {name}"
-            )
-        if tensor.shape[0] != num_examples:
-            raise errors.InvalidArgument(
-                f"Input batch size did not match output batch size: {num_examples} vs. {tensor.shape[0]}"
-            )
-    if labels is not None and scores is not None and labels.shape != scores.shape:
-        raise errors.InvalidArgument(
-            f"Tensors class and score should match in shape: {list(labels.shape)} vs. {list(scores.shape)}"
-        )
-    return labels, scores
+def _same_batch(num_examples: int, rows: int) -> None:
+    if rows != num_examples:
+        raise errors.InvalidArgument(f"Input batch size did not match output batch size: {num_examples} vs. {rows}")
 
 
-def regress_outputs(outputs: Mapping[str, np.ndarray], num_examples: int) -> np.ndarray:
-    """The regression values, float32 [num_examples], from an output of [n] or [n, 1]."""
-    values = outputs["outputs"]
-    if not (values.ndim == 1 or (values.ndim == 2 and values.shape[1] == 1)):
-        raise errors.InvalidArgument(
-            f"Expected output Tensor shape to be either [batch_size] or [batch_size, 1] but got {list(values.shape)}"
-        )
-    if values.shape[0] != num_examples:
-        raise errors.InvalidArgument(
-            f"Input batch size did not match output batch size: {num_examples} vs. {values.shape[0]}"
-        )
-    return values.reshape(-1).astype(np.float32, copy=False)
+def classify_result(spec: ResolvedSpec, outputs: Mapping[str, np.ndarray], num_examples: int) -> ClassifyResult:
+    """The result of a classify run: its shapes checked as the result is made, then one row per example."""
+    result = ClassifyResult(spec, outputs.get("classes"), outputs.get("scores"))
+    _same_batch(num_examples, result.rows)
+    return result
+
+
+def regress_result(spec: ResolvedSpec, outputs: Mapping[str, np.ndarray], num_examples: int) -> RegressResult:
+    """The result of a regress run, float32 [num_examples], from an output of [n] or [n, 1]."""
+    values = RegressResult(spec, outputs["outputs"]).values  # shape checked as a result is made
+    _same_batch(num_examples, values.shape[0])
+    return RegressResult(spec, values.reshape(-1).astype(np.float32, copy=False))
 
 
 def multi_inference_methods(tasks: Sequence[InferenceTask]) -> list[str]:

@@ -11,6 +11,7 @@ from exporter.graph import GraphBuilder
 from exporter.ops import core, math
 from exporter.outputs import ClassificationOutput, PredictOutput, RegressionOutput
 from exporter.runtime import Runtime
+from exporter.signature import check_feeds
 from protos.tessera import bundle_pb2
 
 
@@ -57,12 +58,15 @@ def test_plans_are_pruned_per_signature_and_filter() -> None:
 def test_bad_feeds_are_rejected_with_clear_messages() -> None:
     meta, variables, *_ = _dense_model()
     rt = Runtime(meta, variables)
+    # Feeds are checked where a request enters (the replica, warmup, batch prediction, `tessera
+    # run`), against the runtime's signature; the runtime itself trusts them.
+    signature = rt.signatures["serving_default"]
     with pytest.raises(InvalidInputError, match="to be float32 but float64"):
-        rt.run("serving_default", {"x": np.zeros((1, 4))})
+        check_feeds(signature, {"x": np.zeros((1, 4))})
     with pytest.raises(InvalidInputError, match="expected shape"):
-        rt.run("serving_default", {"x": np.zeros((1, 5), np.float32)})
+        check_feeds(signature, {"x": np.zeros((1, 5), np.float32)})
     with pytest.raises(InvalidInputError, match="Sent extra: {y}"):
-        rt.run("serving_default", {"x": np.zeros((1, 4), np.float32), "y": np.zeros(1)})
+        check_feeds(signature, {"x": np.zeros((1, 4), np.float32), "y": np.zeros(1)})
     with pytest.raises(InvalidInputError, match="not found"):
         rt.run("nope", {"x": np.zeros((1, 4), np.float32)})
     with pytest.raises(InvalidInputError, match="output tensor alias not found"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from typing import Any
 
 import numpy as np
@@ -111,6 +112,35 @@ def test_predict_errors(replica: Replica, spec: ModelSpec, error: type, message:
         d = await _dispatcher([FakeReplica(replica)], replica)
         with pytest.raises(error, match=message.replace("(", r"\(").replace(")", r"\)")):
             await d.predict(PredictRequest(spec, _x()))
+
+    asyncio.run(main())
+
+
+def test_a_request_checked_where_it_entered_is_not_checked_again(replica: Replica) -> None:
+    """The gRPC gateway checks a Predict's tensors against the signature before decoding them; the
+    dispatcher repeats that check only when it resolves the request to another signature. The
+    replica still checks what reaches it (it may be called by any gateway)."""
+    signature = replica.servable(1).signatures["serving_default"]
+    bad = {"x": np.zeros((1, 3), np.float32)}  # the signature wants [-1, 2]
+
+    async def main() -> None:
+        fake = FakeReplica(replica)
+        d = await _dispatcher([fake], replica)
+        with pytest.raises(errors.InvalidArgument, match="expected shape"):
+            await d.predict(PredictRequest(ModelSpec("m"), bad))
+        assert fake.calls == []  # refused in the gateway: no replica time spent
+        other = dataclasses.replace(signature, key="another")
+        with pytest.raises(errors.InvalidArgument, match="expected shape"):
+            await d.predict(PredictRequest(ModelSpec("m"), bad, checked=other))
+        assert fake.calls == []
+        # Marked as checked against this very signature: trusted here, refused by the replica.
+        with pytest.raises(errors.InvalidArgument, match="expected shape"):
+            await d.predict(PredictRequest(ModelSpec("m"), bad, checked=signature))
+        assert fake.calls == [1]
+        # The output filter is never part of the entry's check: still refused here.
+        with pytest.raises(errors.InvalidArgument, match="output tensor alias not found in signature: z"):
+            await d.predict(PredictRequest(ModelSpec("m"), _x(), ("z",), checked=signature))
+        await d.stop()
 
     asyncio.run(main())
 
