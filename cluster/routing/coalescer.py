@@ -49,7 +49,7 @@ class _Lane:
     signature: str
     output_filter: tuple[str, ...]
     pending: list[_Request] = field(default_factory=list)
-    in_flight: int = 0  # calls running
+    in_flight_calls: int = 0  # calls running (each carries one or more requests)
 
 
 class Coalescer:
@@ -89,7 +89,7 @@ class Coalescer:
         lane.router, lane.connect = router, connect  # the latest routing table's
         future: asyncio.Future[Tensors] = asyncio.get_running_loop().create_future()
         lane.pending.append(_Request(feeds, deadline, future))
-        if lane.in_flight < self._max_calls * max(len(router.replicas), 1):
+        if lane.in_flight_calls < self._max_calls * max(len(router.replicas), 1):
             self._send(key, lane)
         return future
 
@@ -99,10 +99,10 @@ class Coalescer:
         if not batch:
             if lane.pending:
                 self._send(key, lane)
-            elif lane.in_flight == 0:
+            elif lane.in_flight_calls == 0:
                 self._lanes.pop(key, None)
             return
-        lane.in_flight += 1
+        lane.in_flight_calls += 1
         task = asyncio.get_running_loop().create_task(self._call(key, lane, batch))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -111,10 +111,10 @@ class Coalescer:
         try:
             await self._run_with_retry(lane, batch)
         finally:
-            lane.in_flight -= 1
+            lane.in_flight_calls -= 1
             if lane.pending:
                 self._send(key, lane)
-            elif lane.in_flight == 0:
+            elif lane.in_flight_calls == 0:
                 self._lanes.pop(key, None)
 
     async def _run_with_retry(self, lane: _Lane, batch: list[_Request]) -> None:

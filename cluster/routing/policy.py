@@ -10,13 +10,13 @@ import random
 from collections.abc import Sequence
 
 
-def choose_replica(in_flight: Sequence[int], rng: random.Random) -> int:
-    """Index of the chosen replica, given each replica's in-flight count.
+def choose_replica(in_flight_requests: Sequence[int], rng: random.Random) -> int:
+    """Index of the chosen replica, given the requests each has in flight.
 
     Two distinct replicas are drawn uniformly; the one with fewer requests in flight wins. The pair
     is drawn in random order, so taking the first on a tie breaks ties randomly.
     """
-    count = len(in_flight)
+    count = len(in_flight_requests)
     if count == 0:
         raise ValueError("choose_replica needs at least one replica")
     if count == 1:
@@ -25,4 +25,4 @@ def choose_replica(in_flight: Sequence[int], rng: random.Random) -> int:
     second = rng.randrange(count - 1)
     if second >= first:
         second += 1  # distinct from `first`, still uniform over the others
-    return second if in_flight[second] < in_flight[first] else first
+    return second if in_flight_requests[second] < in_flight_requests[first] else first

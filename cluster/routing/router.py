@@ -22,16 +22,16 @@ H = TypeVar("H")
 
 
 class _Slot(Generic[H]):
-    __slots__ = ("handle", "in_flight", "down_until")
+    __slots__ = ("handle", "in_flight_requests", "down_until")
 
     def __init__(self, handle: H) -> None:
         self.handle = handle
-        self.in_flight = 0
+        self.in_flight_requests = 0
         self.down_until = 0.0  # set aside until then (clock seconds)
 
 
 class Router(Generic[H]):
-    """Picks a replica by power of two choices on in-flight counts.
+    """Picks a replica by power of two choices on the requests each has in flight.
 
     `key` identifies a replica across `set_replicas` calls (default: the handle itself, which must
     then be hashable), so a replica that stays keeps its count.
@@ -91,8 +91,9 @@ class Router(Generic[H]):
     def replicas(self) -> list[H]:
         return [slot.handle for slot in self._slots]
 
-    def in_flight(self) -> list[int]:
-        return [slot.in_flight for slot in self._slots]
+    def in_flight_requests(self) -> list[int]:
+        """Per replica, the requests in flight on it (a coalesced call counts each of its requests)."""
+        return [slot.in_flight_requests for slot in self._slots]
 
     @contextmanager
     def acquire(self, weight: int = 1, *, exclude: H | None = None) -> Iterator[H]:
@@ -107,12 +108,12 @@ class Router(Generic[H]):
         if not slots:
             raise Unavailable("No replica is available to serve this model")
         slot = slots[choose_replica(_counts(slots), self._rng)] if len(slots) > 1 else slots[0]
-        slot.in_flight += weight
+        slot.in_flight_requests += weight
         try:
             yield slot.handle
         finally:
-            slot.in_flight -= weight
+            slot.in_flight_requests -= weight
 
 
 def _counts(slots: Sequence[_Slot[H]]) -> list[int]:
-    return [slot.in_flight for slot in slots]
+    return [slot.in_flight_requests for slot in slots]

@@ -11,18 +11,18 @@ from cluster.routing.router import Router
 def test_counts_in_flight_while_acquired_and_releases_on_exit():
     router = Router(["a", "b"], rng=random.Random(0))
     with router.acquire() as first:
-        assert sum(router.in_flight()) == 1
+        assert sum(router.in_flight_requests()) == 1
         with router.acquire() as second:
             assert second != first  # the idle one wins over the busy one
-            assert router.in_flight() == [1, 1]
-    assert router.in_flight() == [0, 0]
+            assert router.in_flight_requests() == [1, 1]
+    assert router.in_flight_requests() == [0, 0]
 
 
 def test_releases_when_the_call_fails():
     router = Router(["a"])
     with pytest.raises(RuntimeError), router.acquire():
         raise RuntimeError("replica died")
-    assert router.in_flight() == [0]
+    assert router.in_flight_requests() == [0]
 
 
 def test_weight_counts_a_coalesced_call_as_several_requests():
@@ -43,15 +43,15 @@ def test_set_replicas_keeps_counts_of_replicas_that_stay():
     with router.acquire() as held:
         router.set_replicas(["c", held])
         assert router.replicas == ["c", held]
-        assert router.in_flight() == [0, 1]
-    assert router.in_flight() == [0, 0]
+        assert router.in_flight_requests() == [0, 1]
+    assert router.in_flight_requests() == [0, 0]
 
 
 def test_removed_replica_finishing_late_does_not_touch_the_new_set():
     router = Router(["a"])
     with router.acquire():
         router.set_replicas(["b"])
-    assert router.in_flight() == [0]
+    assert router.in_flight_requests() == [0]
 
 
 def test_key_identifies_unhashable_handles():
@@ -64,7 +64,7 @@ def test_key_identifies_unhashable_handles():
     router = Router([Handle("x")], key=lambda h: h.actor_id)
     with router.acquire():
         router.set_replicas([Handle("x"), Handle("y")])
-        assert router.in_flight() == [1, 0]
+        assert router.in_flight_requests() == [1, 0]
 
 
 def test_load_spreads_evenly_under_concurrency():
@@ -73,7 +73,7 @@ def test_load_spreads_evenly_under_concurrency():
     for ctx in contexts:
         ctx.__enter__()
     # Power of two choices keeps the spread tight: no replica is far from 10.
-    assert max(router.in_flight()) - min(router.in_flight()) <= 2
+    assert max(router.in_flight_requests()) - min(router.in_flight_requests()) <= 2
     for ctx in contexts:
         ctx.__exit__(None, None, None)
-    assert sum(router.in_flight()) == 0
+    assert sum(router.in_flight_requests()) == 0
