@@ -23,7 +23,7 @@ from typing import NamedTuple
 class Load(NamedTuple):
     """A model's load over a period: mean requests in flight, arrivals and answers per second."""
 
-    in_flight: float
+    in_flight_requests: float
     rate: float
     done_rate: float = 0.0  # above `rate` while a backlog drains
 

@@ -111,7 +111,7 @@ class ScalingState:
 
 def _busy(load: Load) -> bool:
     """Whether any request arrived or was in flight over the load's period."""
-    return load.in_flight > 0 or load.rate > 0
+    return load.in_flight_requests > 0 or load.rate > 0
 
 
 def decide(
@@ -149,7 +149,7 @@ def decide(
     target = config.target_ongoing_requests
     # Up only on load that is still there: a backlog draining after a scale-up reads high on
     # average but falls in the newest period.
-    up_load = load.in_flight if recent is None else min(load.in_flight, recent.in_flight)
+    up_load = load.in_flight_requests if recent is None else min(load.in_flight_requests, recent.in_flight_requests)
     wanted = math.ceil(up_load / target - _EPSILON) if math.isfinite(up_load) else hi
     needed = min(max(wanted, lo), hi)
     if needed > current:
@@ -168,7 +168,7 @@ def decide(
         return current, replace(state, low_since=None)
 
     room = 1.0 - config.hysteresis
-    low = current > lo and load.in_flight <= (current - 1) * target * room
+    low = current > lo and load.in_flight_requests <= (current - 1) * target * room
     if low and state.too_few is not None:
         count, rate = state.too_few
         low = current - 1 > count or load.rate <= rate * room

@@ -397,7 +397,7 @@ class Controller:
                      "it loads again on its next request", name, model.scaler.config.scale_to_zero_idle_s, current)
         else:
             log.info("model %s scaling from %d to %d replicas (load %.2f in flight, %.1f requests/s)",
-                     name, current, desired, load.in_flight, load.rate)
+                     name, current, desired, load.in_flight_requests, load.rate)
 
     def _took_effect(self, table: RoutingTable) -> None:
         """Tells each model's scaler that its last change took effect, once `table` (published)
@@ -528,7 +528,7 @@ class Controller:
                 load_seconds=model.load_seconds,
                 cold_start_seconds=model.cold_start_seconds,
                 scaled_to_zero=model.scaled_to_zero,
-                load_in_flight=signals[name].in_flight,
+                load_in_flight=signals[name].in_flight_requests,
                 load_rate=signals[name].rate,
                 replicas=replies,
                 replica_count=len(model.replicas),

@@ -82,7 +82,7 @@ class Dispatcher:
         self._connect = connect or (lambda ref: ReplicaChannel(ref.address, data_plane_secret))
         self._drain_grace = drain_grace_s
         self._channels: dict[ReplicaRef, Any] = {}  # one data-plane connection per replica
-        self._in_flight: dict[str, InFlight] = {}  # requests per model, from arrival to answer
+        self._in_flight_requests: dict[str, InFlight] = {}  # requests per model, from arrival to answer
         self._poll_task: asyncio.Task[None] | None = None
         self._report_load = report_load
         self._report_interval = report_interval_s
@@ -164,7 +164,7 @@ class Dispatcher:
             router.set_replicas(route.replicas)
         for name in set(self._routers) - set(table.models):
             del self._routers[name]
-            self._in_flight.pop(name, None)  # requests still running hold their own reference
+            self._in_flight_requests.pop(name, None)  # requests still running hold their own reference
             self._demand_at.pop(name, None)
         live = {ref for route in table.models.values() for ref in route.replicas}
         for ref in set(self._channels) - live:
@@ -206,14 +206,14 @@ class Dispatcher:
         deadline: float | None,
     ) -> Mapping[str, np.ndarray]:
         name = route.name
-        in_flight = self._load(name)
-        if in_flight.count >= self._max_in_flight * max(len(route.replicas), 1):
+        requests = self._load(name)
+        if requests.count >= self._max_in_flight * max(len(route.replicas), 1):
             raise errors.ResourceExhausted(f"Too many requests in flight for model {name}; retry later")
         now = time.monotonic()
         timeout = None if deadline is None else deadline - now
         if timeout is not None and timeout <= 0:
             raise errors.DeadlineExceeded("Deadline exceeded before the request was run")
-        in_flight.start(now)
+        requests.start(now)
         if not route.replicas:
             self._demand(name, now)
         try:
@@ -229,7 +229,7 @@ class Dispatcher:
             finally:
                 timer.cancel()
         finally:
-            in_flight.finish(time.monotonic())
+            requests.finish(time.monotonic())
 
     def _demand(self, name: str, now: float) -> None:
         """A request for a model with no replica (scaled to zero, or its last one being replaced)
@@ -241,10 +241,10 @@ class Dispatcher:
             self._report_now.set()
 
     def _load(self, name: str) -> InFlight:
-        in_flight = self._in_flight.get(name)
-        if in_flight is None:
-            in_flight = self._in_flight[name] = InFlight(time.monotonic())
-        return in_flight
+        requests = self._in_flight_requests.get(name)
+        if requests is None:
+            requests = self._in_flight_requests[name] = InFlight(time.monotonic())
+        return requests
 
     # -- ServingAPI ----------------------------------------------------------------------------
     async def predict(self, request: PredictRequest) -> PredictResult:

@@ -15,7 +15,7 @@ def test_the_time_average_sees_steady_load_that_one_sample_a_second_misses():
     for at, kind in events:
         load.start(at) if kind > 0 else load.finish(at)
     got = load.take(1.0)
-    assert got.in_flight == pytest.approx(1.5, rel=1e-9)
+    assert got.in_flight_requests == pytest.approx(1.5, rel=1e-9)
     assert got.rate == pytest.approx(250.0)
     assert load.count == 0
 
@@ -47,9 +47,9 @@ def test_reports_of_different_periods_are_weighted_by_time():
     window = LoadWindow(look_back_s=4.0, ttl_s=10.0)
     window.add("a", 1.0, 3.0, {"m": (4.0, 0.0)})  # 3 s at 4
     window.add("a", 2.0, 1.0, {"m": (0.0, 0.0)})  # 1 s at 0
-    assert window.load("m", 2.0).in_flight == pytest.approx(3.0)
+    assert window.load("m", 2.0).in_flight_requests == pytest.approx(3.0)
     window.add("a", 4.0, 2.0, {"m": (1.0, 0.0)})  # only 2 s of the 3 s report still in the window
-    assert window.load("m", 4.0).in_flight == pytest.approx((2 * 1.0 + 1 * 0.0 + 1 * 4.0) / 4)
+    assert window.load("m", 4.0).in_flight_requests == pytest.approx((2 * 1.0 + 1 * 0.0 + 1 * 4.0) / 4)
 
 
 def test_a_report_longer_than_the_look_back_still_counts():
@@ -62,8 +62,8 @@ def test_a_silent_gateway_is_forgotten_after_the_ttl():
     window = LoadWindow(look_back_s=2.0, ttl_s=5.0)
     window.add("gone", 0.0, 1.0, {"m": (3.0, 1.0)})
     window.add("alive", 4.0, 1.0, {"m": (1.0, 1.0)})
-    assert window.load("m", 5.0).in_flight == 4.0
-    assert window.load("m", 5.1).in_flight == 1.0
+    assert window.load("m", 5.0).in_flight_requests == 4.0
+    assert window.load("m", 5.1).in_flight_requests == 1.0
     assert window.gateways(5.1) == ["alive"]
 
 
@@ -73,7 +73,7 @@ def test_old_reports_are_dropped_and_empty_periods_ignored():
         window.add("a", float(t), 1.0, {"m": (1.0, 1.0)})
     window.add("a", 100.0, 0.0, {"m": (99.0, 1.0)})
     assert len(window._reports["a"]) <= 3  # noqa: SLF001
-    assert window.load("m", 100.0).in_flight == 1.0
+    assert window.load("m", 100.0).in_flight_requests == 1.0
 
 
 def test_window_bad_arguments():

@@ -267,6 +267,6 @@ def test_reports_the_time_averaged_load_of_each_period(replica: Replica) -> None
     assert len(reports) >= 3
     period, busy = reports[1]
     assert period == pytest.approx(0.5, abs=0.15)
-    assert busy["m"].in_flight == pytest.approx(1.0, abs=0.1)
+    assert busy["m"].in_flight_requests == pytest.approx(1.0, abs=0.1)
     assert busy["m"].rate == pytest.approx(1 / 0.2, rel=0.4)
-    assert reports[-1][1]["m"].in_flight == pytest.approx(0.0, abs=0.05)
+    assert reports[-1][1]["m"].in_flight_requests == pytest.approx(0.0, abs=0.05)
