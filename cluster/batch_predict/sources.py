@@ -33,6 +33,9 @@ from exporter import storage
 
 FORMATS = ("parquet", "csv", "json", "tfrecord")
 BLOCK_BYTES = 4 << 20  # text formats are parsed a block of whole lines at a time
+# Parquet is decoded up to this many rows (and bytes) at a time, then handed on in batches (views).
+READ_ROWS = 1 << 16
+READ_BYTES = 16 << 20
 
 
 class InputError(ValueError):
@@ -123,15 +126,42 @@ def plan_units(files: Sequence[tuple[str, str]], file_format: str, unit_rows: in
     return units
 
 
+def _row_bytes(schema: pa.Schema) -> int | None:
+    """The decoded size of a row, if every column has a fixed width (numbers, fixed-size lists of
+    numbers); None otherwise (strings, lists: only reading tells)."""
+    total = 0
+    for kind in schema.types:
+        count = 1
+        while pa.types.is_fixed_size_list(kind):
+            count, kind = count * kind.list_size, kind.value_type
+        try:
+            total += count * max(1, kind.bit_width // 8)
+        except ValueError:  # not a fixed-width type
+            return None
+    return total
+
+
+def _read_rows(schema: pa.Schema, batch_size: int) -> int:
+    """How many rows to decode at a time: Arrow's cost per call is paid per read rather than per
+    model batch (measured: 7% of a worker's CPU on narrow rows), up to READ_BYTES decoded, and at
+    least one batch. Rows of no fixed size are decoded a batch at a time."""
+    row_bytes = _row_bytes(schema)
+    if row_bytes is None:
+        return batch_size
+    return max(batch_size, min(READ_ROWS, READ_BYTES // max(1, row_bytes)))
+
+
 def read_unit(unit: Unit, file_format: str, batch_size: int, *, keep_records: bool = False) -> Iterator[Chunk]:
     """The unit's rows in batches of at most `batch_size`. TFRecord: with `keep_records` each record
     is one row of `tfrecord.RECORD_COLUMN`, else its Example is decoded into columns."""
     fs, _ = storage.resolve(unit.source)
     if file_format == "parquet":
         with fs.open_input_file(unit.path) as handle:
+            file = pq.ParquetFile(handle)
             groups = list(unit.row_groups) or None
-            for batch in pq.ParquetFile(handle).iter_batches(batch_size=batch_size, row_groups=groups):
-                yield Chunk(batch, [])
+            for batch in file.iter_batches(batch_size=_read_rows(file.schema_arrow, batch_size), row_groups=groups):
+                for start in range(0, batch.num_rows, batch_size):
+                    yield Chunk(batch.slice(start, batch_size), [])
         return
     with fs.open_input_stream(unit.path) as stream:
         if file_format == "tfrecord":

@@ -10,28 +10,24 @@ and the undecodable input go to the unit's errors file.
 
 from __future__ import annotations
 
-import base64
 import json
 import math
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from cluster.batch_predict.columns import to_arrow
 from cluster.batch_predict.feeding import Feeder, InputSelection, takes_examples
+from cluster.batch_predict.parts import PartWriter
 from cluster.batch_predict.sources import BadRow, Unit, read_unit
 from cluster.batch_predict.tfrecord import RECORD_COLUMN
 from exporter import storage
 from exporter.errors import BundleError, InvalidInputError
 from exporter.servable import LoadOptions, Servable, load_servable
 from exporter.signature import DEFAULT_SERVING_SIGNATURE, Tensors
-
-OUTPUT_FORMATS = ("parquet", "json")
 
 
 @dataclass(frozen=True)
@@ -57,7 +53,14 @@ class Counts:
     rows_written: int = 0
     rows_failed: int = 0  # decoded, refused by the model
     bad_rows: int = 0  # undecodable input
-    cpu_s: float = field(default=0.0, compare=False)  # CPU time of the workers' processes (all their threads) spent on units
+    # Not counts of rows, so not compared, and not in _SUCCESS: where the workers' time went.
+    cpu_s: float = field(default=0.0, compare=False)  # CPU time of the workers' processes (all threads) on units
+    busy_s: float = field(default=0.0, compare=False)  # wall time the workers spent on units
+
+    def rows(self) -> dict[str, int]:
+        """The row counts (what `_SUCCESS` records)."""
+        return {"rows_read": self.rows_read, "rows_written": self.rows_written, "rows_failed": self.rows_failed,
+                "bad_rows": self.bad_rows}
 
     def add(self, other: Counts) -> None:
         for name in vars(self):
@@ -107,9 +110,9 @@ class BatchWorker:
         filesystem of `output_source`), each only if there is something to write."""
         fs, _ = storage.resolve(output_source)
         counts = Counts()
-        cpu = time.process_time()
-        writer: Any = None
-        schema: pa.Schema | None = None
+        cpu, started = time.process_time(), time.perf_counter()
+        outputs = self._job.output_filter or tuple(self._signature.outputs)
+        writer = PartWriter(self._job.output_format, fs, part_path, outputs)
         errors: Any = None
         row = unit.first_row
         try:
@@ -120,11 +123,7 @@ class BatchWorker:
                     table = self._predict(chunk.batch, unit.path, row, failed)
                     row += chunk.batch.num_rows
                     if table.num_rows:
-                        if writer is None:
-                            outputs = set(self._job.output_filter or self._signature.outputs)
-                            writer = _writer(self._job.output_format, fs, part_path, table.schema, outputs)
-                            schema = table.schema
-                        writer.write(table if table.schema == schema else table.cast(schema))
+                        writer.write(table)
                 counts.rows_read += chunk.batch.num_rows + len(chunk.bad)
                 counts.bad_rows += len(chunk.bad)
                 counts.rows_failed += len(failed)
@@ -134,12 +133,16 @@ class BatchWorker:
                         fs.create_dir(errors_path.rsplit("/", 1)[0], recursive=True)
                         errors = fs.open_output_stream(errors_path)
                     errors.write(b"".join(_error_line(b) for b in (*chunk.bad, *failed)))
+        except BaseException:
+            writer.close(complete=False)  # the job fails: what is still buffered is not written
+            raise
+        else:
+            writer.close()
         finally:
-            if writer is not None:
-                writer.close()
             if errors is not None:
                 errors.close()
         counts.cpu_s = time.process_time() - cpu
+        counts.busy_s = time.perf_counter() - started
         return counts
 
     def _feeder(self, schema: pa.Schema) -> Feeder:
@@ -214,45 +217,3 @@ def _error_line(bad: BadRow) -> bytes:
     if bad.raw:
         record["raw"] = bad.raw
     return json.dumps(record).encode() + b"\n"
-
-
-class _JsonLinesWriter:
-    """JSON lines: one object per row; binary values as {"b64": ...} (Cloud ML Engine's convention)."""
-
-    def __init__(self, stream: Any) -> None:
-        self._stream = stream
-
-    def write(self, table: pa.Table) -> None:
-        self._stream.write("".join(json.dumps(r, default=_b64) + "\n" for r in _rows(table)).encode())
-
-    def close(self) -> None:
-        self._stream.close()
-
-
-def _rows(table: pa.Table) -> Iterator[dict[str, Any]]:
-    yield from table.to_pylist()
-
-
-def _b64(value: object) -> object:
-    if isinstance(value, bytes):
-        return {"b64": base64.b64encode(value).decode()}
-    raise TypeError(f"{type(value).__name__} is not JSON serializable")
-
-
-def _scalar_type(kind: pa.DataType) -> pa.DataType:
-    while pa.types.is_fixed_size_list(kind):
-        kind = kind.value_type
-    return kind
-
-
-def _writer(output_format: str, fs: Any, path: str, schema: pa.Schema, outputs: set[str]) -> Any:
-    if output_format == "parquet":
-        # Parquet's dictionary encoding hashes every value: it pays for integer outputs (class ids)
-        # and is pure cost for float outputs (scores: as many values as rows; measured 1.4x slower to
-        # write, and larger) and for string outputs (a classifier's labels: the same few strings on
-        # every row, which compression takes care of). Passthrough columns keep pyarrow's default.
-        dictionary = [f.name for f in schema if f.name not in outputs or pa.types.is_integer(_scalar_type(f.type))]
-        return pq.ParquetWriter(path, schema, filesystem=fs, use_dictionary=dictionary)
-    if output_format == "json":
-        return _JsonLinesWriter(fs.open_output_stream(path))
-    raise ValueError(f"unknown output format {output_format!r}; known: {', '.join(OUTPUT_FORMATS)}")

@@ -4,6 +4,7 @@ job that cannot fit failing fast, output published whole or not at all."""
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 
 import numpy as np
@@ -13,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from cluster.batch_predict.output import SUCCESS_FILE, OutputExistsError
-from cluster.batch_predict.predict import main, run
+from cluster.batch_predict.predict import _start_workers, main, run
 from cluster.batch_predict.resources import UnschedulableError
 from cluster.batch_predict.worker import BatchJob
 from examples.export_models import IRIS_FEATURES, export_trained, train_iris
@@ -95,3 +96,21 @@ def test_the_command_over_csv_to_json_lines_and_a_failing_job(
     assert main([*args[1:], f"--model_path={tmp_path / 'nope'}", f"--output={tmp_path / 'out2'}"]) == 1
     assert "does not exist" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.csv", "out"]
+
+
+def test_workers_on_the_embedded_ray_run_at_the_priority_of_a_plain_loop(local_ray: None, iris: tuple) -> None:
+    import ray
+
+    base, _ = iris
+
+    def niceness(whole_cluster: bool) -> int:
+        (worker,), _ = _start_workers(BatchJob(str(base)), 1, 1.0, can_grow=False, whole_cluster=whole_cluster,
+                                      timeout_s=60)
+        try:
+            return int(ray.get(worker.__ray_call__.remote(lambda self: os.nice(0))))
+        finally:
+            ray.kill(worker)
+
+    rays_default = ray.get(ray.remote(num_cpus=0)(lambda: os.nice(0)).remote())
+    assert niceness(whole_cluster=True) == 0 == os.nice(0)  # the job's own Ray: like the driver
+    assert niceness(whole_cluster=False) == rays_default  # a shared cluster: as its other workers

@@ -43,6 +43,22 @@ def test_parquet_units_are_runs_of_row_groups(tmp_path: pathlib.Path) -> None:
     assert sum(rows, []) == list(range(200, 400)) and max(len(r) for r in rows) == 64
 
 
+def test_parquet_is_decoded_in_reads_bounded_by_rows_and_bytes(tmp_path: pathlib.Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    fixed = pa.schema([("a", pa.int64()), ("v", pa.list_(pa.float32(), 4)), ("ok", pa.bool_())])  # 25 bytes
+    assert sources._row_bytes(fixed) == 25
+    assert sources._read_rows(fixed, 64) == sources.READ_ROWS
+    monkeypatch.setattr(sources, "READ_BYTES", 2500)
+    assert sources._read_rows(fixed, 64) == 100
+    assert sources._read_rows(fixed, 500) == 500  # never less than one batch
+    assert sources._read_rows(pa.schema([("a", pa.int64()), ("s", pa.string())]), 64) == 64  # no fixed size
+    pq.write_table(pa.table({"a": np.arange(1000)}), tmp_path / "x.parquet", row_group_size=300)
+    (unit,) = plan_units(list_files([str(tmp_path)]), "parquet", 1 << 20)
+    chunks = list(read_unit(unit, "parquet", 64))
+    assert pa.Table.from_batches([c.batch for c in chunks]).column("a").to_pylist() == list(range(1000))
+    assert max(c.batch.num_rows for c in chunks) == 64  # the model still gets batches of at most 64
+
+
 def test_csv_bad_lines_are_counted_not_fatal(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sources, "BLOCK_BYTES", 64)  # many blocks, records cut across reads
     lines = ["id,x,name"] + [f'{i},{i / 2},"n {i}"' for i in range(40)]
