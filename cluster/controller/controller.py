@@ -100,6 +100,7 @@ class _Model:
     scaling: _Scaling | None = None  # the autoscaler's last change, until it takes effect
     cold_start_seconds: stats.Histogram = field(default_factory=lambda: stats.Histogram(stats.LATENCY_BUCKETS))
     scaled_to_zero: int = 0  # times it went to 0 replicas for being idle
+    zero_reason: str = "no replica"  # why it is at 0 replicas (GetModelStatus), set by what took it there
     last_poll: float | None = None  # when the source was last listed
 
 
@@ -393,6 +394,7 @@ class Controller:
                      name, desired, load.rate, ", and a new version" if pending else "")
         elif desired == 0:
             model.scaled_to_zero += 1
+            model.zero_reason = f"no request for {model.scaler.config.scale_to_zero_idle_s:g}s"
             log.info("model %s scaled to zero: no request for %.0fs, unloading from its %d replica(s); "
                      "it loads again on its next request", name, model.scaler.config.scale_to_zero_idle_s, current)
         else:
@@ -469,10 +471,9 @@ class Controller:
         unplaced = model.replicas.unplaced()
         why = "waiting for a replica to start" + (f": {unplaced[0]}" if unplaced else "")
         if model.scaler is not None and model.scaler.config.scales_to_zero:
-            idle = model.scaler.config.scale_to_zero_idle_s
             cold = model.scaling is not None and model.scaling.before == 0 and model.scaling.up
             note = (
-                f"scaled to zero (no request for {idle:g}s): loads on demand at the next request"
+                f"scaled to zero ({model.zero_reason}): loads on demand at the next request"
                 if not model.replicas.members
                 else "loading on demand (cold start): requests wait for it" if cold else None
             )
