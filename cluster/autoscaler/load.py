@@ -100,9 +100,12 @@ class LoadWindow:
         """The model's load averaged over the look-back, summed over the live gateways."""
         return self._sum(model, now, self._look_back)
 
-    def recent(self, model: str, now: float) -> Load:
-        """The model's load in each live gateway's newest report, summed."""
-        return self._sum(model, now, 0.0)
+    def recent(self, model: str, now: float, span_s: float = 1.0) -> Load:
+        """The model's load over each live gateway's newest `span_s` of reports (its newest report,
+        at the usual 1 s period), summed. A span, not just the newest report: a gateway reports
+        early when a request finds a model with no replica, and that report's period may be a few
+        milliseconds, a single instant's sample for every other model."""
+        return self._sum(model, now, span_s)
 
     def _sum(self, model: str, now: float, span: float) -> Load:
         loads = [_average(reversed(self._reports[g]), model, span) for g in self.gateways(now)]

@@ -126,7 +126,7 @@ def decide(
 ) -> tuple[int, ScalingState]:
     """The replica count to move to now (== `current`: no change) and the state to keep.
 
-    `load` is the average over the look-back; `recent` the newest period's (default: `load`).
+    `load` is the average over the look-back; `recent` the newest second's (default: `load`).
     `pending`: a version waits for a replica to load on (demand, for a model at zero).
     """
     lo, hi = config.min_replicas, config.max_replicas

@@ -43,6 +43,16 @@ def test_window_sums_gateways_and_averages_each_over_the_look_back():
     assert window.load("unknown", 4.0) == Load(0.0, 0.0)
 
 
+def test_recent_is_the_newest_second_even_after_an_early_short_report():
+    # A request found a model at zero: the gateway reported after 5 ms, when nothing of "m" happened
+    # to be in flight. The newest second still shows m's load, not that instant.
+    window = LoadWindow(look_back_s=3.0, ttl_s=5.0)
+    window.add("a", 1.0, 1.0, {"m": (2.0, 100.0)})
+    window.add("a", 1.005, 0.005, {"m": (0.0, 0.0), "cold": (0.0, 200.0)})
+    assert window.recent("m", 1.005).in_flight_requests == pytest.approx(0.995 * 2.0)
+    assert window.recent("cold", 1.005).rate > 0  # the demand shows all the same
+
+
 def test_reports_of_different_periods_are_weighted_by_time():
     window = LoadWindow(look_back_s=4.0, ttl_s=10.0)
     window.add("a", 1.0, 3.0, {"m": (4.0, 0.0)})  # 3 s at 4
