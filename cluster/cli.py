@@ -3,7 +3,8 @@
 Subcommands:
 - ``inspect`` and ``run`` come from `exporter.cli` (offline: no Ray, no gRPC);
 - ``serve`` (the cluster itself) takes TF Serving's flags (``--port=8500 --model_base_path=...``),
-  parsed by `cluster.flags`; it is dispatched before argparse so those flags pass through untouched.
+  parsed by `cluster.flags`; it is dispatched before argparse so those flags pass through untouched;
+- ``gateway`` runs only a gateway that joins a running cluster's controller (``--ray_address``).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     exporter_cli.add_commands(subparsers)
     # `serve` is dispatched in main() before this parser runs; listed here for --help.
     subparsers.add_parser("serve", help="serve models over TF Serving's gRPC and REST APIs (tessera serve --help)")
+    subparsers.add_parser("gateway", help="serve the gRPC and REST APIs of a running cluster: joins its controller (tessera gateway --help)")
     subparsers.add_parser("batch-predict", help="run a model over Parquet/CSV/JSON/TFRecord files on Ray (tessera batch-predict --help)")
     return parser
 
@@ -37,6 +39,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from cluster import app
 
         return app.main(argv[1:])
+    if argv[:1] == ["gateway"]:
+        from cluster import app
+
+        return app.gateway_main(argv[1:])
     if argv[:1] == ["batch-predict"]:
         from cluster.batch_predict import predict
 

@@ -120,5 +120,10 @@ class ServeOptions:
     max_request_fill_bytes: int = DEFAULT_MAX_REQUEST_FILL_BYTES
     data_plane_max_frame_bytes: int = 1 << 30  # a larger gateway<->replica frame is refused unread
     autoscaling_config_file: str = ""
+    monitoring_config_file: str = ""  # the file monitoring_path came from (for more gateway processes)
+    # Gateways of `tessera serve`: this process runs one, the others are subprocesses on the same
+    # ports (SO_REUSEPORT); 0: none, a controller-only process (gateways join with `tessera gateway`).
+    gateway_processes: int = 1
+    controller_wait_seconds: float = 600.0  # `tessera gateway`: how long to wait for the controller
     # Per-model overrides of the autoscaling flags above, from --autoscaling_config_file.
     model_autoscaling: dict[str, ModelAutoscaling] = field(default_factory=dict)

@@ -14,7 +14,9 @@ directory (TF refuses them), because replicas may run in another directory or on
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from cluster.config import (
     DEFAULT_MAX_REQUEST_FILL_BYTES,
@@ -54,8 +56,38 @@ def _add_bool(parser: argparse.ArgumentParser | argparse._ArgumentGroup, name: s
     parser.add_argument(f"--no{name}", dest=name, action="store_const", const=False, help=argparse.SUPPRESS)
 
 
+def host_cpus() -> int:
+    """The cores this process may run on (its affinity mask, as a container's cpuset)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def auto_gateway_processes(cpus: int) -> int:
+    """`--gateway_processes=auto` on a host with `cpus` cores: one gateway process per two cores,
+    at least one, at most 8.
+
+    A gateway process at full load keeps about one core busy and the replicas and Ray need the
+    rest (benchmarks/README.md, "Gateway processes", has the measurements behind the choice).
+    """
+    return max(1, min(8, cpus // 2))
+
+
+def _gateway_processes(text: str) -> int:
+    if text.strip().lower() == "auto":
+        return auto_gateway_processes(host_cpus())
+    try:
+        count = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected auto or a count, got {text!r}") from None
+    if count < 0:
+        raise argparse.ArgumentTypeError(f"must be auto or at least 0, got {count}")
+    return count
+
+
 # (flag, type, default, metavar, help) of the valued flags; TF's defaults (spec §9), then ours.
-_TF_FLAGS: tuple[tuple[str, type, object, str, str], ...] = (
+_TF_FLAGS: tuple[tuple[str, Callable[[str], object], object, str, str], ...] = (
     ("port", int, 8500, "PORT", "gRPC port; 0 picks a free port"),
     ("rest_api_port", int, 0, "PORT", "REST port; 0 disables REST"),
     ("rest_api_timeout_in_ms", int, 30000, "MS", "REST request timeout"),
@@ -93,7 +125,7 @@ _TF_BOOLS: tuple[tuple[str, bool, str], ...] = (
     ("enable_serialization_as_tensor_content", False, "send Predict outputs as tensor_content"),
     ("enable_grpc_healthcheck_service", False, "accepted for compatibility: health checking is always on"),
 )
-_OUR_FLAGS: tuple[tuple[str, type, object, str, str], ...] = (
+_OUR_FLAGS: tuple[tuple[str, Callable[[str], object], object, str, str], ...] = (
     ("host", str, "0.0.0.0", "HOST", "address to bind"),
     (
         "ray_address",
@@ -122,6 +154,14 @@ _OUR_FLAGS: tuple[tuple[str, type, object, str, str], ...] = (
     ("data_plane_max_frame_bytes", int, 1 << 30, "BYTES",
      "largest gateway-replica data-plane frame; a larger one is refused before it is read"),
     ("log_format", str, "text", "FORMAT", "text, or json for one JSON object per line"),
+    (
+        "gateway_processes",
+        _gateway_processes,
+        "auto",
+        "N",
+        "gateway processes on this host, all on the same ports (SO_REUSEPORT); auto: one per two cores; "
+        "0: none here, only the controller (gateways join with `tessera gateway`)",
+    ),
     (
         "max_request_fill_bytes",
         int,
@@ -251,6 +291,8 @@ def _options(args: argparse.Namespace) -> ServeOptions:
         session_threads=(args.tensorflow_intra_op_parallelism, args.tensorflow_inter_op_parallelism),
         max_request_fill_bytes=args.max_request_fill_bytes,
         autoscaling_config_file=args.autoscaling_config_file,
+        monitoring_config_file=args.monitoring_config_file,
+        gateway_processes=args.gateway_processes,
         model_autoscaling=(
             autoscaling_config.autoscaling_from_text(config_converters.read_text_file(args.autoscaling_config_file))
             if args.autoscaling_config_file
@@ -275,3 +317,80 @@ def parse_serve_args(
         return _options(args), _server_config(args)
     except InvalidArgument as exc:
         parser.error(str(exc))
+
+
+# The flags of `tessera gateway`: what a gateway alone uses (the model config, the replicas and
+# autoscaling belong to the controller, which `tessera serve` starts).
+_GATEWAY_FLAGS = (
+    "port", "rest_api_port", "rest_api_timeout_in_ms", "monitoring_config_file", "ssl_config_file",
+    "grpc_socket_path", "host", "data_plane_max_frame_bytes", "log_format", "max_request_fill_bytes",
+)
+
+
+@dataclass(frozen=True)
+class GatewayArgs:
+    options: ServeOptions
+    reuse_port: bool
+    gateway_id: str  # "" picks one
+    exit_with_parent: int | None  # a gateway process of `tessera serve`: that server's pid
+
+
+def build_gateway_parser(prog: str = "tessera gateway") -> argparse.ArgumentParser:
+    """The argument parser of `tessera gateway` (a subset of `tessera serve`'s flags, plus its own)."""
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        allow_abbrev=False,
+        description="Serve TF Serving's gRPC and REST APIs for a Tessera cluster that is already running: "
+        "joins the controller that `tessera serve` started on the Ray cluster at --ray_address.",
+    )
+    group = parser.add_argument_group("Gateway flags")
+    group.add_argument("--ray_address", required=True, metavar="ADDRESS",
+                       help="the Ray cluster to join, e.g. auto, head:6379 or ray://head:10001")
+    for name, kind, default, metavar, help_text in (*_TF_FLAGS, *_OUR_FLAGS):
+        if name in _GATEWAY_FLAGS:
+            shown = "" if default in (None, "") else f" (default: {default})"
+            group.add_argument(f"--{name}", type=kind, default=default, metavar=metavar, help=help_text + shown)
+    _add_bool(group, "enable_serialization_as_tensor_content", False, "send Predict outputs as tensor_content")
+    _add_bool(group, "reuse_port", False,
+              "bind with SO_REUSEPORT, so several gateways on this host share the ports")
+    group.add_argument("--controller_wait_seconds", type=float, default=600.0, metavar="S",
+                       help="wait this long for the cluster's controller to appear (default: 600)")
+    group.add_argument("--gateway_id", default="", help=argparse.SUPPRESS)
+    group.add_argument("--exit_with_parent", type=int, default=None, help=argparse.SUPPRESS)
+    return parser
+
+
+def parse_gateway_args(argv: Sequence[str] | None = None, *, prog: str = "tessera gateway") -> GatewayArgs:
+    """Parses `tessera gateway` flags (exit status 2 and a message for bad ones)."""
+    parser = build_gateway_parser(prog)
+    args = parser.parse_args(argv)
+    for flag in ("port", "rest_api_port"):
+        if not 0 <= getattr(args, flag) <= 65535:
+            parser.error(f"--{flag} must be in 0..65535, got {getattr(args, flag)}")
+    if args.rest_api_port and args.rest_api_port == args.port:
+        parser.error(f"--rest_api_port must differ from --port (both are {args.port})")
+    if args.log_format not in ("text", "json"):
+        parser.error(f"--log_format must be text or json, got {args.log_format!r}")
+    if args.data_plane_max_frame_bytes < 1 << 16:
+        parser.error(f"--data_plane_max_frame_bytes must be at least {1 << 16}")
+    if args.rest_api_timeout_in_ms < 1:
+        parser.error("--rest_api_timeout_in_ms must be at least 1")
+    try:
+        if args.ssl_config_file:
+            config_converters.ssl_credentials_from_text(config_converters.read_text_file(args.ssl_config_file))
+        monitoring_path = None
+        if args.monitoring_config_file:
+            monitoring_path = config_converters.monitoring_path_from_text(
+                config_converters.read_text_file(args.monitoring_config_file))
+    except InvalidArgument as exc:
+        parser.error(str(exc))
+    options = ServeOptions(
+        host=args.host, grpc_port=args.port, rest_port=args.rest_api_port, ray_address=args.ray_address,
+        rest_api_timeout_in_ms=args.rest_api_timeout_in_ms, monitoring_path=monitoring_path,
+        monitoring_config_file=args.monitoring_config_file, ssl_config_file=args.ssl_config_file,
+        grpc_socket_path=args.grpc_socket_path, serialize_as_tensor_content=args.enable_serialization_as_tensor_content,
+        log_format=args.log_format, max_request_fill_bytes=args.max_request_fill_bytes,
+        data_plane_max_frame_bytes=args.data_plane_max_frame_bytes,
+        controller_wait_seconds=args.controller_wait_seconds,
+    )
+    return GatewayArgs(options, args.reuse_port, args.gateway_id, args.exit_with_parent)

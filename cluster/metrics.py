@@ -1,7 +1,7 @@
 """Prometheus metrics, through an injected registry (never import-time globals).
 
-Gateway-side request metrics are recorded per request with pre-bound label children (one dict
-lookup, no label building). Cluster-wide metrics (replicas, queues, batch sizes, load and warmup
+Gateway-side request metrics are recorded per request into plain counters (one dict lookup, no
+label building) and reported to the controller, which sums every gateway's. Cluster-wide metrics (replicas, queues, batch sizes, load and warmup
 latency, version states) come from a snapshot the controller gathers from every replica at scrape
 time, exposed by a custom collector.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -19,37 +19,47 @@ from cluster import stats
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
-class GatewayMetrics:
-    """Requests by model, signature, method, status and entrypoint; request latency."""
+class GatewayMetrics(Collector):
+    """Requests by model, signature, method, status and entrypoint; request latency.
+
+    Recorded per request into plain counters (`stats.RequestStats`: one dict lookup and a bisect,
+    no Prometheus lock), registered on `registry` as a collector. A gateway reports its counters
+    to the controller with its load; a scrape renders the cluster's sum (`show_cluster`), so one
+    scrape of any gateway covers every gateway, or this gateway's own if the controller is away.
+    """
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
-        self._requests = Counter(
-            "tessera_requests",
-            "Requests answered by this gateway",
-            ("model", "signature", "method", "status", "entrypoint"),
-            registry=registry,
-        )
-        self._latency = Histogram(
-            "tessera_request_latency_seconds",
-            "Time from request received to response ready, in this gateway",
-            ("model", "method", "entrypoint"),
-            buckets=stats.LATENCY_BUCKETS,
-            registry=registry,
-        )
-        self._children: dict[tuple[str, str, str, str, str], tuple[Counter, Histogram]] = {}
+        self.requests = stats.RequestStats()
+        self._shown: stats.RequestStats | None = None
+        registry.register(self)
 
     def observe(self, model: str, signature: str, method: str, status: str, entrypoint: str, seconds: float) -> None:
-        key = (model, signature, method, status, entrypoint)
-        children = self._children.get(key)
-        if children is None:
-            children = self._children[key] = (
-                self._requests.labels(model, signature, method, status, entrypoint),
-                self._latency.labels(model, method, entrypoint),
-            )
-        counter, histogram = children
-        counter.inc()
-        histogram.observe(seconds)
+        self.requests.observe((model, signature, method, status, entrypoint), seconds)
+
+    def snapshot(self) -> stats.RequestStats:
+        """A copy of this gateway's counters (to send to the controller)."""
+        return self.requests.copy()
+
+    def show_cluster(self, totals: stats.RequestStats | None) -> None:
+        """What the next collect renders: the cluster's totals, or (None) this gateway's own."""
+        self._shown = totals
+
+    def collect(self) -> Iterator[Metric]:
+        shown = self._shown if self._shown is not None else self.requests
+        requests = CounterMetricFamily(
+            "tessera_requests", "Requests answered by the cluster's gateways",
+            labels=["model", "signature", "method", "status", "entrypoint"],
+        )
+        for key, count in sorted(shown.counts.items()):
+            requests.add_metric(list(key), count)
+        latency = _histogram_family(
+            "tessera_request_latency_seconds", "Time from request received to response ready, in a gateway",
+            ["model", "method", "entrypoint"],
+        )
+        for lkey, histogram in sorted(shown.latency.items()):
+            _add_histogram(latency, list(lkey), histogram)
+        yield from (requests, latency)
 
 
 def _histogram_family(name: str, doc: str, labels: Sequence[str]) -> HistogramMetricFamily:
@@ -142,8 +152,12 @@ class MetricsExporter:
         self.cluster = ClusterCollector()
         self.registry.register(self.cluster)
 
-    def render(self, snapshot: list[stats.ModelStats] | None = None) -> bytes:
-        """Prometheus text exposition; `snapshot` (if given) replaces the cluster metrics first."""
+    def render(
+        self, snapshot: list[stats.ModelStats] | None = None, requests: stats.RequestStats | None = None
+    ) -> bytes:
+        """Prometheus text exposition; `snapshot` (if given) replaces the cluster metrics first, and
+        `requests` (every gateway's counters summed; None: this gateway's own) the request metrics."""
         if snapshot is not None:
             self.cluster.update(snapshot)
+        self.gateway.show_cluster(requests)
         return generate_latest(self.registry)

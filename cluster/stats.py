@@ -68,3 +68,70 @@ class ModelStats:
     # look-back, summed) and arrivals per second.
     load_in_flight: float = 0.0
     load_rate: float = 0.0
+
+
+# (model, signature, method, status, entrypoint): the labels of one request counter.
+RequestKey = tuple[str, str, str, str, str]
+# (model, method, entrypoint): the labels of one latency histogram.
+LatencyKey = tuple[str, str, str]
+
+
+@dataclass
+class RequestStats:
+    """One gateway's requests since it started (or several gateways' summed): counts by label
+    and latency histograms. Cumulative, so the newest report of a gateway replaces its last."""
+
+    counts: dict[RequestKey, int] = field(default_factory=dict)
+    latency: dict[LatencyKey, Histogram] = field(default_factory=dict)
+
+    def observe(self, key: RequestKey, seconds: float) -> None:
+        self.counts[key] = self.counts.get(key, 0) + 1
+        histogram = self.latency.get(key[::2])  # (model, method, entrypoint)
+        if histogram is None:
+            histogram = self.latency[key[::2]] = Histogram(LATENCY_BUCKETS)
+        histogram.observe(seconds)
+
+    def merge(self, other: RequestStats) -> None:
+        for key, count in other.counts.items():
+            self.counts[key] = self.counts.get(key, 0) + count
+        for lkey, histogram in other.latency.items():
+            mine = self.latency.get(lkey)
+            if mine is None:
+                mine = self.latency[lkey] = Histogram(histogram.bounds)
+            mine.merge(histogram)
+
+    def copy(self) -> RequestStats:
+        out = RequestStats()
+        out.merge(self)
+        return out
+
+
+class RequestTotals:
+    """The cluster's request counters: the sum of every gateway's newest report.
+
+    A gateway not heard from for `ttl_s` is gone (its process died or stopped); its last report
+    moves into the retired total, so the cluster's counters never go down when a gateway leaves
+    (Prometheus would read a drop as a counter reset). Pure: the clock is passed in.
+    """
+
+    def __init__(self, ttl_s: float) -> None:
+        if ttl_s <= 0:
+            raise ValueError(f"ttl_s must be positive, got {ttl_s}")
+        self._ttl = ttl_s
+        self._latest: dict[str, tuple[float, RequestStats]] = {}  # gateway -> (received at, report)
+        self._retired = RequestStats()
+
+    def update(self, gateway: str, now: float, report: RequestStats) -> None:
+        self._latest[gateway] = (now, report)
+
+    def total(self, now: float) -> RequestStats:
+        for gateway in [g for g, (at, _) in self._latest.items() if now - at > self._ttl]:
+            self._retired.merge(self._latest.pop(gateway)[1])
+        out = self._retired.copy()
+        for _, report in self._latest.values():
+            out.merge(report)
+        return out
+
+    def gateways(self, now: float) -> list[str]:
+        """The gateways heard from within `ttl_s`."""
+        return [g for g, (at, _) in self._latest.items() if now - at <= self._ttl]

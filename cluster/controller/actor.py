@@ -1,10 +1,18 @@
-"""The controller as a Ray actor, creating replica actors as it needs them."""
+"""The controller as a Ray actor, creating replica actors as it needs them.
+
+One per cluster, named `CONTROLLER_NAME` in the "tessera" namespace and detached: `tessera serve`
+creates it (or finds it), every gateway of the cluster finds it by name (`tessera gateway`).
+The model config it was last given is kept in Ray's internal key-value store (GCS), not in any
+gateway, so a controller that Ray restarts after a crash applies the newest config again by
+itself and no gateway can overwrite it with an older one.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import os
+import pickle
 import threading
 from types import SimpleNamespace
 from typing import Any, cast
@@ -19,10 +27,32 @@ from cluster.logs import configure_logging
 from cluster.replica.actor import ReplicaActor
 from cluster.replica.data_plane import DataPlaneConfig
 from cluster.routing.table import RoutingTable
-from cluster.stats import ModelStats
+from cluster.stats import ModelStats, RequestStats
 
 CONTROLLER_NAME = "tessera-controller"
+NAMESPACE = "tessera"
 log = logging.getLogger("tessera")
+
+
+def _config_key(name: str) -> bytes:
+    return f"{name}:model-config".encode()
+
+
+def _stored_config(name: str) -> ServerConfig | None:
+    from ray.experimental import internal_kv  # Ray Serve keeps its controller's checkpoint there too
+
+    raw = internal_kv._internal_kv_get(_config_key(name), namespace=NAMESPACE)  # noqa: SLF001
+    # Written only by this class (set_config below): our own frozen dataclasses, never user bytes.
+    return cast(ServerConfig, pickle.loads(raw)) if raw else None  # noqa: S301
+
+
+def _store_config(name: str, config: ServerConfig | None) -> None:
+    from ray.experimental import internal_kv
+
+    if config is None:
+        internal_kv._internal_kv_del(_config_key(name), namespace=NAMESPACE)  # noqa: SLF001
+    else:
+        internal_kv._internal_kv_put(_config_key(name), pickle.dumps(config), namespace=NAMESPACE)  # noqa: SLF001
 
 
 def _kill(handle: Any) -> None:
@@ -120,10 +150,12 @@ class ControllerActor:
         server_id: str = "tessera",
         session_threads: tuple[int, int] = (0, 0),
         data_plane: DataPlaneConfig | None = None,
+        name: str = CONTROLLER_NAME,
     ) -> None:
         configure_logging(SimpleNamespace(log_format=log_format))
         self._data_plane = data_plane
         spread = _Spread(server_id, replica_num_cpus)
+        self._name = name
 
         def new_replica(model: ModelConfig, index: int) -> Any:
             # Named and detached: replicas outlive a controller that crashes, and the restarted
@@ -141,20 +173,44 @@ class ControllerActor:
             return await asyncio.to_thread(_unplaced_reason, handle, replica_num_cpus)
 
         self._controller = Controller(options, new_replica, _kill, resolve_path=_import_saved_models, placement_probe=probe)
+        # Ray runs an async actor's __init__ on its event loop. A restarted controller (same
+        # arguments) finds the config its previous life stored and applies it before any other.
+        self._config_lock = asyncio.Lock()
+        self._recovery = asyncio.get_running_loop().create_task(self._recover())
+
+    async def _recover(self) -> None:
+        async with self._config_lock:
+            config = await asyncio.to_thread(_stored_config, self._name)
+            if config is not None:
+                log.info("controller restarted: applying the stored model config (%d model(s))", len(config.models))
+                await self._controller.set_config(config)
 
     async def set_config(self, config: ServerConfig) -> None:
-        await self._controller.set_config(config)
+        """Applies `config` to the whole cluster and stores it (for a restart). One at a time."""
+        async with self._config_lock:
+            await self._controller.set_config(config)
+            await asyncio.to_thread(_store_config, self._name, config)
 
     async def get_routing_table(
         self, known_epoch: int = -1, timeout: float = 10.0, incarnation: str = ""
     ) -> RoutingTable:
         return await self._controller.get_routing_table(known_epoch, timeout, incarnation)
 
-    async def report_load(self, gateway: str, period_s: float, loads: dict[str, Load]) -> None:
-        self._controller.report_load(gateway, period_s, loads)
+    async def report_load(
+        self, gateway: str, period_s: float, loads: dict[str, Load], requests: RequestStats | None = None
+    ) -> None:
+        self._controller.report_load(gateway, period_s, loads, requests)
 
     async def cluster_stats(self) -> list[ModelStats]:
         return await self._controller.cluster_stats()
+
+    async def cluster_metrics(self, gateway: str, requests: RequestStats) -> tuple[list[ModelStats], RequestStats]:
+        """For a scrape of `gateway`: every replica's statistics and every gateway's requests."""
+        return await self._controller.cluster_stats(), self._controller.request_totals(gateway, requests)
+
+    async def gateways(self) -> list[str]:
+        """The gateways that reported load recently (joined and alive)."""
+        return self._controller.gateways()
 
     async def replica_memory(self, name: str) -> list[dict[str, int]]:
         return await self._controller.replica_memory(name)
@@ -169,4 +225,7 @@ class ControllerActor:
         return os.getpid()
 
     async def shutdown(self) -> None:
-        await self._controller.shutdown()
+        """Stops every replica and forgets the stored config (the cluster is being taken down)."""
+        async with self._config_lock:
+            await asyncio.to_thread(_store_config, self._name, None)
+            await self._controller.shutdown()

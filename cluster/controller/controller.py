@@ -133,6 +133,7 @@ class Controller:
         self._publish_due = asyncio.Event()
         self._publisher: asyncio.Task[None] | None = None
         self._load_window = LoadWindow(options.look_back_s, options.load_report_ttl_s)
+        self._requests = stats.RequestTotals(options.load_report_ttl_s)  # every gateway's counters
 
     # -- desired state -------------------------------------------------------------------------
     async def set_config(self, config: ServerConfig) -> None:
@@ -359,16 +360,34 @@ class Controller:
         await self._publish()
 
     # -- autoscaling --------------------------------------------------------------------------
-    def report_load(self, gateway: str, period_s: float, loads: Mapping[str, Load]) -> None:
+    def report_load(
+        self, gateway: str, period_s: float, loads: Mapping[str, Load], requests: stats.RequestStats | None = None
+    ) -> None:
         """A gateway's load per model (requests in flight averaged over time, arrival and answer
         rates) over the `period_s` seconds before now; sent about once a second, and at once
         when a request arrives for a model with no replica (a model scaled to zero then loads
-        on demand here, without waiting for the next tick)."""
-        self._load_window.add(gateway, self._clock(), period_s, loads)
+        on demand here, without waiting for the next tick). `requests`: the gateway's request
+        counters since it started, for the cluster-wide metrics."""
+        now = self._clock()
+        self._load_window.add(gateway, now, period_s, loads)
+        if requests is not None:
+            self._requests.update(gateway, now, requests)
         for name, load in loads.items():
             model = self._models.get(name)
             if model is not None and not model.replicas.members and (load[0] > 0 or load[1] > 0):
                 self._autoscale(model)
+
+    def request_totals(self, gateway: str = "", requests: stats.RequestStats | None = None) -> stats.RequestStats:
+        """Every gateway's request counters summed (a gateway that left still counts), after
+        taking `gateway`'s newest `requests` if given (the gateway being scraped)."""
+        now = self._clock()
+        if gateway and requests is not None:
+            self._requests.update(gateway, now, requests)
+        return self._requests.total(now)
+
+    def gateways(self) -> list[str]:
+        """The gateways that reported within the load-report TTL."""
+        return self._load_window.gateways(self._clock())
 
     def _autoscale(self, model: _Model) -> None:
         if model.scaler is None:

@@ -144,8 +144,9 @@ class RestServer:
             raise ValueError(f"{path} is inside TF Serving's /v1/ namespace")
         self._routes[path] = handler
 
-    async def start(self, host: str = "0.0.0.0", port: int = 8501) -> int:
-        """Binds `host:port` (0: any free port), starts serving and returns the bound port."""
+    async def start(self, host: str = "0.0.0.0", port: int = 8501, *, reuse_port: bool = False) -> int:
+        """Binds `host:port` (0: any free port), starts serving and returns the bound port.
+        `reuse_port`: SO_REUSEPORT, so several gateway processes share the port."""
         if self._runner is not None:
             raise RuntimeError("the REST server is already started")
         app = web.Application(client_max_size=self._max_body_bytes)
@@ -154,7 +155,7 @@ class RestServer:
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
         try:
-            await web.TCPSite(runner, host, port).start()
+            await web.TCPSite(runner, host, port, reuse_port=reuse_port or None).start()
         except BaseException:
             await runner.cleanup()
             raise

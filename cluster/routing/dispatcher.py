@@ -70,7 +70,6 @@ class Dispatcher:
         drain_grace_s: float = 30.0,
         report_load: Callable[[float, dict[str, Load]], Awaitable[Any]] | None = None,
         report_interval_s: float = 1.0,
-        on_controller_restart: Callable[[], Awaitable[Any]] | None = None,
     ) -> None:
         self._poll_table = poll_table
         self._reload = reload
@@ -89,7 +88,6 @@ class Dispatcher:
         self._report_task: asyncio.Task[None] | None = None
         self._report_now = asyncio.Event()  # a request waits for a model with no replica: report at once
         self._demand_at: dict[str, float] = {}  # model -> when its last waiting request asked for a report
-        self._on_controller_restart = on_controller_restart
         self._seen: tuple[str, int] = ("", -1)  # the newest table received: (incarnation, epoch)
         self._restarting = False
 
@@ -144,12 +142,10 @@ class Dispatcher:
         if (table.incarnation, table.epoch) == (incarnation, epoch):
             return
         if incarnation and table.incarnation != incarnation:
-            # The controller restarted and knows no models until the config is sent again; its
-            # replicas survived it. Keep routing on the last table until it has caught up.
-            log.warning("the controller restarted; sending it the model config again")
+            # The controller restarted: it applies its stored config again and adopts its
+            # replicas (which survived it). Keep routing on the last table until it has caught up.
+            log.warning("the controller restarted; routing on the last table until it catches up")
             self._restarting = True
-            if self._on_controller_restart is not None:
-                asyncio.ensure_future(self._on_controller_restart())  # an ObjectRef is awaitable
         self._seen = (table.incarnation, table.epoch)
         if self._restarting and not (table.models and table.ready()):
             return

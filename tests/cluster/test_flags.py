@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pathlib
 
 import pytest
 
 from cluster.config import BatchingConfig, ModelConfig, ServeOptions, ServerConfig, VersionPolicy
-from cluster.flags import parse_serve_args
+from cluster.flags import auto_gateway_processes, host_cpus, parse_gateway_args, parse_serve_args
 
 
 def test_defaults_single_model_mode() -> None:
     options, config = parse_serve_args(["--model_base_path=/models/half"])
-    assert options == ServeOptions()  # every default is TF Serving's (and ours)
+    # Every default is TF Serving's (and ours); the gateway processes depend on the host's cores.
+    assert options.gateway_processes == auto_gateway_processes(host_cpus())
+    assert dataclasses.replace(options, gateway_processes=1) == ServeOptions()
     assert (options.grpc_port, options.rest_port, options.host) == (8500, 0, "0.0.0.0")
     assert options.file_system_poll_wait_seconds == 1 and options.enable_model_warmup
     assert options.load_retry_interval_seconds == 60.0 and options.max_num_load_retries == 5
@@ -221,3 +224,39 @@ def test_max_request_fill_bytes() -> None:
     with pytest.raises(SystemExit) as exit_info:
         parse_serve_args(["--model_base_path=/m", "--max_request_fill_bytes=-1"])
     assert exit_info.value.code == 2
+
+
+@pytest.mark.parametrize(("cpus", "expected"), [(1, 1), (2, 1), (3, 1), (4, 2), (8, 4), (64, 8)])
+def test_auto_gateway_processes_is_one_per_two_cores_between_1_and_8(cpus: int, expected: int) -> None:
+    assert auto_gateway_processes(cpus) == expected
+
+
+@pytest.mark.parametrize(("flag", "expected"), [("0", 0), ("3", 3), ("auto", auto_gateway_processes(host_cpus()))])
+def test_gateway_processes_flag(flag: str, expected: int) -> None:
+    options, _ = parse_serve_args(["--model_base_path=/m", f"--gateway_processes={flag}"])
+    assert options.gateway_processes == expected
+
+
+@pytest.mark.parametrize("flag", ["-1", "many", "1.5"])
+def test_bad_gateway_processes_exit_with_status_2(flag: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        parse_serve_args(["--model_base_path=/m", f"--gateway_processes={flag}"])
+    assert exit_info.value.code == 2
+    assert "--gateway_processes" in capsys.readouterr().err
+
+
+def test_gateway_flags_are_the_gateway_subset_and_need_a_ray_address(capsys: pytest.CaptureFixture[str]) -> None:
+    args = parse_gateway_args(["--ray_address=head:6379", "--port=9000", "--rest_api_port=9001", "--reuse_port",
+                               "--host=127.0.0.1", "--enable_serialization_as_tensor_content"])
+    o = args.options
+    assert (o.ray_address, o.grpc_port, o.rest_port, o.host) == ("head:6379", 9000, 9001, "127.0.0.1")
+    assert o.serialize_as_tensor_content and args.reuse_port and args.gateway_id == "" and args.exit_with_parent is None
+    defaults = parse_gateway_args(["--ray_address=auto"])
+    assert (defaults.options.grpc_port, defaults.options.rest_port, defaults.reuse_port) == (8500, 0, False)
+    for argv in (["--port=1"], ["--ray_address=auto", "--model_base_path=/m"],
+                 ["--ray_address=auto", "--port=9000", "--rest_api_port=9000"]):
+        with pytest.raises(SystemExit) as exit_info:
+            parse_gateway_args(argv)
+        assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "--ray_address" in err and "model_base_path" in err and "--rest_api_port must differ" in err

@@ -238,3 +238,28 @@ def test_one_slow_cold_start_never_holds_back_another_model(tmp_path: pathlib.Pa
         await controller.shutdown()
 
     asyncio.run(main())
+
+
+def test_request_counters_of_every_gateway_sum_and_a_gone_gateway_still_counts() -> None:
+    from cluster import stats
+
+    now = [0.0]
+    controller = Controller(ControllerOptions(load_report_ttl_s=5.0), lambda model, index: None, clock=lambda: now[0])
+
+    def counters(n: int) -> stats.RequestStats:
+        out = stats.RequestStats()
+        for _ in range(n):
+            out.observe(("m", "serving_default", "predict", "OK", "grpc"), 0.001)
+        return out
+
+    key = ("m", "serving_default", "predict", "OK", "grpc")
+    controller.report_load("g1", 1.0, {"m": Load(1.0, 10.0)}, counters(3))
+    controller.report_load("g2", 1.0, {"m": Load(2.0, 20.0)}, counters(5))
+    assert sorted(controller.gateways()) == ["g1", "g2"]
+    assert controller.request_totals().counts[key] == 8
+    # A scrape of g2 brings its newest counters along.
+    assert controller.request_totals("g2", counters(7)).counts[key] == 10
+    now[0] = 7.0  # g1 silent for longer than the TTL; g2 reports again
+    controller.report_load("g2", 1.0, {"m": Load(2.0, 20.0)}, counters(9))
+    assert controller.gateways() == ["g2"]
+    assert controller.request_totals().counts[key] == 12
