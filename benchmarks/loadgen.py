@@ -69,13 +69,17 @@ def _worker(
     go: Any,
     window: Any,
     out: Any,
+    channels: int = 1,
 ) -> None:
-    """One process: `threads` closed-loop callers on one channel; sends its samples to `out`."""
+    """One process: `threads` closed-loop callers on `channels` channels (each its own TCP
+    connection; caller i uses channel i mod channels); sends its samples to `out`."""
     import grpc  # imported in the worker: the runner process needs no gRPC of its own
 
-    channel = grpc.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)])
-    call = channel.unary_unary(method)  # no serializers: bytes in, bytes out
-    grpc.channel_ready_future(channel).result(timeout=_READY_TIMEOUT_S)
+    opened = [grpc.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)])
+              for _ in range(max(1, channels))]
+    calls = [channel.unary_unary(method) for channel in opened]  # no serializers: bytes in, bytes out
+    for channel in opened:
+        grpc.channel_ready_future(channel).result(timeout=_READY_TIMEOUT_S)
     ready.release()
     if not go.wait(_READY_TIMEOUT_S * 2):
         out.put(([], [], Counter(), 0.0))
@@ -86,7 +90,7 @@ def _worker(
     completions: list[float] = []
     errors: Counter[str] = Counter()
 
-    def caller() -> None:
+    def caller(call: Any) -> None:
         mine_lat: list[float] = []
         mine_done: list[float] = []
         mine_err: Counter[str] = Counter()
@@ -114,7 +118,7 @@ def _worker(
             errors.update(mine_err)
 
     cpu0 = os.times()
-    pool = [threading.Thread(target=caller, daemon=True) for _ in range(threads)]
+    pool = [threading.Thread(target=caller, args=(calls[i % len(calls)],), daemon=True) for i in range(threads)]
     for t in pool:
         t.start()
     for t in pool:
@@ -123,7 +127,8 @@ def _worker(
     cpu = (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)
     with lock:
         out.put((list(latencies), list(completions), Counter(errors), cpu))
-    channel.close()
+    for channel in opened:
+        channel.close()
 
 
 def run_level(
@@ -135,8 +140,12 @@ def run_level(
     processes: int | None = None,
     method: str | None = None,
     on_window: Callable[[str], None] | None = None,
+    channels: int = 1,
 ) -> LevelResult:
     """Drives `target` at `concurrency` for warmup + duration seconds; returns the window's stats.
+
+    `channels` per worker process: more TCP connections, which a server of several processes on one
+    port (SO_REUSEPORT) needs to spread the load (the kernel gives each connection to one of them).
 
     `on_window("start")` and `on_window("end")` are called (in this process, which is idle while
     the workers run) when the measured window opens and closes: for sampling the server's CPU.
@@ -155,7 +164,7 @@ def run_level(
     workers = [
         ctx.Process(
             target=_worker,
-            args=(target, method or PREDICT_METHOD, payload, n, ready, go, window, out),
+            args=(target, method or PREDICT_METHOD, payload, n, ready, go, window, out, min(channels, n)),
             daemon=True,
         )
         for n in shares

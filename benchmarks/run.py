@@ -29,6 +29,8 @@ from benchmarks import loadgen, model, report
 from benchmarks.ray_serve_peer import BATCH_WAIT_TIMEOUT_S, MAX_BATCH_SIZE, MAX_ONGOING_REQUESTS
 from benchmarks.servers import ServerProcess, cpu_breakdown, free_port, server_env
 
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
 HERE = pathlib.Path(__file__).resolve().parent
 PY = sys.executable
 TESSERA = str(pathlib.Path(PY).parent / "tessera")
@@ -75,7 +77,7 @@ class Spec:
 
 
 def _tessera_argv(
-    replicas: int, batching: bool, timeout_us: int = 2000, onnx: bool = False
+    replicas: int, batching: bool, timeout_us: int = 2000, onnx: bool = False, gateways: str = "1"
 ) -> Callable[[Context, int], list[str]]:
     def argv(ctx: Context, port: int) -> list[str]:
         base = ctx.onnx_base if onnx else ctx.base
@@ -86,6 +88,8 @@ def _tessera_argv(
             f"--num_replicas={replicas}", "--replica_num_cpus=0.5",
             "--file_system_poll_wait_seconds=0",  # one model, loaded once: no polling during the run
         ]
+        if "--gateway_processes" in ctx.tessera_flags:
+            args.append(f"--gateway_processes={gateways}")
         if batching and {"--enable_batching", "--batching_parameters_file"} <= ctx.tessera_flags:
             params = ctx.scratch / f"batching_parameters_{timeout_us}us.txt"
             params.write_text(BATCHING_PARAMETERS.format(timeout_us=timeout_us))
@@ -96,10 +100,12 @@ def _tessera_argv(
 
 
 def _tessera_config(
-    replicas: int, batching: bool, timeout_us: int = 2000, onnx: bool = False
+    replicas: int, batching: bool, timeout_us: int = 2000, onnx: bool = False, gateways: str = "1"
 ) -> Callable[[Context], str]:
     def config(ctx: Context) -> str:
         text = f"`tessera serve`, embedded Ray, {replicas} replica(s) × 0.5 CPU"
+        if gateways != "1":
+            text += f", `--gateway_processes={gateways}`"
         if onnx:
             text += ", `--model_platform=onnx` (model.onnx, onnxruntime, 1 intra-op thread)"
         if not batching:
@@ -143,6 +149,17 @@ SPECS: dict[str, Spec] = {
         "tessera-1-onnx", "Tessera 1 replica, ONNX", _tessera_config(1, True, 0, onnx=True),
         _tessera_argv(1, True, 0, onnx=True), 120,
     ),
+    # Issue 12: several gateway processes on one port (SO_REUSEPORT). Compare them with "plain" in
+    # one run, with several connections per load-generator process (`--channels`), since the kernel
+    # spreads connections, not requests: `--servers plain tessera-gw1 tessera-gw2 tessera-gwauto
+    # --levels 128 --channels 8`.
+    **{
+        f"tessera-gw{n}": Spec(
+            f"tessera-gw{n}", f"Tessera {n} gateway process(es)", _tessera_config(2, True, 0, gateways=n),
+            _tessera_argv(2, True, 0, gateways=n), 150,
+        )
+        for n in ("1", "2", "auto")
+    },
     "rayserve": Spec(
         "rayserve", "Ray Serve",
         lambda ctx: (
@@ -232,11 +249,17 @@ def bench_server(spec: Spec, ctx: Context, args: argparse.Namespace, payload: by
             def sample(edge: str, server: ServerProcess = server, samples: dict = samples) -> None:
                 samples[edge] = (time.monotonic(), server.cpu_ticks())
 
-            result = loadgen.run_level(server.target, c, payload, args.duration, args.warmup, on_window=sample)
+            result = loadgen.run_level(server.target, c, payload, args.duration, args.warmup, on_window=sample,
+                                       channels=args.channels)
             level = result.to_dict()
+            level["loadavg"] = _loadavg()
             if len(samples) == 2:
                 (t0, before), (t1, after) = samples["start"], samples["end"]
                 level["server_cpu_pct"] = cpu_breakdown(before, after, t1 - t0)
+                gateway_s = gateway_cpu_seconds(before, after)
+                if gateway_s is not None and result.requests:
+                    # The gateway processes' own counters (utime + stime), over the measured window.
+                    level["gateway_cpu_us_per_request"] = 1e6 * gateway_s / result.requests
             entry["levels"].append(level)
             print("  " + loadgen.format_result(spec.name, result), flush=True)
         entry["rss_mb"] = server.rss_mb()
@@ -249,12 +272,23 @@ def bench_server(spec: Spec, ctx: Context, args: argparse.Namespace, payload: by
     return entry
 
 
+GATEWAY_LABELS = ("tessera", "cluster.cli")  # the `tessera serve` process and its `tessera gateway` ones
+
+
+def gateway_cpu_seconds(before: dict[int, tuple[str, int]], after: dict[int, tuple[str, int]]) -> float | None:
+    """CPU seconds the gateway processes used between two snapshots; None if the server has none."""
+    ticks = [t - before.get(pid, (label, 0))[1] for pid, (label, t) in after.items() if label in GATEWAY_LABELS]
+    return sum(ticks) / CLOCK_TICKS if ticks else None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--servers", nargs="+", choices=sorted(SPECS), default=list(DEFAULT_SERVERS))
     parser.add_argument("--levels", type=int, nargs="+", default=list(loadgen.DEFAULT_LEVELS))
     parser.add_argument("--duration", type=float, default=6.0, help="measured seconds per level")
     parser.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds before each level")
+    parser.add_argument("--channels", type=int, default=1,
+                        help="gRPC channels (TCP connections) per load-generator process")
     parser.add_argument("--out", type=pathlib.Path, default=HERE, help="where results.{md,png,json} go")
     parser.add_argument("--logs", type=pathlib.Path, default=None, help="server logs (default: a temp dir)")
     parser.add_argument("--note", action="append", default=[], help="a line for the Notes section")
