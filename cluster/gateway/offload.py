@@ -12,6 +12,9 @@ inline (a thread hop would cost more than the work); above `OFFLOAD_BYTES` on th
   the GIL for seconds (about 1 s per 50 MB of numbers, measured), so a thread would not free the
   loop, and it cannot be interrupted; a process can be killed. When the REST timeout passes, the
   process is killed at once and replaced on next use: nothing keeps running after the 504.
+  What crosses to the process and back is pickled with protocol 5, its big buffers (a body's bytes,
+  arrays, a JSON answer) out of band: written to the pipe from where they lie and read back in
+  chunks. Pickling them in band would copy each whole, holding the GIL (~100 ms per 100 MB).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import asyncio
 import contextlib
 import logging
 import multiprocessing
+import pickle
 import threading
 import time
 from collections.abc import Callable
@@ -68,18 +72,47 @@ async def in_thread(abort: Abort, fn: Callable[..., T], *args: Any, **kwargs: An
         raise
 
 
+def send(conn: Connection, value: Any) -> None:
+    """`value` pickled (protocol 5) with its big buffers out of band: a count, the pickle, then each
+    buffer written from where it lies (a big `bytes` is wrapped so that it travels so too)."""
+    buffers: list[pickle.PickleBuffer] = []
+    data = pickle.dumps(_out_of_band(value), protocol=5, buffer_callback=buffers.append)
+    conn.send_bytes(len(buffers).to_bytes(4, "little"))
+    conn.send_bytes(data)
+    for buffer in buffers:
+        conn.send_bytes(buffer.raw())
+
+
+def receive(conn: Connection) -> Any:
+    """What `send` sent: the buffers are read in chunks and the arrays in it are views of them."""
+    count = int.from_bytes(conn.recv_bytes(), "little")
+    data = conn.recv_bytes()
+    buffers = [conn.recv_bytes() for _ in range(count)]
+    return pickle.loads(data, buffers=buffers)
+
+
+def _out_of_band(value: Any) -> Any:
+    # bytes pickle in band (copied into the pickle); a PickleBuffer of them goes out of band and
+    # unpickles as the bytes read back. Arrays go out of band by themselves under protocol 5.
+    if isinstance(value, bytes) and len(value) >= OFFLOAD_BYTES:
+        return pickle.PickleBuffer(value)
+    if type(value) is tuple:
+        return tuple(_out_of_band(item) for item in value)
+    return value
+
+
 def _serve(conn: Connection) -> None:  # pragma: no cover - runs in the child process
     """The child's loop: (function, args) in, (ok, result or exception) out, until EOF."""
     while True:
         try:
-            fn, args = conn.recv()
+            fn, args = receive(conn)
         except (EOFError, OSError):
             return
         try:
             reply: tuple[bool, Any] = (True, fn(*args))
         except Exception as exc:  # noqa: BLE001 - every failure travels back to the gateway
             reply = (False, exc if isinstance(exc, errors.ServingError) else errors.Internal(str(exc)))
-        conn.send(reply)
+        send(conn, reply)
 
 
 class ConversionProcess:
@@ -116,10 +149,10 @@ class ConversionProcess:
     @staticmethod
     def _exchange(conn: Connection, fn: Callable[..., Any], args: tuple[Any, ...], timeout: float | None) -> Any:
         try:
-            conn.send((fn, args))
+            send(conn, (fn, args))
             if not conn.poll(timeout):
                 raise errors.DeadlineExceeded("Deadline exceeded while the request was converted")
-            return conn.recv()
+            return receive(conn)
         except (EOFError, OSError) as exc:
             raise errors.Internal("the conversion process stopped") from exc
 
