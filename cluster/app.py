@@ -534,7 +534,13 @@ async def _serve_until_signal(server: TesseraServer) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     started = time.monotonic()
-    await server.start()
+    try:
+        await server.start()
+    except BaseException:
+        # The controller is detached: a start that fails half way must not leave it (and its
+        # replicas, and gateway processes) running on a shared Ray cluster.
+        await server.stop(grace=0)
+        raise
     _freeze_startup_objects()
     count = server.options.gateway_processes
     if server.gateway is not None:
