@@ -140,7 +140,10 @@ class ConversionProcess:
             try:
                 ok, value = await asyncio.to_thread(self._exchange, conn, fn, args, timeout)
             except BaseException:
-                self.kill()  # cancelled (the REST timeout) or a broken child: stop it now
+                # Cancelled (the REST timeout) or a broken child: stop it now. Killed and reaped in
+                # a worker thread: a child holding hundreds of MB takes a while to exit, and the
+                # loop waited on it (shielded: a second cancel must not leave it half done).
+                await asyncio.shield(asyncio.to_thread(self.kill))
                 raise
         if ok:
             return value
