@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -32,6 +33,7 @@ from cluster.batch_predict.sources import FORMATS, Unit, list_files, plan_units
 from cluster.batch_predict.worker import BatchJob, BatchWorker, Counts
 from exporter.signature import DEFAULT_SERVING_SIGNATURE
 
+EMBEDDED_RAY_ENV = {"RAY_worker_niceness": "0"}  # see start_ray
 UNIT_ROWS = 1 << 18  # Parquet units: runs of row groups of about this many rows
 IN_FLIGHT = 2  # units queued on each worker
 
@@ -42,18 +44,29 @@ def _cause(exc: BaseException) -> BaseException:
     return cause if isinstance(cause, BaseException) else exc
 
 
+def start_ray(ray_address: str | None, num_cpus: int | None = None) -> bool:
+    """Connects to `ray_address`, or starts the job's own embedded Ray; True if it started one.
+
+    Ray starts its workers at nice 15 (its raylet and GCS come first). The embedded Ray's workers are
+    the job, like the plain loop they replace, so they run at the command's own priority, as Ray's
+    job supervisor runs its drivers: at nice 15 a worker weighs 1/28 of any nice-0 process it shares
+    a scheduling group with. (Set for the whole embedded Ray, not per actor: a runtime_env would keep
+    the actors off the workers Ray has already started.) On a cluster reached with `--ray_address`
+    the workers keep its settings, on a par with the serving replicas.
+    """
+    from cluster.app import init_ray
+    from cluster.config import ServeOptions
+
+    if not ray_address and not ray.is_initialized():
+        os.environ.update(EMBEDDED_RAY_ENV)  # read by the raylet and by each worker it starts
+    return init_ray(ServeOptions(ray_address=ray_address), num_cpus)
+
+
 def _start_workers(job: BatchJob, concurrency: int, num_cpus: float | None, *, can_grow: bool,
                    whole_cluster: bool, timeout_s: float) -> tuple[list[Any], float]:
     cluster_cpus = float(ray.cluster_resources().get("CPU", 0.0))
     plan = plan_workers(concurrency, num_cpus, cluster_cpus, can_grow=can_grow, whole_cluster=whole_cluster)
-    options: dict[str, Any] = {}
-    if whole_cluster:
-        # Ray starts its workers at nice 15 (its raylet and GCS come first). On the embedded Ray the
-        # workers are the job, like the plain loop they replace: at 15 they got a few percent of a
-        # core against any other busy process on the machine. On a shared cluster they keep Ray's
-        # default, on an equal footing with the serving replicas.
-        options["runtime_env"] = {"env_vars": {"RAY_worker_niceness": "0"}}
-    actor = ray.remote(BatchWorker).options(num_cpus=plan.num_cpus, max_restarts=1, max_task_retries=1, **options)
+    actor = ray.remote(BatchWorker).options(num_cpus=plan.num_cpus, max_restarts=1, max_task_retries=1)
     job = replace(job, num_cpus=plan.num_cpus)
     workers = [actor.remote(job) for _ in range(plan.workers)]
     ready = [w.ready.remote() for w in workers]
@@ -183,9 +196,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str]) -> int:
     """`tessera batch-predict`: 0 when the output is published, 1 when the job fails (2: bad flags)."""
-    from cluster.app import init_ray
-    from cluster.config import ServeOptions
-
     parser = build_parser()
     args = parser.parse_args(list(argv))
     try:
@@ -196,7 +206,7 @@ def main(argv: Sequence[str]) -> int:
         parser.error("--batch_size must be at least 1")
     job = BatchJob(args.model_path, args.model_platform, args.signature, selection, tuple(args.output_filter),
                    args.batch_size, args.input_format, args.output_format, args.drop_passthrough)
-    started = init_ray(ServeOptions(ray_address=args.ray_address))
+    started = start_ray(args.ray_address)
     try:
         report = run(job, args.input, args.output, concurrency=args.concurrency, num_cpus=args.num_cpus,
                      overwrite=args.overwrite, can_grow=bool(args.ray_address),
