@@ -173,7 +173,7 @@ _TICK = os.sysconf("SC_CLK_TCK")
 
 
 def _label(pid: int) -> str:
-    """A readable name for a process: `ray::ReplicaActor`, `raylet`, `tessera`, `benchmarks.plain_server`."""
+    """A readable name for a process: `ray::ReplicaHost`, `raylet`, `tessera`, `benchmarks.plain_server`."""
     try:
         argv = pathlib.Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:

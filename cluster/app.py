@@ -40,6 +40,7 @@ import ray
 from cluster.config import BatchingConfig, ServeOptions, ServerConfig
 from cluster.controller.actor import CONTROLLER_NAME, NAMESPACE, ControllerActor
 from cluster.controller.controller import ControllerOptions
+from cluster.controller.packing import PlacementOptions
 from cluster.metrics import CONTENT_TYPE, MetricsExporter
 from cluster.replica.data_plane import DataPlaneConfig
 from cluster.routing.channel import ReplicaChannel
@@ -108,6 +109,7 @@ def _controller_options(opts: ServeOptions) -> ControllerOptions:
         downscale_delay_s=opts.downscale_delay_s,
         scale_to_zero_idle_s=opts.scale_to_zero_idle_s,
         model_autoscaling=dict(opts.model_autoscaling),
+        placement=PlacementOptions(opts.max_models_per_host, opts.replica_memory_budget_bytes, opts.max_replica_hosts),
     )
 
 
@@ -214,7 +216,7 @@ class Gateway:
         max_frame = opts.data_plane_max_frame_bytes
         requests = self.metrics.gateway
         self._dispatcher = Dispatcher(
-            connect=lambda ref: ReplicaChannel(ref.address, secret, max_frame=max_frame),
+            host_channel=lambda address: ReplicaChannel(address, secret, max_frame=max_frame),
             poll_table=lambda epoch, incarnation: controller.get_routing_table.remote(epoch, 10.0, incarnation),
             reload=self._reload,
             # With the load, this gateway's request counters: any gateway's scrape shows the sum.

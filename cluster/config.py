@@ -61,6 +61,7 @@ class ModelAutoscaling:
     upscale_delay_s: float | None = None  # default: --upscale_delay_s
     downscale_delay_s: float | None = None  # default: --downscale_delay_s
     scale_to_zero_idle_s: float | None = None  # default: --scale_to_zero_idle_s
+    own_hosts: bool = False  # replicas on hosts of its own, not slots on shared ones
 
 
 @dataclass(frozen=True)
@@ -93,7 +94,13 @@ class ServeOptions:
     num_replicas: int = 1
     # A reservation, not a cap: Ray never limits a replica's CPU use. 0.02 places 50 replicas per
     # CPU (50 small models on a 2-CPU laptop) and still shows a cluster autoscaler the demand.
-    replica_num_cpus: float = 0.02
+    replica_num_cpus: float = 0.02  # per replica host
+    # Replica hosts (each a process holding slots of many models): how many models one may hold,
+    # the bytes its servables may keep resident (0: no budget; least recently used slots of
+    # models above their minimum are evicted past it), and how many may run (0: as Ray places).
+    max_models_per_host: int = 100
+    replica_memory_budget_bytes: int = 0
+    max_replica_hosts: int = 0
     ray_address: str | None = None
     rest_api_timeout_in_ms: int = 30000
     # TF's --rest_api_enable_cors_support: CORS headers on REST replies, OPTIONS preflight allowed.

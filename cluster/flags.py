@@ -150,7 +150,14 @@ _OUR_FLAGS: tuple[tuple[str, Callable[[str], object], object, str, str], ...] = 
     ),
     # A Ray CPU reservation is a scheduling token, not a cap; small models sit idle most of the
     # time, so 0.02 (50 replicas per CPU) fits 50 models on a 2-CPU laptop. Raise it for big models.
-    ("replica_num_cpus", float, 0.02, "CPUS", "CPUs reserved per replica actor (a reservation, not a limit)"),
+    ("replica_num_cpus", float, 0.02, "CPUS", "CPUs reserved per replica host (a reservation, not a limit)"),
+    # A replica host is one process holding slots of many models (one per model at most): 100
+    # iris-sized models cost a host ~100 MB, so 1,000 of them fit in 10 hosts on a laptop.
+    ("max_models_per_host", int, 100, "N", "models one replica host process holds at most"),
+    ("replica_memory_budget_bytes", int, 0, "BYTES",
+     "resident bytes of servables per replica host; past it, least recently used slots of models "
+     "above their minimum replicas are evicted (0: no budget)"),
+    ("max_replica_hosts", int, 0, "N", "replica host processes at most (0: as many as Ray can place)"),
     ("data_plane_max_frame_bytes", int, 1 << 30, "BYTES",
      "largest gateway-replica data-plane frame; a larger one is refused before it is read"),
     ("log_format", str, "text", "FORMAT", "text, or json for one JSON object per line"),
@@ -223,6 +230,9 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     minimums = {
         "num_replicas": 1,
         "replica_num_cpus": 0,
+        "max_models_per_host": 1,
+        "replica_memory_budget_bytes": 0,
+        "max_replica_hosts": 0,
         "data_plane_max_frame_bytes": 1 << 16,
         "rest_api_timeout_in_ms": 1,
         "max_num_load_retries": 0,
@@ -273,6 +283,9 @@ def _options(args: argparse.Namespace) -> ServeOptions:
         enable_model_warmup=args.enable_model_warmup,
         num_replicas=args.num_replicas,
         replica_num_cpus=args.replica_num_cpus,
+        max_models_per_host=args.max_models_per_host,
+        replica_memory_budget_bytes=args.replica_memory_budget_bytes,
+        max_replica_hosts=args.max_replica_hosts,
         data_plane_max_frame_bytes=args.data_plane_max_frame_bytes,
         ray_address=args.ray_address,
         rest_api_timeout_in_ms=args.rest_api_timeout_in_ms,

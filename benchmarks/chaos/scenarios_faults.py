@@ -108,7 +108,7 @@ def _wait_models(server: ServerProcess, names: list[str], timeout: float) -> Non
 
 def _replica_pids(server: ServerProcess) -> list[int]:
     assert server.proc is not None
-    return sorted(p for p in session_pids(server.proc.pid) if _label(p) == "ray::ReplicaActor")
+    return sorted(p for p in session_pids(server.proc.pid) if _label(p) == "ray::ReplicaHost")
 
 
 def _outcome(load: Stream, rss: _RssPeak, note: str, extra_failed: int = 0) -> Outcome:
@@ -216,7 +216,7 @@ def stranger_on_the_data_plane() -> Outcome:
                         sock.settimeout(5)
                         hello = sock.recv(wire.CHALLENGE_BYTES)
                         challenged += hello.startswith(wire.MAGIC)
-                        for chunk in wire.encode_call(1, 1, "serving_default", [{"x": np.ones((1, 2), np.float32)}],
+                        for chunk in wire.encode_call(1, "m", 1, "serving_default", [{"x": np.ones((1, 2), np.float32)}],
                                                       [], None):
                             sock.sendall(bytes(chunk))
                         sock.sendall(wire.FRAME_LENGTH.pack(2**31 - 1))

@@ -1,4 +1,4 @@
-"""The controller as a Ray actor, creating replica actors as it needs them.
+"""The controller as a Ray actor, creating replica host actors as it needs them.
 
 One per cluster, named `CONTROLLER_NAME` in the "tessera" namespace and detached: `tessera serve`
 creates it (or finds it), every gateway of the cluster finds it by name (`tessera gateway`).
@@ -14,6 +14,7 @@ import logging
 import os
 import pickle
 import threading
+from collections.abc import Collection
 from types import SimpleNamespace
 from typing import Any, cast
 
@@ -22,9 +23,10 @@ import ray
 from cluster.autoscaler.load import Load
 from cluster.config import BatchingConfig, ModelConfig, ServerConfig
 from cluster.controller.controller import Controller, ControllerOptions
+from cluster.controller.hosts import HostPool
 from cluster.controller.placement import Placed, choose_node, free_after_pending, model_holdings
 from cluster.logs import configure_logging
-from cluster.replica.actor import ReplicaActor
+from cluster.replica.actor import ReplicaHost
 from cluster.replica.data_plane import DataPlaneConfig
 from cluster.routing.table import RoutingTable
 from cluster.stats import ModelStats, RequestStats
@@ -90,19 +92,23 @@ def _unplaced_reason(handle: Any, num_cpus: float) -> str | None:
 
 
 class _Spread:
-    """Aims each new replica at a node (placement.choose_node), from Ray's actor and node tables.
+    """Aims each new replica host at a node (placement.choose_node), from Ray's actor and node
+    tables: the node with room holding the fewest hosts of the model the host starts for (the
+    pool starts a host when a model's next replica finds no room, or must not share a host with
+    its other replicas).
 
-    Remembers where it aimed replicas Ray has not started yet: a burst of new replicas (a model's
+    Remembers where it aimed hosts Ray has not started yet: a burst of new hosts (a model's
     first two, say) must see each other before the actor table shows where they run.
     """
 
     def __init__(self, server_id: str, num_cpus: float) -> None:
         self._prefix = f"{server_id}:"
         self._num_cpus = num_cpus
-        self._aimed: dict[str, str] = {}  # replica id -> node, while Ray has not started it
+        self._aimed: dict[str, str] = {}  # host id -> node, while Ray has not started it
 
-    def strategy(self, model: str, replica_id: str) -> Any:
-        """A scheduling strategy for the replica `replica_id` of `model`."""
+    def strategy(self, model: str, replica_id: str, holders: Collection[str]) -> Any:
+        """A scheduling strategy for the host `replica_id`, started for one more replica of
+        `model`, whose other replicas are on the hosts named `holders`."""
         from ray._private import state  # the public state API needs the dashboard, which may be off
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -122,7 +128,7 @@ class _Spread:
             node = str(info["Address"]["NodeID"]) if started else self._aimed.get(name)
             ours.append(Placed(name, node, started))
         self._aimed = {p.name: p.node for p in ours if not p.started and p.node is not None}
-        same_model = [p for p in ours if p.name.rpartition(":")[0] == f"{self._prefix}{model}"]  # ids end ":<index>"
+        same_model = [p for p in ours if p.name in holders]
         holdings = model_holdings(same_model, free)
         room = free_after_pending(free, [(node, self._num_cpus) for node in self._aimed.values()])
         node = choose_node(room, holdings, self._num_cpus)
@@ -130,7 +136,7 @@ class _Spread:
             # No node has room: Ray queues it (and KubeRay's autoscaler adds a node for it).
             return "SPREAD"
         self._aimed[replica_id] = node
-        log.info("model %s: replica %s aimed at node %s, which holds %d of the model's %d other replica(s)",
+        log.info("model %s: replica host %s aimed at node %s, which holds %d of the model's %d other replica(s)",
                  model, replica_id, node[:12], holdings[node], len(same_model))
         # Soft, spilling: a node that died or filled up meanwhile must not hold the replica back.
         return NodeAffinitySchedulingStrategy(node, soft=True, _spill_on_unavailable=True)
@@ -157,38 +163,79 @@ class ControllerActor:
         spread = _Spread(server_id, replica_num_cpus)
         self._name = name
 
-        def new_replica(model: ModelConfig, index: int) -> Any:
-            # Named and detached: replicas outlive a controller that crashes, and the restarted
-            # controller (same arguments, so same names) adopts them with their versions loaded.
-            replica_id = f"{server_id}:{model.name}:{index}"
+        self._host_prefix = f"{server_id}:host:"
+
+        def new_host(index: int, model: str, own: bool) -> Any:
+            # Named and detached: hosts outlive a controller that crashes, and the restarted
+            # controller (same arguments, so same names) adopts them with their models loaded.
+            host_id = f"{self._host_prefix}{index}"
             # An @ray.remote class: mypy does not apply class decorators, so it cannot see .options.
-            return cast(Any, ReplicaActor).options(
-                name=replica_id, get_if_exists=True, lifetime="detached",
+            return cast(Any, ReplicaHost).options(
+                name=host_id, get_if_exists=True, lifetime="detached",
                 num_cpus=replica_num_cpus, max_concurrency=1000,
                 # Each model's replicas over as many nodes as have room: a lost node takes its share.
-                scheduling_strategy=spread.strategy(model.name, replica_id),
-            ).remote(model.name, replica_id, enable_warmup, model.batching or batching, log_format, session_threads, data_plane)
+                scheduling_strategy=spread.strategy(model, host_id, self._holders(model)),
+            ).remote(host_id, enable_warmup, batching, log_format, session_threads, data_plane, model if own else None)
+
+        # Each host's shared ping answers before the replica sets' own health timeout fires, so a
+        # hung host is marked dead before its slots are placed again (never back on it).
+        self._pool = HostPool(options.placement, new_host, _kill, ping_timeout_s=options.health.timeout_s * 0.8)
+        self._adopted = False
+
+        def new_replica(model: ModelConfig, index: int) -> Any:
+            entry = options.model_autoscaling.get(model.name)
+            own = bool(entry is not None and entry.own_hosts)
+            return self._pool.place(model.name, own=own, batching=model.batching or batching)
 
         async def probe(handle: Any) -> str | None:
-            return await asyncio.to_thread(_unplaced_reason, handle, replica_num_cpus)
+            return await asyncio.to_thread(_unplaced_reason, getattr(handle, "actor", handle), replica_num_cpus)
 
-        self._controller = Controller(options, new_replica, _kill, resolve_path=_import_saved_models, placement_probe=probe)
+        self._controller = Controller(
+            options, new_replica, self._pool.release, resolve_path=_import_saved_models, placement_probe=probe,
+            hosts=self._pool,
+        )
         # Ray runs an async actor's __init__ on its event loop. A restarted controller (same
         # arguments) finds the config its previous life stored and applies it before any other.
         self._config_lock = asyncio.Lock()
         self._recovery = asyncio.get_running_loop().create_task(self._recover())
+
+    def _holders(self, model: str) -> set[str]:
+        """The names of the hosts holding a replica of `model`."""
+        return {f"{self._host_prefix}{h.index}" for h in self._pool.hosts.values() if model in h.slots}
+
+    def _left_hosts(self) -> list[tuple[int, Any]]:
+        """Hosts a previous controller of this server left running (named, detached)."""
+        found = []
+        for name in ray.util.list_named_actors():
+            if name.startswith(self._host_prefix) and name[len(self._host_prefix):].isdigit():
+                try:
+                    found.append((int(name[len(self._host_prefix):]), ray.get_actor(name)))
+                except ValueError:
+                    pass  # gone meanwhile
+        return found
+
+    async def _apply(self, config: ServerConfig) -> None:
+        """The first config adopts what a crashed controller left (its hosts, their models) first:
+        each model goes back where its versions are loaded, and what no model claims goes."""
+        first = not self._adopted
+        if first:
+            self._adopted = True
+            await self._pool.adopt(await asyncio.to_thread(self._left_hosts))
+        await self._controller.set_config(config)
+        if first:
+            self._pool.forget_unclaimed()
 
     async def _recover(self) -> None:
         async with self._config_lock:
             config = await asyncio.to_thread(_stored_config, self._name)
             if config is not None:
                 log.info("controller restarted: applying the stored model config (%d model(s))", len(config.models))
-                await self._controller.set_config(config)
+                await self._apply(config)
 
     async def set_config(self, config: ServerConfig) -> None:
         """Applies `config` to the whole cluster and stores it (for a restart). One at a time."""
         async with self._config_lock:
-            await self._controller.set_config(config)
+            await self._apply(config)
             await asyncio.to_thread(_store_config, self._name, config)
 
     async def get_routing_table(

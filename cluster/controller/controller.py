@@ -25,7 +25,9 @@ from cluster import errors, stats
 from cluster.autoscaler.load import Load, LoadWindow
 from cluster.autoscaler.scaler import AutoscalingConfig, ModelScaler
 from cluster.config import ModelAutoscaling, ModelConfig, ServerConfig
-from cluster.controller.replica_set import HealthOptions, PlacementProbe, ReplicaSet, unwrap_error
+from cluster.controller.hosts import HostPool, Slot
+from cluster.controller.packing import PlacementOptions
+from cluster.controller.replica_set import HealthOptions, Member, PlacementProbe, ReplicaSet, unwrap_error
 from cluster.routing.table import ModelRoute, RoutingTable
 from cluster.serving.planner import ActionKind, RetryPolicy
 from cluster.serving.source import FileSystemSource, SourceReport
@@ -68,6 +70,7 @@ class ControllerOptions:
     look_back_s: float = 3.0  # the load is every gateway's in-flight time average over this long
     load_report_ttl_s: float = 5.0  # a gateway that has not reported for this long counts as gone
     tick_seconds: float = 2.0  # autoscaling, whatever the storage poll interval
+    placement: PlacementOptions = field(default_factory=PlacementOptions)  # replica hosts (hosts.py)
 
 
 @dataclass(frozen=True)
@@ -115,6 +118,7 @@ class Controller:
         clock: Callable[[], float] = time.monotonic,
         resolve_path: PathResolver = _same_path,
         placement_probe: PlacementProbe | None = None,
+        hosts: HostPool | None = None,
     ) -> None:
         self._options = options
         self._resolve_path = resolve_path
@@ -134,6 +138,13 @@ class Controller:
         self._publisher: asyncio.Task[None] | None = None
         self._load_window = LoadWindow(options.look_back_s, options.load_report_ttl_s)
         self._requests = stats.RequestTotals(options.load_report_ttl_s)  # every gateway's counters
+        # With replica hosts (production), replicas are slots on them: the pool asks which models
+        # may lose one, and takes one away (memory budget, LRU) through `_evict`, the resize path.
+        self._hosts = hosts
+        if hosts is not None:
+            hosts.evictable = self._evictable
+            hosts.evict = self._evict
+            hosts.load_of = lambda name: self._load_window.load(name, self._clock()).in_flight
 
     # -- desired state -------------------------------------------------------------------------
     async def set_config(self, config: ServerConfig) -> None:
@@ -278,11 +289,19 @@ class Controller:
     async def reconcile(self) -> None:
         """One tick: poll sources, autoscale, start the planned loads and unloads."""
         changed = False
-        for model in list(self._models.values()):
+        models = list(self._models.values())
+        due = [m for m in models if self._source_due(m)]
+        # Every due source listed in one worker thread: a thousand models cost one hop, not a
+        # thousand (each listing is a few system calls on a local disk).
+        reports = await asyncio.to_thread(lambda: [m.source.poll_once() for m in due]) if due else []
+        now = self._clock()
+        for model, report in zip(due, reports, strict=True):
+            model.last_poll = now
+            self._take_report(model, report)
+        for model in models:
+            if self._models.get(model.config.name) is not model:
+                continue  # removed while the sources were listed
             self._autoscale(model)
-            if self._source_due(model):
-                model.last_poll = self._clock()
-                self._take_report(model, await asyncio.to_thread(model.source.poll_once))
             for action in model.stream.plan(self._clock()):
                 if action.kind is ActionKind.LOAD:
                     if not model.replicas.ready():
@@ -347,7 +366,9 @@ class Controller:
             model.stream.load_succeeded(version)
             model.load_seconds.observe(self._clock() - started)
             log.info("model %s version %d loaded in %.2fs", name, version, self._clock() - started)
-        await self._publish()
+        # Published by the publish loop, once for every load that finished together (a thousand
+        # models loading at start would otherwise build a thousand tables of a thousand models).
+        self._publish_due.set()
         self._wake.set()  # the planner may now unload the version this one replaces
 
     async def _unload(self, model: _Model, version: int) -> None:
@@ -441,17 +462,37 @@ class Controller:
                 log.info("model %s scaled from %d to %d replicas: %d in the routing table",
                          name, change.before, change.target, len(route.replicas))
 
-    def _resize(self, model: _Model, desired: int) -> None:
+    def _resize(self, model: _Model, desired: int, leaving: Member | None = None) -> None:
         """The one way a model's replica count changes (config, autoscaling, scale to zero and
-        back). At 0 the model stays configured with its versions AVAILABLE: its next request
-        (held by the gateway) brings it back through the autoscaler."""
+        back, eviction from a host: `leaving` is the replica to take away, else the set picks).
+        At 0 the model stays configured with its versions AVAILABLE: its next request (held by
+        the gateway) brings it back through the autoscaler."""
         if desired > len(model.replicas):
             model.replicas.grow(desired)  # each takes traffic once it holds the available versions
             self._publish_due.set()  # GetModelStatus: a model at zero now says it is loading
         elif desired < len(model.replicas):
             # Out of the routing table first (the publish), then drained and stopped.
-            self._spawn(model.replicas.retire(model.replicas.shrink(desired), self._options.drain_seconds))
+            gone = model.replicas.take(leaving) if leaving is not None else model.replicas.shrink(desired)
+            self._spawn(model.replicas.retire(gone, self._options.drain_seconds))
             self._publish_due.set()
+
+    def _evictable(self, name: str) -> bool:
+        """A model may lose a replica to the memory budget while it has more than its minimum."""
+        model = self._models.get(name)
+        if model is None:
+            return True  # a leftover: nothing wants it
+        return len(model.replicas) > self._autoscaling_config(model.config).min_replicas
+
+    def _evict(self, slot: Slot) -> None:
+        """The pool needs `slot`'s room: its model loses that replica (drained, then unloaded)."""
+        model = self._models.get(slot.model)
+        member = next((m for m in model.replicas.members if m.handle is slot), None) if model else None
+        if model is None or member is None:
+            self._kill_replica(slot)  # no model claims it: off its host at once
+            return
+        log.info("model %s: replica evicted from its host (least recently used); %d left",
+                 slot.model, len(model.replicas) - 1)
+        self._resize(model, len(model.replicas) - 1, leaving=member)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -536,7 +577,9 @@ class Controller:
         async def replicas(model: _Model) -> list[stats.ReplicaStats]:
             calls = [asyncio.wait_for(m.handle.stats.remote(), timeout) for m in model.replicas.members]
             replies = await asyncio.gather(*calls, return_exceptions=True)
-            return [r for r in replies if isinstance(r, stats.ReplicaStats)]
+            # A slot on a host answers a list (its model's statistics there).
+            flat = [s for r in replies for s in (r if isinstance(r, list) else [r])]
+            return [r for r in flat if isinstance(r, stats.ReplicaStats)]
 
         answers = await asyncio.gather(*(replicas(model) for _, model in models))
         now = self._clock()
@@ -575,4 +618,6 @@ class Controller:
         for model in self._models.values():
             model.replicas.kill_all()
         self._models.clear()
+        if self._hosts is not None:
+            self._hosts.kill_all()
         await self._publish()

@@ -214,7 +214,8 @@ class ReplicaSet:
     def refs(self, available: frozenset[int]) -> tuple[ReplicaRef, ...]:
         """The replicas to route to: ready ones that hold every available version."""
         return tuple(
-            ReplicaRef(m.handle, m.address)
+            # A slot (hosts.py) is published as its host's actor handle: what Ray can send.
+            ReplicaRef(getattr(m.handle, "actor", m.handle), m.address, self.name)
             for m in self.members
             if m.ready and m.address is not None and available <= m.versions
         )
@@ -274,6 +275,15 @@ class ReplicaSet:
             self.members.remove(member)
             self._leaving.add(member.index)
         return leaving
+
+    def take(self, member: Member) -> list[Member]:
+        """Takes this one replica out of the set (evicted from its host); the caller publishes,
+        then `retire`s it."""
+        if member not in self.members:
+            return []
+        self.members.remove(member)
+        self._leaving.add(member.index)
+        return [member]
 
     async def retire(self, members: list[Member], propagation_s: float) -> None:
         """Stops replicas already out of the routing table: waits `propagation_s` for gateways to

@@ -47,6 +47,7 @@ def autoscaling_from_proto(message: autoscaling_pb2.AutoscalingConfig) -> dict[s
             upscale_delay_s=get("upscale_delay_s"),
             downscale_delay_s=get("downscale_delay_s"),
             scale_to_zero_idle_s=get("scale_to_zero_idle_s"),
+            own_hosts=bool(entry.own_hosts),
         )
     return models
 

@@ -3,7 +3,7 @@
 A call carries the requests the gateway coalesced for one (version, signature, output filter);
 the answer has one `RunResult` per request, in order: its outputs, or the error that refused it
 (a bad request fails alone and never fails its neighbours). Every hop speaks it: the replica
-(`Replica.run`, `BatchedRunner.run`, `ReplicaActor.run`), the data plane's server and wire
+(`Replica.run`, `BatchedRunner.run`, `ReplicaHost.run`, for one model), the data plane's server and wire
 format, and the gateway's `ReplicaChannel`.
 """
 

@@ -1,7 +1,9 @@
-"""The replica's end of the data plane: a small asyncio server answering run calls.
+"""The replica host's end of the data plane: a small asyncio server answering run calls.
 
 Frames (cluster.replica.wire) arrive on long-lived connections from gateways; each call is run
 as its own task, so a connection carries many calls at once and answers them as they finish.
+Every call names its model: one server (and one connection per gateway) serves every slot of
+the host.
 
 Only the cluster's own gateways get that far: a connection first answers a challenge with the
 cluster's secret (see `wire`), within `handshake_timeout_s`, or is closed; a frame whose length
@@ -26,9 +28,9 @@ from exporter.signature import Tensors
 log = logging.getLogger("tessera.replica")
 
 RunFn = Callable[
-    [int, str, Sequence[Tensors], Sequence[str], Sequence[float | None] | None],
+    [str, int, str, Sequence[Tensors], Sequence[str], Sequence[float | None] | None],
     Awaitable[Sequence[RunResult]],
-]  # `Runner.run` (cluster.replica.contract)
+]  # (model, then `Runner.run`'s arguments: cluster.replica.contract)
 
 
 @dataclass(frozen=True)
@@ -131,12 +133,12 @@ class DataPlaneServer:
             if self.draining:
                 raise errors.Unavailable("replica is draining")
             if length > stream.BIG:
-                version, signature, requests, output_filter, timeouts = await asyncio.to_thread(
+                model, version, signature, requests, output_filter, timeouts = await asyncio.to_thread(
                     wire.decode_call, header, payload
                 )
             else:
-                version, signature, requests, output_filter, timeouts = wire.decode_call(header, payload)
-            results = await self._run(version, signature, requests, output_filter, timeouts)
+                model, version, signature, requests, output_filter, timeouts = wire.decode_call(header, payload)
+            results = await self._run(model, version, signature, requests, output_filter, timeouts)
             if stream.payload_bytes(results) > stream.BIG:
                 frame = await asyncio.to_thread(wire.encode_results, call_id, results, self._max_frame)
             else:

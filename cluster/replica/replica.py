@@ -1,4 +1,4 @@
-"""A replica of one model: its loaded servables (version -> Servable) and the one execution path.
+"""One model's slot on a replica host: its loaded servables (version -> Servable) and the one execution path.
 
 Plain Python, no Ray: the Ray actor in `actor.py` wraps it. Versions load through the loader
 registry (`exporter.servable.load_servable`) by the model's platform, so the replica knows only
@@ -212,6 +212,13 @@ class Replica:
     def memory(self) -> dict[str, int]:
         """This process's memory in bytes: rss, pss (shared pages divided among sharers), and
         what the loaded versions say they keep resident (`Servable.resident_bytes`)."""
+        stats = self.memory_of_process()
+        stats["variables"] = sum(s.resident_bytes for s in list(self._servables.values()))
+        return stats
+
+    @staticmethod
+    def memory_of_process() -> dict[str, int]:
+        """This process's pid, rss and pss in bytes (0 where /proc does not tell)."""
         stats = {"pid": os.getpid(), "rss": 0, "pss": 0}
         rollup = pathlib.Path("/proc/self/smaps_rollup")
         if rollup.exists():
@@ -219,5 +226,4 @@ class Replica:
                 key, _, rest = line.partition(":")
                 if key in ("Rss", "Pss"):
                     stats[key.lower()] = int(rest.split()[0]) * 1024
-        stats["variables"] = sum(s.resident_bytes for s in list(self._servables.values()))
         return stats

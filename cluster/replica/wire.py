@@ -1,7 +1,8 @@
 """The data plane's wire format: requests and results between a gateway and a replica.
 
 Each message is one frame: `u32 length | u64 call id | u32 header length | JSON header | payload`.
-The header lists every tensor (alias, dtype, shape, byte length); the payload holds their bytes
+The header names the call's model (a replica host serves many; one connection per host carries
+calls for all of them) and lists every tensor (alias, dtype, shape, byte length); the payload holds their bytes
 back to back, so numeric arrays are written and read with one copy and no pickle: nothing a peer
 sends is ever executed. DT_STRING tensors (object arrays of bytes) travel as u32-length-prefixed
 items. Errors travel as (class name, message) and come back as `cluster.errors` instances.
@@ -101,6 +102,7 @@ def control_frame(call_id: int, header: dict[str, Any]) -> list[bytes | memoryvi
 
 def encode_call(
     call_id: int,
+    model: str,
     version: int,
     signature: str,
     requests: Sequence[Tensors],
@@ -110,6 +112,7 @@ def encode_call(
 ) -> list[bytes | memoryview]:
     chunks: list[bytes | memoryview] = []
     header = {
+        "model": model,
         "version": version,
         "signature": signature,
         "output_filter": list(output_filter),
@@ -119,12 +122,19 @@ def encode_call(
     return _frame(call_id, header, chunks, limit)
 
 
-def decode_call(header: dict[str, Any], payload: memoryview) -> tuple[int, str, list[dict[str, np.ndarray]], tuple[str, ...], list[float | None] | None]:
+Call = tuple[str, int, str, list[dict[str, np.ndarray]], tuple[str, ...], list[float | None] | None]
+
+
+def decode_call(header: dict[str, Any], payload: memoryview) -> Call:
+    """(model, version, signature, requests, output filter, timeouts) of a call's frame."""
     requests, offset = [], 0
     for specs in header["requests"]:
         tensors, offset = _decode_tensors(specs, payload, offset)
         requests.append(tensors)
-    return header["version"], header["signature"], requests, tuple(header["output_filter"]), header["timeouts"]
+    model = header["model"]
+    if not isinstance(model, str):
+        raise errors.InvalidArgument("a data-plane call names its model")
+    return model, header["version"], header["signature"], requests, tuple(header["output_filter"]), header["timeouts"]
 
 
 def encode_results(

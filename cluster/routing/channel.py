@@ -1,4 +1,7 @@
-"""The gateway's end of the data plane: one multiplexed connection per replica.
+"""The gateway's end of the data plane: one multiplexed connection per replica host.
+
+A host serves many models, so one connection carries the calls of all of them (each call names its
+model); `ModelChannel` is one model's view of a host's channel, what the coalescer sends to.
 
 Ray carries the control plane (load, unload, stats); requests go over a plain asyncio stream to
 the replica's data-plane port, because a Ray actor call costs 1–2 ms on a small machine while a
@@ -105,11 +108,14 @@ class ReplicaChannel:
         requests: Sequence[Tensors],
         output_filter: Sequence[str] = (),
         timeouts: Sequence[float | None] | None = None,
+        *,
+        model: str = "",
     ) -> list[RunResult]:
+        """The run contract for `model`'s slot on this host."""
         call_id = next(self._ids)
         # Encoded (and checked against the frame limit) before a connection is even opened; a big
         # one in a worker thread (object tensors' items are joined, strided arrays copied).
-        args = (call_id, version, signature, requests, output_filter, timeouts, self._max_frame)
+        args = (call_id, model, version, signature, requests, output_filter, timeouts, self._max_frame)
         if stream.payload_bytes(requests) > stream.BIG:
             frame = await asyncio.to_thread(wire.encode_call, *args)
         else:
@@ -208,3 +214,28 @@ class ReplicaChannel:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+class ModelChannel:
+    """One model's calls over a host's shared channel (the `Runner` contract, model bound)."""
+
+    def __init__(self, channel: ReplicaChannel, model: str) -> None:
+        self.channel = channel
+        self.model = model
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return self.channel.address
+
+    def __repr__(self) -> str:
+        return f"ModelChannel({self.model} @ {self.address[0]}:{self.address[1]})"
+
+    async def run(
+        self,
+        version: int,
+        signature: str,
+        requests: Sequence[Tensors],
+        output_filter: Sequence[str] = (),
+        timeouts: Sequence[float | None] | None = None,
+    ) -> list[RunResult]:
+        return await self.channel.run(version, signature, requests, output_filter, timeouts, model=self.model)

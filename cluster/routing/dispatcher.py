@@ -31,7 +31,7 @@ from cluster.requests import (
     RegressResult,
     ResolvedSpec,
 )
-from cluster.routing.channel import ReplicaChannel
+from cluster.routing.channel import ModelChannel, ReplicaChannel
 from cluster.routing.coalescer import Coalescer
 from cluster.routing.router import Router
 from cluster.routing.table import ModelRoute, ReplicaRef, RoutingTable
@@ -66,6 +66,7 @@ class Dispatcher:
         max_in_flight_per_replica: int = 1024,
         coalescer: Coalescer | None = None,
         connect: Callable[[ReplicaRef], Any] | None = None,
+        host_channel: Callable[[tuple[str, int]], ReplicaChannel] | None = None,
         data_plane_secret: bytes = b"",
         drain_grace_s: float = 30.0,
         report_load: Callable[[float, dict[str, Load]], Awaitable[Any]] | None = None,
@@ -77,10 +78,14 @@ class Dispatcher:
         self._coalescer = coalescer or Coalescer()
         self._table = RoutingTable()
         self._routers: dict[str, Router[ReplicaRef]] = {}
-        # One data-plane connection per replica, opened with the cluster's secret.
-        self._connect = connect or (lambda ref: ReplicaChannel(ref.address, data_plane_secret))
+        # One data-plane connection per replica host, opened with the cluster's secret, shared by
+        # every model on that host; each model's replica there is a ModelChannel over it. `connect`
+        # (tests) replaces both: a call target per replica.
+        self._host_channel = host_channel or (lambda address: ReplicaChannel(address, data_plane_secret))
+        self._connect = connect or self._model_channel
         self._drain_grace = drain_grace_s
-        self._channels: dict[ReplicaRef, Any] = {}  # one data-plane connection per replica
+        self._hosts: dict[tuple[str, int], ReplicaChannel] = {}  # data-plane address -> its connection
+        self._channels: dict[ReplicaRef, Any] = {}  # a call target per replica (model on a host)
         self._in_flight_requests: dict[str, InFlight] = {}  # requests per model, from arrival to answer
         self._poll_task: asyncio.Task[None] | None = None
         self._report_load = report_load
@@ -103,7 +108,8 @@ class Dispatcher:
             if task is not None:
                 task.cancel()
         channels, self._channels = list(self._channels.values()), {}
-        await asyncio.gather(*(c.close() for c in channels if hasattr(c, "close")))
+        hosts, self._hosts = list(self._hosts.values()), {}
+        await asyncio.gather(*(c.close() for c in [*channels, *hosts] if hasattr(c, "close")))
 
     async def _follow_table(self) -> None:
         while True:
@@ -167,8 +173,11 @@ class Dispatcher:
             # A replica leaving the table (retired, replaced, its model removed) answers what it
             # has: its calls are not cut off, the connection closes once they are answered.
             channel = self._channels.pop(ref)
-            if hasattr(channel, "close"):
+            if hasattr(channel, "close") and not isinstance(channel, ModelChannel):
                 asyncio.get_running_loop().create_task(channel.close(self._drain_grace))
+        hosts = {ref.address for ref in live}
+        for address in set(self._hosts) - hosts:  # no model left on that host: same, per host
+            asyncio.get_running_loop().create_task(self._hosts.pop(address).close(self._drain_grace))
         self._table = table
 
     @property
@@ -185,6 +194,12 @@ class Dispatcher:
             raise errors.NotFound(f"Servable not found for request: {spec.version.describe(spec.name)}")
         version = resolve_version(spec.version, route.available.keys(), route.labels, model_name=spec.name)
         return route, version, route.available[version]
+
+    def _model_channel(self, replica: ReplicaRef) -> ModelChannel:
+        host = self._hosts.get(replica.address)
+        if host is None:
+            host = self._hosts[replica.address] = self._host_channel(replica.address)
+        return ModelChannel(host, replica.model)
 
     def _channel(self, replica: ReplicaRef) -> Any:
         channel = self._channels.get(replica)

@@ -17,10 +17,13 @@ from exporter.signature import Signature
 
 @dataclass(frozen=True)
 class ReplicaRef:
-    """A replica as gateways see it: its Ray actor handle (control) and data-plane address."""
+    """A replica as gateways see it: a model's slot on a replica host. The host's Ray actor handle
+    (control) and data-plane address, which every model on that host shares, and the model the
+    slot serves (what each data-plane call names)."""
 
     handle: Any = field(compare=False, hash=False)
     address: tuple[str, int] = ("", 0)
+    model: str = ""
 
 
 @dataclass(frozen=True)

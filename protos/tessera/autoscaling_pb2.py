@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n protos/tessera/autoscaling.proto\x12\x07tessera\"\xde\x02\n\x10ModelAutoscaling\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x19\n\x0cmin_replicas\x18\x02 \x01(\rH\x00\x88\x01\x01\x12\x19\n\x0cmax_replicas\x18\x03 \x01(\rH\x01\x88\x01\x01\x12$\n\x17target_ongoing_requests\x18\x04 \x01(\x01H\x02\x88\x01\x01\x12\x1c\n\x0fupscale_delay_s\x18\x05 \x01(\x01H\x03\x88\x01\x01\x12\x1e\n\x11\x64ownscale_delay_s\x18\x06 \x01(\x01H\x04\x88\x01\x01\x12!\n\x14scale_to_zero_idle_s\x18\x07 \x01(\x01H\x05\x88\x01\x01\x42\x0f\n\r_min_replicasB\x0f\n\r_max_replicasB\x1a\n\x18_target_ongoing_requestsB\x12\n\x10_upscale_delay_sB\x14\n\x12_downscale_delay_sB\x17\n\x15_scale_to_zero_idle_s\"=\n\x11\x41utoscalingConfig\x12(\n\x05model\x18\x01 \x03(\x0b\x32\x19.tessera.ModelAutoscalingb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n protos/tessera/autoscaling.proto\x12\x07tessera\"\x84\x03\n\x10ModelAutoscaling\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x19\n\x0cmin_replicas\x18\x02 \x01(\rH\x00\x88\x01\x01\x12\x19\n\x0cmax_replicas\x18\x03 \x01(\rH\x01\x88\x01\x01\x12$\n\x17target_ongoing_requests\x18\x04 \x01(\x01H\x02\x88\x01\x01\x12\x1c\n\x0fupscale_delay_s\x18\x05 \x01(\x01H\x03\x88\x01\x01\x12\x1e\n\x11\x64ownscale_delay_s\x18\x06 \x01(\x01H\x04\x88\x01\x01\x12!\n\x14scale_to_zero_idle_s\x18\x07 \x01(\x01H\x05\x88\x01\x01\x12\x16\n\town_hosts\x18\x08 \x01(\x08H\x06\x88\x01\x01\x42\x0f\n\r_min_replicasB\x0f\n\r_max_replicasB\x1a\n\x18_target_ongoing_requestsB\x12\n\x10_upscale_delay_sB\x14\n\x12_downscale_delay_sB\x17\n\x15_scale_to_zero_idle_sB\x0c\n\n_own_hosts\"=\n\x11\x41utoscalingConfig\x12(\n\x05model\x18\x01 \x03(\x0b\x32\x19.tessera.ModelAutoscalingb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,7 +32,7 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'protos.tessera.autoscaling_
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_MODELAUTOSCALING']._serialized_start=46
-  _globals['_MODELAUTOSCALING']._serialized_end=396
-  _globals['_AUTOSCALINGCONFIG']._serialized_start=398
-  _globals['_AUTOSCALINGCONFIG']._serialized_end=459
+  _globals['_MODELAUTOSCALING']._serialized_end=434
+  _globals['_AUTOSCALINGCONFIG']._serialized_start=436
+  _globals['_AUTOSCALINGCONFIG']._serialized_end=497
 # @@protoc_insertion_point(module_scope)

@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class ModelAutoscaling(_message.Message):
-    __slots__ = ("name", "min_replicas", "max_replicas", "target_ongoing_requests", "upscale_delay_s", "downscale_delay_s", "scale_to_zero_idle_s")
+    __slots__ = ("name", "min_replicas", "max_replicas", "target_ongoing_requests", "upscale_delay_s", "downscale_delay_s", "scale_to_zero_idle_s", "own_hosts")
     NAME_FIELD_NUMBER: _ClassVar[int]
     MIN_REPLICAS_FIELD_NUMBER: _ClassVar[int]
     MAX_REPLICAS_FIELD_NUMBER: _ClassVar[int]
@@ -15,6 +15,7 @@ class ModelAutoscaling(_message.Message):
     UPSCALE_DELAY_S_FIELD_NUMBER: _ClassVar[int]
     DOWNSCALE_DELAY_S_FIELD_NUMBER: _ClassVar[int]
     SCALE_TO_ZERO_IDLE_S_FIELD_NUMBER: _ClassVar[int]
+    OWN_HOSTS_FIELD_NUMBER: _ClassVar[int]
     name: str
     min_replicas: int
     max_replicas: int
@@ -22,7 +23,8 @@ class ModelAutoscaling(_message.Message):
     upscale_delay_s: float
     downscale_delay_s: float
     scale_to_zero_idle_s: float
-    def __init__(self, name: _Optional[str] = ..., min_replicas: _Optional[int] = ..., max_replicas: _Optional[int] = ..., target_ongoing_requests: _Optional[float] = ..., upscale_delay_s: _Optional[float] = ..., downscale_delay_s: _Optional[float] = ..., scale_to_zero_idle_s: _Optional[float] = ...) -> None: ...
+    own_hosts: bool
+    def __init__(self, name: _Optional[str] = ..., min_replicas: _Optional[int] = ..., max_replicas: _Optional[int] = ..., target_ongoing_requests: _Optional[float] = ..., upscale_delay_s: _Optional[float] = ..., downscale_delay_s: _Optional[float] = ..., scale_to_zero_idle_s: _Optional[float] = ..., own_hosts: _Optional[bool] = ...) -> None: ...
 
 class AutoscalingConfig(_message.Message):
     __slots__ = ("model",)

@@ -21,6 +21,8 @@ def test_defaults_single_model_mode() -> None:
     assert options.file_system_poll_wait_seconds == 1 and options.enable_model_warmup
     assert options.load_retry_interval_seconds == 60.0 and options.max_num_load_retries == 5
     assert options.ray_address is None and options.num_replicas == 1 and options.replica_num_cpus == 0.02
+    # Replica hosts: 100 models per process, no memory budget, as many hosts as Ray places.
+    assert (options.max_models_per_host, options.replica_memory_budget_bytes, options.max_replica_hosts) == (100, 0, 0)
     assert config == ServerConfig((ModelConfig("default", "/models/half", "tensorflow", VersionPolicy()),))
 
 
@@ -165,6 +167,7 @@ def _exits(flags: list[str], capsys: pytest.CaptureFixture[str]) -> str:
         (["--model_base_path=/m", "--port=9000", "--rest_api_port", "9000"], "must differ from --port"),
         (["--model_base_path=/m", "--port=70000"], "--port must be in 0..65535"),
         (["--model_base_path=/m", "--num_replicas=0"], "--num_replicas must be at least 1"),
+        (["--model_base_path=/m", "--max_models_per_host=0"], "--max_models_per_host must be at least 1"),
         (["--model_base_path=/m", "--port=abc"], "invalid int value"),
         (["--model_base_path=/m", "--enable_batching=maybe"], "expected true/false/1/0"),
         (["--model_base_path=/m", "--model_name="], "--model_name must not be empty"),

@@ -44,8 +44,9 @@ def test_a_crowded_host_serves_what_fits_reports_the_rest_and_places_them_when_r
 
     names = [f"m{i}" for i in range(20)]
     wait_until(lambda: ray.available_resources().get("CPU", 0) >= 1.99, what="free CPUs")
-    fits = int(ray.available_resources()["CPU"] / 0.5)  # 4 on the 2-CPU test Ray
-    with serving(loop_thread, config(root, names), replica_num_cpus=0.5) as server:
+    hosts = int(ray.available_resources()["CPU"] / 0.5)  # 4 replica hosts on the 2-CPU test Ray ...
+    fits = 2 * hosts  # ... of 2 models each
+    with serving(loop_thread, config(root, names), replica_num_cpus=0.5, max_models_per_host=2) as server:
         wait_until(lambda: sum(routed(server, n) > 0 for n in names) == fits, what=f"{fits} models serving")
         waiting = [n for n in names if not routed(server, n)]
         assert len(waiting) == 20 - fits  # ... and the others are reported, not silently stuck
@@ -139,7 +140,7 @@ def test_a_stranger_on_the_data_plane_is_refused_and_it_listens_on_loopback(
         assert ref.address[0] == "127.0.0.1"
         with socket.create_connection(ref.address, timeout=10) as sock:
             assert sock.recv(len(wire.MAGIC)) == wire.MAGIC  # a challenge, not a service
-            for chunk in wire.encode_call(1, 1, "serving_default", [{}], [], None):
+            for chunk in wire.encode_call(1, "m0", 1, "serving_default", [{}], [], None):
                 sock.sendall(bytes(chunk))  # a well-formed call, without the secret
             sock.settimeout(10)
             rest = b""

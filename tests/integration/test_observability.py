@@ -19,7 +19,7 @@ from cluster.client.tensors import make_tensor_proto
 from cluster.config import ModelConfig, ServeOptions, ServerConfig
 from protos.tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 from tests.bundles_testlib import write_version
-from tests.integration.serving_testlib import LoopThread, free_port
+from tests.integration.serving_testlib import LoopThread, free_port, routed, wait_until
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -79,6 +79,8 @@ def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 def test_one_scrape_shows_the_whole_cluster(server: TesseraServer) -> None:
     grpc_requests, rest_requests, bad = 40, 10, 3
+    # The model serves once one replica has it; the scrape is about both.
+    wait_until(lambda: routed(server, "m") == 2, what="both replicas routed")
     with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
         stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
         request = predict_pb2.PredictRequest()

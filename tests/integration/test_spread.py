@@ -47,16 +47,16 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TwoNodeCluster
         nodes.stop()
 
 
-def _replica_nodes() -> dict[str, list[str]]:
-    """Model -> the nodes its live replicas run on, from Ray's actor table (replica ids end ':<model>:<i>')."""
-    from ray._private import state
+def _replica_nodes(server: TesseraServer) -> dict[str, list[str]]:
+    """Model -> the nodes its routed replicas run on (each replica is a slot on a replica host;
+    the host says its node)."""
+    import ray
 
-    nodes: dict[str, list[str]] = {}
-    for info in state.actors().values():
-        model = info["Name"].rsplit(":", 2)[-2] if info["Name"].count(":") >= 2 else None
-        if model in MODELS and info["State"] == "ALIVE":
-            nodes.setdefault(model, []).append(info["Address"]["NodeID"])
-    return nodes
+    return {
+        name: [ray.get(ref.handle.node_id.remote(), timeout=30) for ref in route.replicas]
+        for name, route in server.dispatcher.table.models.items()
+        if name in MODELS
+    }
 
 
 def test_each_model_s_two_replicas_run_on_two_nodes_and_the_survivors_serve_when_one_is_lost(
@@ -76,7 +76,7 @@ def test_each_model_s_two_replicas_run_on_two_nodes_and_the_survivors_serve_when
         wait_until(lambda: all(len(table().models[n].replicas) == 2 for n in MODELS), timeout=120,
                    what="two replicas of each model")
         assert len({n["NodeID"] for n in ray.nodes() if n["Alive"]}) == 2
-        placed = _replica_nodes()
+        placed = _replica_nodes(server)
         assert {m: len(set(nodes)) for m, nodes in placed.items()} == {m: 2 for m in MODELS}, placed
         with Stream(f"127.0.0.1:{server.grpc_port}", models=list(MODELS), clients=4, timeout_s=30) as load:
             time.sleep(1.0)
@@ -89,7 +89,7 @@ def test_each_model_s_two_replicas_run_on_two_nodes_and_the_survivors_serve_when
             # The head has room for the replacements: each model is back to two replicas, both there.
             wait_until(lambda: all(len(table().models[n].replicas) == 2 for n in MODELS), timeout=120,
                        what="replacements on the surviving node")
-        print(f"spread: {placed}; after the loss: {_replica_nodes()}; {load.summary()}")
+        print(f"spread: {placed}; after the loss: {_replica_nodes(server)}; {load.summary()}")
         assert load.failed == 0, load.summary()
     finally:
         loop_thread.run(server.stop(grace=5))

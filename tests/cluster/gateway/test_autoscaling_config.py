@@ -18,10 +18,12 @@ def test_parses_models_and_leaves_unset_fields_to_the_flags():
       # hot scales out, cold stays put
       model { name: "hot" min_replicas: 1 max_replicas: 8 target_ongoing_requests: 2.5 }
       model { name: "cold" max_replicas: 1 upscale_delay_s: 0 downscale_delay_s: 120 }
+      model { name: "big" own_hosts: true }
     """
     assert autoscaling_from_text(text) == {
         "hot": ModelAutoscaling(min_replicas=1, max_replicas=8, target_ongoing_requests=2.5),
         "cold": ModelAutoscaling(max_replicas=1, upscale_delay_s=0.0, downscale_delay_s=120.0),
+        "big": ModelAutoscaling(own_hosts=True),
     }
     assert autoscaling_from_text("") == {}
 

@@ -15,7 +15,7 @@ from cluster.routing.channel import ReplicaChannel
 SECRET = b"s" * 32
 
 
-async def _echo(version, signature, requests, output_filter, timeouts):  # noqa: ANN001, ANN202
+async def _echo(model, version, signature, requests, output_filter, timeouts):  # noqa: ANN001, ANN202
     return [{"y": r["x"]} for r in requests]
 
 

@@ -10,7 +10,7 @@ import pytest
 from cluster import errors
 from cluster.replica import wire
 from cluster.replica.data_plane import DataPlaneServer
-from cluster.routing.channel import ReplicaChannel
+from cluster.routing.channel import ModelChannel, ReplicaChannel
 
 SECRET = b"s" * 32
 
@@ -26,11 +26,11 @@ def test_codec_round_trip_of_calls_and_results() -> None:
         {"x": np.arange(6, dtype=np.float32).reshape(2, 3), "ids": np.array([[1], [2]], np.int64)},
         {"s": _strings(b"a", b"\x00\xff", b""), "empty": np.zeros((0, 4), np.float64)},
     ]
-    frame = b"".join(bytes(c) for c in wire.encode_call(7, 3, "sig", requests, ["y"], [0.5, None]))
+    frame = b"".join(bytes(c) for c in wire.encode_call(7, "iris", 3, "sig", requests, ["y"], [0.5, None]))
     (length,) = wire.FRAME_LENGTH.unpack_from(frame)
     call_id, header, payload = wire.split_frame(memoryview(frame)[4 : 4 + length])
-    version, signature, decoded, output_filter, timeouts = wire.decode_call(header, payload)
-    assert (call_id, version, signature, output_filter, timeouts) == (7, 3, "sig", ("y",), [0.5, None])
+    model, version, signature, decoded, output_filter, timeouts = wire.decode_call(header, payload)
+    assert (call_id, model, version, signature, output_filter, timeouts) == (7, "iris", 3, "sig", ("y",), [0.5, None])
     for want, got in zip(requests, decoded, strict=True):
         assert want.keys() == got.keys()
         for alias in want:
@@ -47,7 +47,7 @@ def test_codec_round_trip_of_calls_and_results() -> None:
 
 
 def test_channel_and_server_multiplex_concurrent_calls_and_survive_a_bad_call() -> None:
-    async def run(version, signature, requests, output_filter, timeouts):  # noqa: ANN001, ANN202
+    async def run(model, version, signature, requests, output_filter, timeouts):  # noqa: ANN001, ANN202
         if signature == "boom":
             raise RuntimeError("whole call failed")
         await asyncio.sleep(0.01 * (len(requests) % 3))  # answers come back out of order
@@ -70,6 +70,31 @@ def test_channel_and_server_multiplex_concurrent_calls_and_survive_a_bad_call() 
         np.testing.assert_array_equal(again["y"], [[3.0, 3.0]])
         await server.close()
         await channel.close()
+
+    asyncio.run(main())
+
+
+def test_one_connection_carries_the_calls_of_every_model_on_a_host() -> None:
+    async def run(model, version, signature, requests, output_filter, timeouts):  # noqa: ANN001, ANN202
+        scale = {"a": 10.0, "b": 100.0}.get(model)
+        if scale is None:
+            raise errors.Unavailable(f"model {model} is not on this host")
+        return [{"y": r["x"] * scale} for r in requests]
+
+    async def main() -> None:
+        server = DataPlaneServer(run, SECRET)
+        address = await server.start("127.0.0.1")
+        host = ReplicaChannel(address, SECRET)
+        a, b = ModelChannel(host, "a"), ModelChannel(host, "b")
+        x = [{"x": np.ones((1, 2), np.float32)}]
+        (ra,), (rb,) = await asyncio.gather(a.run(1, "s", x), b.run(1, "s", x))
+        np.testing.assert_array_equal(ra["y"], [[10.0, 10.0]])
+        np.testing.assert_array_equal(rb["y"], [[100.0, 100.0]])
+        with pytest.raises(errors.Unavailable, match="model c is not on this host"):
+            await ModelChannel(host, "c").run(1, "s", x)
+        assert host._writer is not None and server.refused == 0  # noqa: SLF001 - one connection, still open
+        await host.close()
+        await server.close()
 
     asyncio.run(main())
 
@@ -103,7 +128,7 @@ async def _accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) ->
     writer.write(wire.ACCEPTED)
 
 
-async def _echo(version, signature, requests, output_filter, timeouts):  # noqa: ANN001, ANN202
+async def _echo(model, version, signature, requests, output_filter, timeouts):  # noqa: ANN001, ANN202
     return [{"y": r["x"]} for r in requests]
 
 
@@ -113,7 +138,7 @@ ONE = [{"x": np.ones((1, 2), np.float32)}]
 def test_a_stranger_without_the_cluster_secret_never_reaches_a_run() -> None:
     ran: list[int] = []
 
-    async def run(version, signature, requests, output_filter, timeouts):  # noqa: ANN001, ANN202
+    async def run(model, version, signature, requests, output_filter, timeouts):  # noqa: ANN001, ANN202
         ran.append(version)
         return [{} for _ in requests]
 
@@ -123,7 +148,7 @@ def test_a_stranger_without_the_cluster_secret_never_reaches_a_run() -> None:
         # A process on the node network sends a well-formed call frame without answering the challenge.
         reader, writer = await asyncio.open_connection(*address)
         assert (await reader.readexactly(wire.CHALLENGE_BYTES)).startswith(wire.MAGIC)
-        for chunk in wire.encode_call(1, 1, "s", ONE, [], None):
+        for chunk in wire.encode_call(1, "m", 1, "s", ONE, [], None):
             writer.write(bytes(chunk))
         assert await reader.read() == b""  # closed, nothing answered
         writer.close()
@@ -182,9 +207,9 @@ def test_a_hung_replica_fails_its_calls_within_the_liveness_timeout_and_a_busy_o
         await channel.close()
         hung.close()
 
-        async def slow(version, signature, requests, output_filter, timeouts):  # noqa: ANN001, ANN202
+        async def slow(model, version, signature, requests, output_filter, timeouts):  # noqa: ANN001, ANN202
             await asyncio.sleep(1.0)  # a long batch: the replica still answers pings meanwhile
-            return await _echo(version, signature, requests, output_filter, timeouts)
+            return await _echo(model, version, signature, requests, output_filter, timeouts)
 
         server = DataPlaneServer(slow, SECRET)
         busy = ReplicaChannel(await server.start("127.0.0.1"), SECRET, ping_interval_s=0.05, liveness_timeout_s=0.3)
@@ -197,9 +222,9 @@ def test_a_hung_replica_fails_its_calls_within_the_liveness_timeout_and_a_busy_o
 
 
 def test_a_draining_replica_refuses_new_calls_and_a_leaving_channel_waits_for_its_answers() -> None:
-    async def slow(version, signature, requests, output_filter, timeouts):  # noqa: ANN001, ANN202
+    async def slow(model, version, signature, requests, output_filter, timeouts):  # noqa: ANN001, ANN202
         await asyncio.sleep(0.3)
-        return await _echo(version, signature, requests, output_filter, timeouts)
+        return await _echo(model, version, signature, requests, output_filter, timeouts)
 
     async def main() -> None:
         server = DataPlaneServer(slow, SECRET)
