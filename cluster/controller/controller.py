@@ -144,7 +144,7 @@ class Controller:
         if hosts is not None:
             hosts.evictable = self._evictable
             hosts.evict = self._evict
-            hosts.load_of = lambda name: self._load_window.load(name, self._clock()).in_flight
+            hosts.load_of = lambda name: self._load_window.load(name, self._clock()).in_flight_requests
 
     # -- desired state -------------------------------------------------------------------------
     async def set_config(self, config: ServerConfig) -> None:
