@@ -39,6 +39,7 @@ class TwoNodeCluster:
     worker_cpus: int = 1
     log_dir: pathlib.Path = field(default_factory=lambda: pathlib.Path("/tmp/tessera-chaos"))
     address: str = ""
+    ray_client_port: int | None = None  # Ray Client's server on the head (ray://127.0.0.1:port), if given
     _nodes: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     def env(self) -> dict[str, str]:
@@ -66,7 +67,8 @@ class TwoNodeCluster:
         # /tmp/ray every other `ray.init()` on the machine would join this cluster.
         self._temp = tempfile.mkdtemp(prefix="tsr-")  # short: Ray's socket paths have a length limit
         self._start("head", ["--head", f"--port={port}", f"--num-cpus={self.head_cpus}",
-                             "--include-dashboard=false", f"--temp-dir={self._temp}"])
+                             "--include-dashboard=false", f"--temp-dir={self._temp}",
+                             *([f"--ray-client-server-port={self.ray_client_port}"] if self.ray_client_port else [])])
         self._wait_nodes(1)
         self.add_worker()
 

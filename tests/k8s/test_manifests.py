@@ -1,13 +1,21 @@
-"""The KubeRay manifests: valid against KubeRay's CRD, and consistent with the code they run.
+"""The KubeRay manifests: valid offline, and consistent with the code they run.
 
-The RayCluster is validated offline against the CRD's openAPIV3Schema (shared/k8s); the gateway's
-command line is parsed by `tessera serve`'s own flag parser; probes, ports and the Service must
-agree with what the gateway serves; the model config must parse. Overlays are built with
-`kubectl kustomize` when kubectl is installed.
+- The RayCluster is validated against KubeRay's CRD (openAPIV3Schema, shared/k8s); the Deployment,
+  HorizontalPodAutoscaler, PodDisruptionBudget, Service and ConfigMap against Kubernetes' own
+  schemas (kubernetes-validate, strict: unknown fields are errors). No API server is needed.
+- The controller's command line is parsed by `tessera serve`'s flag parser, the gateways' by
+  `tessera gateway`'s: a flag that does not exist, or a bad value, fails here.
+- The wiring: the Service reaches the gateway pods and not Ray's head; the gateways reach the head
+  through Ray Client on a port the head exposes; probes and ports agree with what the gateway
+  serves; the HPA scales the Deployment on CPU, which the pods request; the KubeRay autoscaler is
+  on and its worker group has room for every replica Tessera may ask for.
+- Overlays are built with `kubectl kustomize` (offline) where kubectl is installed, and checked
+  the same way.
 """
 
 from __future__ import annotations
 
+import copy
 import pathlib
 import shutil
 import subprocess
@@ -17,11 +25,14 @@ import jsonschema
 import pytest
 import yaml
 
-from cluster.flags import build_parser
+from cluster.flags import build_gateway_parser, build_parser
 from cluster.gateway.config_converters import server_config_from_text
 from cluster.gateway.rest_server import LIVENESS_PATH, READINESS_PATH
 
 K8S = pathlib.Path(__file__).resolve().parents[2] / "k8s"
+KUBERNETES_VERSION = "1.32"  # the oldest Kubernetes the manifests are checked against
+RAY_CLIENT_PORT = 10001
+GCS_PORT = 6379
 
 
 def _docs(text: str) -> list[dict[str, Any]]:
@@ -54,36 +65,122 @@ def _one(docs: list[dict[str, Any]], kind: str) -> dict[str, Any]:
     return doc
 
 
-def _gateway(cluster: dict[str, Any]) -> dict[str, Any]:
-    containers = cluster["spec"]["headGroupSpec"]["template"]["spec"]["containers"]
-    (gateway,) = [c for c in containers if c.get("command", [])[:2] == ["tessera", "serve"]]
-    return gateway
+def _command(container: dict[str, Any], program: list[str]) -> list[str]:
+    assert container["command"][: len(program)] == program, container["command"]
+    return list(container["command"][len(program):])
+
+
+def _container(pod: dict[str, Any], name: str) -> dict[str, Any]:
+    (container,) = [c for c in pod["spec"]["containers"] if c["name"] == name]
+    return container
+
+
+def _cpus(quantity: str | int | float) -> float:
+    text = str(quantity)
+    return float(text[:-1]) / 1000 if text.endswith("m") else float(text)
+
+
+def _matches(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    return all(labels.get(k) == v for k, v in selector.items())
+
+
+def _validate_kubernetes(doc: dict[str, Any]) -> None:
+    import kubernetes_validate
+
+    try:
+        kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+    except kubernetes_validate.ValidationError as exc:  # its message quotes the whole schema: keep the point
+        raise AssertionError(f"{doc['kind']} {doc['metadata']['name']}: {exc.message} at {list(exc.path)}") from None
+
+
+def check_controller(cluster: dict[str, Any], docs: list[dict[str, Any]]) -> Any:
+    """The head pod's `tessera serve`: the cluster's controller, joined to this Ray, no gateway."""
+    head = cluster["spec"]["headGroupSpec"]["template"]
+    controller = _container(head, "controller")
+    args = build_parser().parse_args(_command(controller, ["tessera", "serve"]))  # the real flags, or exit 2
+    assert args.gateway_processes == 0, "gateways are the Deployment's, not the head's"
+    host, _, port = args.ray_address.rpartition(":")
+    assert int(port) == GCS_PORT
+    # A driver must run on a Ray node: the head pod's own address (the downward API's pod IP).
+    env = {e["name"]: e for e in controller["env"]}
+    assert host == "$(POD_IP)" and env["POD_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
+    assert args.max_replicas is None or args.max_replicas >= args.num_replicas
+
+    config_map = _one(docs, "ConfigMap")
+    mount = {m["name"]: m["mountPath"] for m in controller["volumeMounts"]}
+    (volume,) = [v for v in head["spec"]["volumes"] if v["configMap"]["name"] == config_map["metadata"]["name"]]
+    config_path = pathlib.PurePosixPath(args.model_config_file)
+    assert str(config_path.parent) == mount[volume["name"]]
+    config = server_config_from_text(config_map["data"][config_path.name])
+    assert config.models
+    return args, config
+
+
+def check_autoscaling(cluster: dict[str, Any], serve_args: Any, models: int) -> None:
+    """KubeRay's autoscaler is on, and its worker groups can grow to hold every replica Tessera may
+    ask for (each model up to --max_replicas, --replica_num_cpus each); replicas never go on the head."""
+    spec = cluster["spec"]
+    assert spec["enableInTreeAutoscaling"] is True
+    assert spec["autoscalerOptions"]["idleTimeoutSeconds"] > 0  # idle worker pods are removed
+    assert spec["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"
+    room = 0.0
+    for group in spec["workerGroupSpecs"]:
+        assert 0 <= group["minReplicas"] <= group.get("replicas", group["minReplicas"]) <= group["maxReplicas"]
+        assert group["maxReplicas"] > group["minReplicas"], "the autoscaler needs room to add pods"
+        (container,) = group["template"]["spec"]["containers"]
+        cpus = float(group["rayStartParams"].get("num-cpus", _cpus(container["resources"]["limits"]["cpu"])))
+        assert cpus >= serve_args.replica_num_cpus, "a replica must fit on one worker pod"
+        room += group["maxReplicas"] * (cpus // serve_args.replica_num_cpus) * serve_args.replica_num_cpus
+    most = models * (serve_args.max_replicas or serve_args.num_replicas) * serve_args.replica_num_cpus
+    assert room >= most, f"the worker groups hold {room:g} replica CPUs at most, Tessera may ask for {most:g}"
+
+
+def check_gateways(cluster: dict[str, Any], docs: list[dict[str, Any]]) -> None:
+    """The gateway Deployment, its HPA and budget, and the Service in front of it."""
+    deployment = _one(docs, "Deployment")
+    pod = deployment["spec"]["template"]
+    labels = pod["metadata"]["labels"]
+    assert deployment["spec"]["selector"]["matchLabels"] == {
+        k: labels[k] for k in deployment["spec"]["selector"]["matchLabels"]}
+    gateway = _container(pod, "gateway")
+    args = build_gateway_parser().parse_args(_command(gateway, ["tessera", "gateway"]))  # the real flags, or exit 2
+    # Gateway pods are not Ray nodes: they join through Ray Client, on the head's Service.
+    assert args.ray_address == f"ray://{cluster['metadata']['name']}-head-svc:{RAY_CLIENT_PORT}"
+    head_ports = {p["containerPort"] for p in _container(cluster["spec"]["headGroupSpec"]["template"], "ray-head")["ports"]}
+    assert {GCS_PORT, RAY_CLIENT_PORT} <= head_ports
+    ports = {p["name"]: p["containerPort"] for p in gateway["ports"]}
+    assert ports == {"grpc": args.port, "http": args.rest_api_port}
+    assert gateway["readinessProbe"]["httpGet"] == {"path": READINESS_PATH, "port": args.rest_api_port}
+    assert gateway["livenessProbe"]["httpGet"] == {"path": LIVENESS_PATH, "port": args.rest_api_port}
+
+    hpa = _one(docs, "HorizontalPodAutoscaler")
+    target = hpa["spec"]["scaleTargetRef"]
+    assert (target["kind"], target["name"]) == ("Deployment", deployment["metadata"]["name"])
+    assert 1 <= hpa["spec"]["minReplicas"] <= deployment["spec"]["replicas"] <= hpa["spec"]["maxReplicas"]
+    assert hpa["spec"]["maxReplicas"] > hpa["spec"]["minReplicas"]
+    (metric,) = hpa["spec"]["metrics"]
+    assert metric["resource"]["name"] == "cpu"
+    assert _cpus(gateway["resources"]["requests"]["cpu"]) > 0, "CPU utilization is relative to the request"
+    budget = _one(docs, "PodDisruptionBudget")
+    assert budget["spec"]["selector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
+
+    service = _one(docs, "Service")
+    selector = service["spec"]["selector"]
+    assert _matches(selector, labels), "the Service must reach the gateway pods"
+    for group in (cluster["spec"]["headGroupSpec"], *cluster["spec"]["workerGroupSpecs"]):
+        assert not _matches(selector, group["template"]["metadata"]["labels"]), "only gateways take requests"
+    assert {p["targetPort"] for p in service["spec"]["ports"]} == set(ports)
 
 
 def check_manifests(docs: list[dict[str, Any]], schema: dict[str, Any]) -> None:
     cluster = _one(docs, "RayCluster")
     jsonschema.validate(cluster, schema)  # raises with the path of the first violation
-    gateway = _gateway(cluster)
-    args = build_parser().parse_args(gateway["command"][2:])  # the real flags, or exit 2
-    assert args.ray_address, "the gateway must join the RayCluster, not start its own Ray"
-    ports = {p["name"]: p["containerPort"] for p in gateway["ports"]}
-    assert ports == {"grpc": args.port, "http": args.rest_api_port}
-    assert gateway["readinessProbe"]["httpGet"] == {"path": READINESS_PATH, "port": args.rest_api_port}
-    assert gateway["livenessProbe"]["httpGet"] == {"path": LIVENESS_PATH, "port": args.rest_api_port}
-    assert args.max_replicas is None or args.max_replicas >= args.num_replicas
-
-    config_map = _one(docs, "ConfigMap")
-    mount = {m["name"]: m["mountPath"] for m in gateway["volumeMounts"]}
-    volumes = cluster["spec"]["headGroupSpec"]["template"]["spec"]["volumes"]
-    (volume,) = [v for v in volumes if v["configMap"]["name"] == config_map["metadata"]["name"]]
-    config_path = pathlib.PurePosixPath(args.model_config_file)
-    assert str(config_path.parent) == mount[volume["name"]]
-    config = server_config_from_text(config_map["data"][config_path.name])
-    assert config.models
-
-    service = _one(docs, "Service")
-    assert service["spec"]["selector"] == {"ray.io/cluster": cluster["metadata"]["name"], "ray.io/node-type": "head"}
-    assert {p["targetPort"] for p in service["spec"]["ports"]} == set(ports)
+    for doc in docs:
+        if doc["kind"] != "RayCluster":
+            _validate_kubernetes(doc)
+    serve_args, config = check_controller(cluster, docs)
+    check_autoscaling(cluster, serve_args, len(config.models))
+    check_gateways(cluster, docs)
     namespaces = {d["metadata"].get("namespace") for d in docs}
     assert len(namespaces) == 1
 
@@ -92,15 +189,36 @@ def test_base_manifests(raycluster_schema: dict[str, Any]) -> None:
     check_manifests(_base(), raycluster_schema)
 
 
-def test_a_broken_cluster_is_caught(raycluster_schema: dict[str, Any]) -> None:
-    docs = _base()
-    _one(docs, "RayCluster")["spec"]["workerGroupSpecs"][0].pop("groupName")
-    with pytest.raises(jsonschema.ValidationError, match="groupName"):
-        check_manifests(docs, raycluster_schema)
-    docs = _base()
-    _gateway(_one(docs, "RayCluster"))["command"].append("--no_such_flag=1")
-    with pytest.raises(SystemExit):
-        check_manifests(docs, raycluster_schema)
+def _broken(change: Any) -> list[dict[str, Any]]:
+    docs = copy.deepcopy(_base())
+    change({d["kind"]: d for d in docs})
+    return docs
+
+
+def _gateway_command(kinds: dict[str, Any]) -> list[str]:
+    return _container(kinds["Deployment"]["spec"]["template"], "gateway")["command"]  # type: ignore[no-any-return]
+
+
+def _controller_command(kinds: dict[str, Any]) -> list[str]:
+    return _container(kinds["RayCluster"]["spec"]["headGroupSpec"]["template"], "controller")["command"]  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize(("change", "error"), [
+    (lambda k: k["RayCluster"]["spec"]["workerGroupSpecs"][0].pop("groupName"), jsonschema.ValidationError),
+    (lambda k: k["RayCluster"]["spec"].update(enableInTreeAutoscaling=False), AssertionError),
+    (lambda k: k["RayCluster"]["spec"]["workerGroupSpecs"][0].update(maxReplicas=1), AssertionError),
+    (lambda k: k["Deployment"]["spec"]["template"]["spec"].update(bogus=1), AssertionError),
+    (lambda k: k["HorizontalPodAutoscaler"]["spec"]["scaleTargetRef"].update(name="other"), AssertionError),
+    (lambda k: k["Service"]["spec"]["selector"].update({"app.kubernetes.io/component": "head"}), AssertionError),
+    (lambda k: _gateway_command(k).append("--no_such_flag=1"), SystemExit),
+    (lambda k: _gateway_command(k).__setitem__(2, "--ray_address=ray://elsewhere:10001"), AssertionError),
+    (lambda k: _controller_command(k).append("--no_such_flag=1"), SystemExit),
+    (lambda k: _controller_command(k).__setitem__(3, "--gateway_processes=1"), AssertionError),
+], ids=["crd", "autoscaler-off", "no-room-to-grow", "k8s-schema", "hpa-target", "service-on-head",
+        "gateway-flag", "gateway-address", "controller-flag", "gateway-on-head"])
+def test_a_broken_manifest_is_caught(raycluster_schema: dict[str, Any], change: Any, error: type[BaseException]) -> None:
+    with pytest.raises(error):
+        check_manifests(_broken(change), raycluster_schema)
 
 
 @pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
