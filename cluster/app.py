@@ -74,7 +74,9 @@ def init_ray(options: ServeOptions, num_cpus: int | None = None) -> bool:
     if ray.is_initialized():
         return False
     if options.ray_address:
-        if _is_loopback(options.ray_address):
+        # A ray:// address is Ray Client, never a node: it forwards ray.init's arguments to the
+        # server's own ray.init, which dies on _node_ip_address (the gateway then cannot connect).
+        if _is_loopback(options.ray_address) and not options.ray_address.startswith("ray://"):
             # A gateway process of `tessera serve --gateway_processes` joining the embedded Ray.
             keep_ray_on_loopback()
             ray.init(address=options.ray_address, namespace=NAMESPACE, logging_level=logging.WARNING,
