@@ -112,6 +112,11 @@ class ClusterCollector(Collector):
         to_zero = CounterMetricFamily(
             "tessera_model_scaled_to_zero", "Times a model went to zero replicas for being idle", labels=["model"]
         )
+        evicted = CounterMetricFamily(
+            "tessera_model_evictions",
+            "Replicas of a model evicted from their host for its memory budget (least recently used)",
+            labels=["model"],
+        )
         signal = GaugeMetricFamily(
             "tessera_autoscaler_load_in_flight",
             "The autoscaler's load: requests in flight, time-averaged over its look-back, all gateways",
@@ -129,6 +134,7 @@ class ClusterCollector(Collector):
             _add_histogram(load, [model.model], model.load_seconds)
             _add_histogram(cold, [model.model], model.cold_start_seconds)
             to_zero.add_metric([model.model], model.scaled_to_zero)
+            evicted.add_metric([model.model], model.evictions)
             signal.add_metric([model.model], model.load_in_flight)
             arrivals.add_metric([model.model], model.load_rate)
             batches = stats.Histogram(stats.BATCH_SIZE_BUCKETS)
@@ -140,7 +146,7 @@ class ClusterCollector(Collector):
                 warmups.merge(replica.warmup_seconds)
             _add_histogram(batch, [model.model], batches)
             _add_histogram(warmup, [model.model], warmups)
-        yield from (replicas, unplaced, state, in_flight, queue, load, warmup, batch, cold, to_zero, signal, arrivals)
+        yield from (replicas, unplaced, state, in_flight, queue, load, warmup, batch, cold, to_zero, evicted, signal, arrivals)
 
 
 class MetricsExporter:

@@ -64,6 +64,7 @@ class ModelStats:
     # From a request for a model at zero replicas until a replica serves it (load on demand).
     cold_start_seconds: Histogram = field(default_factory=lambda: Histogram(LATENCY_BUCKETS))
     scaled_to_zero: int = 0  # times the model went to zero replicas for being idle
+    evictions: int = 0  # replicas taken from their host for its memory budget (least recently used)
     # The autoscaler's signal: every gateway's requests in flight (time average over the
     # look-back, summed) and arrivals per second.
     load_in_flight: float = 0.0

@@ -103,6 +103,7 @@ class _Model:
     scaling: _Scaling | None = None  # the autoscaler's last change, until it takes effect
     cold_start_seconds: stats.Histogram = field(default_factory=lambda: stats.Histogram(stats.LATENCY_BUCKETS))
     scaled_to_zero: int = 0  # times it went to 0 replicas for being idle
+    evictions: int = 0  # replicas evicted from their host (memory budget, least recently used)
     zero_reason: str = "no replica"  # why it is at 0 replicas (GetModelStatus), set by what took it there
     last_poll: float | None = None  # when the source was last listed
 
@@ -490,6 +491,7 @@ class Controller:
         if model is None or member is None:
             self._kill_replica(slot)  # no model claims it: off its host at once
             return
+        model.evictions += 1
         log.info("model %s: replica evicted from its host (least recently used); %d left",
                  slot.model, len(model.replicas) - 1)
         self._resize(model, len(model.replicas) - 1, leaving=member)
@@ -591,6 +593,7 @@ class Controller:
                 load_seconds=model.load_seconds,
                 cold_start_seconds=model.cold_start_seconds,
                 scaled_to_zero=model.scaled_to_zero,
+                evictions=model.evictions,
                 load_in_flight=signals[name].in_flight_requests,
                 load_rate=signals[name].rate,
                 replicas=replies,

@@ -42,3 +42,10 @@ def test_snapshot_is_a_copy() -> None:
     snap = exporter.gateway.snapshot()
     exporter.gateway.observe("m", "", "predict", "NOT_FOUND", "rest", 0.001)
     assert snap.counts == {}
+
+
+def test_a_scrape_counts_each_model_s_evictions() -> None:
+    exporter = MetricsExporter(CollectorRegistry(auto_describe=False))
+    exporter.render([stats.ModelStats(model="cold", evictions=3), stats.ModelStats(model="hot")])
+    assert sample(exporter, "tessera_model_evictions_total", {"model": "cold"}) == 3
+    assert sample(exporter, "tessera_model_evictions_total", {"model": "hot"}) == 0

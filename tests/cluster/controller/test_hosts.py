@@ -196,6 +196,8 @@ def test_past_the_memory_budget_the_least_recently_used_extra_replica_is_evicted
         await until(lambda: "cold" not in second.slots)  # drained, then removed from the host
         await until(lambda: len(_addresses(controller, "cold")) == 1)
         assert pool.evictions == 1 and len(models["cold"].replicas) == 1  # its count went down
+        snapshot = {s.model: s for s in await controller.cluster_stats()}
+        assert (snapshot["cold"].evictions, snapshot["hot"].evictions) == (1, 0)  # tessera_model_evictions
         assert set(second.slots) == {"hot"} and len(_addresses(controller, "hot")) == 2
         await controller.shutdown()
 
