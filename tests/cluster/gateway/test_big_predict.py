@@ -5,10 +5,6 @@ written by numpy without the GIL. And the lifted parse means what protobuf's par
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import gc
-import time
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -22,6 +18,8 @@ from exporter import dtypes
 from protos.tensorflow.core.framework import tensor_pb2
 from protos.tensorflow_serving.apis import predict_pb2
 from tests.cluster.gateway.grpc_testlib import MODEL, FakeAPI
+from tests.loop_testlib import collector_paused, one_copy_seconds
+from tests.loop_testlib import ticker as loop_ticker
 
 BIG_VALUES = 25_000_000  # 100 MB of float32
 
@@ -57,64 +55,30 @@ def _body(x: np.ndarray, *, content: bool) -> bytes:
     return request.SerializeToString()
 
 
-async def _ticker(gaps: list[float], stop: asyncio.Event) -> None:
-    last = time.perf_counter()
-    while not stop.is_set():
-        await asyncio.sleep(0.001)
-        now = time.perf_counter()
-        gaps.append(now - last)
-        last = now
-
-
-@contextlib.contextmanager
-def _collector_paused() -> Iterator[None]:
-    """No full garbage collection of the test process's objects (0.2-0.3 s on this machine) in the
-    measured window: that pause is not the request's (`tessera serve` freezes its startup objects
-    out of the collector's sight, `cluster.app._freeze_startup_objects`)."""
-    gc.collect()
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
-
-
-def _one_copy_seconds(body: bytes) -> float:
-    """How long one copy of the message takes here, now, holding the GIL (what one upb parse or one
-    `tobytes()` of it costs the loop): the yardstick, since a shared machine's speed varies."""
-    best = float("inf")
-    for _ in range(3):
-        started = time.perf_counter()
-        copy = body[1:]
-        best = min(best, time.perf_counter() - started)
-        del copy
-    return best
-
-
 @pytest.mark.parametrize("content", [False, True], ids=["float_val", "tensor_content"])
 def test_a_100_mb_predict_never_holds_the_loop_for_a_copy_of_itself(content: bool) -> None:
     x = np.arange(BIG_VALUES, dtype=np.float32)
     body = _body(x, content=content)
     servicer = PredictionServicer(_EchoAPI())
-    copy = _one_copy_seconds(body)
+    copy = one_copy_seconds(body)
 
     async def main() -> tuple[bytes, list[float], list[float]]:
         await servicer.Predict(_body(x[:1], content=content), _Context())  # warm
         baseline: list[float] = []
         stop = asyncio.Event()
-        ticker = asyncio.get_running_loop().create_task(_ticker(baseline, stop))
+        ticker = asyncio.get_running_loop().create_task(loop_ticker(baseline, stop))
         await asyncio.sleep(0.2)
         stop.set()
         await ticker
         gaps: list[float] = []
         stop = asyncio.Event()
-        ticker = asyncio.get_running_loop().create_task(_ticker(gaps, stop))
+        ticker = asyncio.get_running_loop().create_task(loop_ticker(gaps, stop))
         answer = await servicer.Predict(body, _Context())
         stop.set()
         await ticker
         return answer, baseline, gaps
 
-    with _collector_paused():
+    with collector_paused():
         answer, baseline, gaps = asyncio.run(main())
     got = predict_pb2.PredictResponse.FromString(answer).outputs["y"]
     np.testing.assert_array_equal(np.asarray(got.float_val, np.float32), x)

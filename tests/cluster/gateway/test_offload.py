@@ -4,53 +4,19 @@ buffers travel out of band (pickle protocol 5), never copied whole while the GIL
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import gc
-import time
-from collections.abc import Iterator
 
 import numpy as np
 
 from cluster.gateway import offload
 from cluster.gateway.offload import ConversionProcess
-
-
-async def _ticker(gaps: list[float], stop: asyncio.Event) -> None:
-    last = time.perf_counter()
-    while not stop.is_set():
-        await asyncio.sleep(0.001)
-        now = time.perf_counter()
-        gaps.append(now - last)
-        last = now
-
-
-@contextlib.contextmanager
-def _collector_paused() -> Iterator[None]:
-    """No full garbage collection of the test process's objects (0.2-0.3 s on this machine) in the
-    measured window: that pause is not the conversion's (`tessera serve` freezes its startup
-    objects out of the collector's sight, `cluster.app._freeze_startup_objects`)."""
-    gc.collect()
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
-
-
-def _one_copy_seconds(body: bytes) -> float:
-    best = float("inf")
-    for _ in range(3):
-        started = time.perf_counter()
-        copy = body[1:]
-        best = min(best, time.perf_counter() - started)
-        del copy
-    return best
+from tests.loop_testlib import collector_paused, one_copy_seconds
+from tests.loop_testlib import ticker as loop_ticker
 
 
 def test_100_mb_to_the_process_and_back_never_holds_the_loop_for_a_copy() -> None:
     body = b"7" * 100_000_000
     array = np.arange(25_000_000, dtype=np.float32)
-    copy = _one_copy_seconds(body)
+    copy = one_copy_seconds(body)
     process = ConversionProcess()
 
     async def main() -> tuple[int, np.ndarray, list[float], list[float]]:
@@ -58,13 +24,13 @@ def test_100_mb_to_the_process_and_back_never_holds_the_loop_for_a_copy() -> Non
         loop = asyncio.get_running_loop()
         baseline: list[float] = []
         stop = asyncio.Event()
-        ticker = loop.create_task(_ticker(baseline, stop))
+        ticker = loop.create_task(loop_ticker(baseline, stop))
         await asyncio.sleep(0.2)
         stop.set()
         await ticker
         gaps: list[float] = []
         stop = asyncio.Event()
-        ticker = loop.create_task(_ticker(gaps, stop))
+        ticker = loop.create_task(loop_ticker(gaps, stop))
         size = await process.call(len, body)  # a big body in
         back = await process.call(np.copy, array)  # a big array in and out
         stop.set()
@@ -72,7 +38,7 @@ def test_100_mb_to_the_process_and_back_never_holds_the_loop_for_a_copy() -> Non
         return size, back, baseline, gaps
 
     try:
-        with _collector_paused():
+        with collector_paused():
             size, back, baseline, gaps = asyncio.run(main())
     finally:
         process.kill()

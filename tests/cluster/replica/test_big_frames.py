@@ -4,13 +4,13 @@ calls on the same connection are answered, and the big frame arrives intact."""
 from __future__ import annotations
 
 import asyncio
-import time
 
 import numpy as np
 
 from cluster.replica import stream
 from cluster.replica.data_plane import DataPlaneServer
 from cluster.routing.channel import ReplicaChannel
+from tests.loop_testlib import collector_paused, gaps_at_rest, one_copy_seconds, ticker
 
 SECRET = b"s" * 32
 
@@ -19,27 +19,20 @@ async def _echo(model, version, signature, requests, output_filter, timeouts):  
     return [{"y": r["x"]} for r in requests]
 
 
-async def _ticker(gaps: list[float], stop: asyncio.Event) -> None:
-    last = time.perf_counter()
-    while not stop.is_set():
-        await asyncio.sleep(0.001)
-        now = time.perf_counter()
-        gaps.append(now - last)
-        last = now
-
-
 def test_a_100_mb_call_and_answer_never_hold_the_loop_and_arrive_intact() -> None:
     big = np.arange(25_000_000, dtype=np.float32).reshape(-1, 2)  # 100 MB each way
     strings = np.empty(200_000, dtype=object)  # an object tensor, encoded off the loop
     strings[:] = [b"%d" % i for i in range(strings.size)]
+    copy = one_copy_seconds(big.tobytes())
 
     async def main() -> None:
         server = DataPlaneServer(_echo, SECRET)  # gateway and replica share this loop
         channel = ReplicaChannel(await server.start("127.0.0.1"), SECRET)
         await channel.run(1, "s", [{"x": np.ones((1, 2), np.float32)}])  # connected
+        baseline = await gaps_at_rest()
         gaps: list[float] = []
         stop = asyncio.Event()
-        ticker = asyncio.get_running_loop().create_task(_ticker(gaps, stop))
+        ticking = asyncio.get_running_loop().create_task(ticker(gaps, stop))
         big_call = asyncio.ensure_future(channel.run(1, "s", [{"x": big}, {"x": strings}]))
         small_answers = 0
         while not big_call.done():  # small calls keep being answered while the big one moves
@@ -48,17 +41,24 @@ def test_a_100_mb_call_and_answer_never_hold_the_loop_and_arrive_intact() -> Non
             small_answers += 1
         got, got_strings = await big_call
         stop.set()
-        await ticker
+        await ticking
         await channel.close()
         await server.close()
 
         np.testing.assert_array_equal(got["y"], big)
         assert got_strings["y"].tolist() == strings.tolist()
         assert small_answers > 1
-        # Generous (the machine is shared): one 100 MB copy on the loop alone takes longer.
-        assert max(gaps) < 0.2, f"the loop was held for {max(gaps) * 1000:.0f} ms"
+        # Encoding and decoding the 100 MB on the loop would hold it for a copy at least each way;
+        # in chunks, with the copies in a worker thread, what is left is the machine's noise and the
+        # GIL handed back and forth with that thread (up to about a copy on a crowded machine).
+        bound = max(baseline) + 2 * copy
+        assert max(gaps) < bound, (
+            f"the loop was held for {max(gaps) * 1000:.0f} ms; one copy of the 100 MB takes "
+            f"{copy * 1000:.0f} ms, the loop's worst gap at rest {max(baseline) * 1000:.0f} ms"
+        )
 
-    asyncio.run(main())
+    with collector_paused():
+        asyncio.run(main())
 
 
 def test_small_frames_take_the_one_write_fast_path() -> None:
