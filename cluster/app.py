@@ -1,16 +1,17 @@
 """The composition root: Ray, the controller, the gateways, wired.
 
 A cluster has ONE controller, a detached Ray actor named `CONTROLLER_NAME` in the "tessera"
-namespace, and any number of gateways that join it:
+namespace (`cluster.controller.named` starts, finds and stops it), and any number of gateways that
+join it:
 
-- `Gateway` is one gateway: gRPC (and REST, when enabled) on this process's asyncio loop, in front
-  of a Dispatcher that follows the controller's routing table and reports this gateway's load and
-  request counters to it. A gateway owns nothing but its sockets: stopping it (or its process
-  dying) leaves the controller, the replicas and every other gateway as they are.
+- `Gateway` (`cluster.gateway.gateway`) is one gateway: gRPC (and REST, when enabled) on this
+  process's asyncio loop, in front of a Dispatcher that follows the controller's routing table.
+  A gateway owns nothing but its sockets.
 - `TesseraServer` (`tessera serve`) starts the controller (or adopts the one already running on
   `--ray_address`), gives it the model config, polls `--model_config_file`, runs one `Gateway` in
   this process and `--gateway_processes - 1` more as `tessera gateway` subprocesses on the same
-  ports (SO_REUSEPORT), and, on stop, drains them all and then stops the controller and replicas.
+  ports (SO_REUSEPORT, `cluster.gateway.processes`), and, on stop, drains them all and then stops
+  the controller and replicas.
 - `tessera gateway` (`gateway_main`) runs only a `Gateway`, joining the controller of an existing
   cluster; it never stops the controller.
 
@@ -21,34 +22,26 @@ laptop) and on a Ray cluster started by KubeRay (`--ray_address`).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import logging
 import os
-import secrets
 import signal
-import socket
-import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Sequence
-from typing import Any, cast
+from typing import Any
 
 import ray
 
-from cluster.config import BatchingConfig, ServeOptions, ServerConfig
-from cluster.controller.actor import CONTROLLER_NAME, NAMESPACE, ControllerActor
-from cluster.controller.controller import ControllerOptions
-from cluster.controller.packing import PlacementOptions
-from cluster.metrics import CONTENT_TYPE, MetricsExporter
-from cluster.replica.data_plane import DataPlaneConfig
-from cluster.routing.channel import ReplicaChannel
+from cluster.config import ServeOptions, ServerConfig
+from cluster.controller.actor import NAMESPACE
+from cluster.controller.named import NoController, find_controller, start_controller, stop_controller_blocking
+from cluster.gateway.gateway import Gateway
+from cluster.gateway.processes import GatewayProcess, gateway_argv
+from cluster.metrics import MetricsExporter
 from cluster.routing.dispatcher import Dispatcher
-from cluster.serving.planner import RetryPolicy
 
 log = logging.getLogger("tessera")
-DEFAULT_METRICS_PATH = "/monitoring/prometheus/metrics"
 
 
 def keep_ray_on_loopback() -> None:
@@ -98,279 +91,6 @@ def init_ray(options: ServeOptions, num_cpus: int | None = None) -> bool:
         object_store_memory=512 * 1024 * 1024,
     )
     return True
-
-
-def _controller_options(opts: ServeOptions) -> ControllerOptions:
-    return ControllerOptions(
-        poll_seconds=opts.file_system_poll_wait_seconds,
-        num_replicas=opts.num_replicas,
-        retry=RetryPolicy(opts.max_num_load_retries, opts.load_retry_interval_seconds),
-        max_replicas=opts.max_replicas,
-        target_ongoing_requests=opts.target_ongoing_requests,
-        upscale_delay_s=opts.upscale_delay_s,
-        downscale_delay_s=opts.downscale_delay_s,
-        scale_to_zero_idle_s=opts.scale_to_zero_idle_s,
-        model_autoscaling=dict(opts.model_autoscaling),
-        placement=PlacementOptions(opts.max_models_per_host, opts.replica_memory_budget_bytes, opts.max_replica_hosts),
-    )
-
-
-def _existing_controller() -> Any | None:
-    try:
-        return ray.get_actor(CONTROLLER_NAME, namespace=NAMESPACE)
-    except ValueError:
-        return None
-
-
-def start_controller(opts: ServeOptions) -> tuple[Any, bool]:
-    """The cluster's controller: started here, or the one already running. (handle, started here)"""
-    existing = _existing_controller()
-    if existing is not None:
-        log.warning("joining the controller already running on this Ray cluster (%s); it keeps the "
-                    "flags it was started with, and this process now owns it", CONTROLLER_NAME)
-        return existing, False
-    batching = (opts.batching or BatchingConfig()) if opts.enable_batching else None
-    # The data plane admits only this cluster's gateways: a secret made here, handed to the
-    # controller and the replicas as actor arguments and to gateways by the controller (all
-    # over Ray). The embedded cluster's replicas listen on loopback only.
-    data_plane = DataPlaneConfig(
-        secrets.token_bytes(32), host=None if opts.ray_address else "127.0.0.1",
-        max_frame=opts.data_plane_max_frame_bytes,
-    )
-    # Detached and named: gateways of any process find it by name, and it outlives the process
-    # that made it (only `TesseraServer.stop` ends it). Restarted by Ray if its process dies (same
-    # arguments: same secret, same replica names); its replicas (detached, named) survive and are
-    # adopted again, and it applies its stored config again. Kept on this node, so losing another
-    # node never takes it along. get_if_exists: two `tessera serve` starting at once share one.
-    # An @ray.remote class: mypy does not apply class decorators, so it cannot see .options.
-    handle = cast(Any, ControllerActor).options(
-        name=CONTROLLER_NAME, namespace=NAMESPACE, lifetime="detached", get_if_exists=True,
-        max_concurrency=1000, max_restarts=-1, scheduling_strategy=_this_node(),
-    ).remote(
-        _controller_options(opts), opts.replica_num_cpus, opts.enable_model_warmup, batching, opts.log_format,
-        f"tessera-{os.getpid()}-{uuid.uuid4().hex[:8]}", opts.session_threads, data_plane, CONTROLLER_NAME,
-    )
-    return handle, True
-
-
-class NoController(RuntimeError):
-    """No controller appeared on the Ray cluster in time (`tessera gateway` exits with status 1)."""
-
-
-async def find_controller(timeout: float) -> Any:
-    """The cluster's controller, waiting up to `timeout` s for it to appear (a gateway may start
-    before the process that starts the controller, as pods do)."""
-    deadline = time.monotonic() + timeout
-    said = 0.0
-    while True:
-        handle = _existing_controller()
-        if handle is not None:
-            return handle
-        if time.monotonic() >= deadline:
-            raise NoController(f"no Tessera controller ({CONTROLLER_NAME!r} in namespace {NAMESPACE!r}) "
-                               f"appeared on this Ray cluster within {timeout:.0f}s: start `tessera serve` first")
-        if time.monotonic() - said > 10:
-            log.info("waiting for the Tessera controller to start (`tessera serve` on this Ray cluster)")
-            said = time.monotonic()
-        await asyncio.sleep(0.5)
-
-
-def _stop_controller_blocking(handle: Any, timeout: float = 10.0) -> None:
-    ray.kill(handle, no_restart=True)
-    # The name is free once Ray has recorded the death; a `tessera serve` starting right after
-    # must create a new controller, not find this one.
-    deadline = time.monotonic() + timeout
-    while _existing_controller() is not None and time.monotonic() < deadline:
-        time.sleep(0.05)
-
-
-class Gateway:
-    """One gateway: gRPC + REST on this process's loop, in front of the cluster's controller.
-
-    `reuse_port`: bind with SO_REUSEPORT, so several gateway processes share the ports (the
-    kernel spreads connections over them); without it a port in use is an error.
-    """
-
-    def __init__(
-        self, options: ServeOptions, controller: Any, *, reuse_port: bool = False, gateway_id: str = ""
-    ) -> None:
-        self.options = options
-        self.controller = controller
-        self.reuse_port = reuse_port
-        self.gateway_id = gateway_id or new_gateway_id()
-        self.grpc_port: int | None = None
-        self.rest_port: int | None = None
-        self._dispatcher: Dispatcher | None = None
-        self._grpc: Any = None
-        self._rest: Any = None
-        self.metrics = MetricsExporter()  # one registry per gateway, injected, never a global
-
-    @property
-    def dispatcher(self) -> Dispatcher:
-        assert self._dispatcher is not None, "start() first"
-        return self._dispatcher
-
-    async def start(self) -> None:
-        from cluster.gateway.grpc_server import GatewayServer
-
-        opts, controller, gateway_id = self.options, self.controller, self.gateway_id
-        secret = await controller.data_plane_secret.remote()
-        max_frame = opts.data_plane_max_frame_bytes
-        requests = self.metrics.gateway
-        self._dispatcher = Dispatcher(
-            host_channel=lambda address: ReplicaChannel(address, secret, max_frame=max_frame),
-            poll_table=lambda epoch, incarnation: controller.get_routing_table.remote(epoch, 10.0, incarnation),
-            reload=self._reload,
-            # With the load, this gateway's request counters: any gateway's scrape shows the sum.
-            report_load=lambda period, loads: controller.report_load.remote(
-                gateway_id, period, loads, requests.snapshot()),
-        )
-        credentials = None
-        if opts.ssl_config_file:
-            from cluster.gateway.config_converters import read_text_file, ssl_credentials_from_text
-
-            credentials = ssl_credentials_from_text(read_text_file(opts.ssl_config_file))
-        self._grpc = GatewayServer(
-            self._instrumented("grpc"), tensor_content=opts.serialize_as_tensor_content,
-            credentials=credentials, socket_path=opts.grpc_socket_path,
-            # The signature lookup that checks a Predict before decoding it is not a request of its own.
-            metadata_lookup=self.dispatcher.model_metadata, max_fill_bytes=opts.max_request_fill_bytes,
-            # grpc sets SO_REUSEPORT by default on Linux: a second server on a port in use would
-            # silently share it. Only when asked to.
-            options=[("grpc.so_reuseport", 1 if self.reuse_port else 0)],
-        )
-        if opts.rest_port:
-            # Imported before the gRPC port opens: the import (~0.2 s, on the loop) would hold
-            # the first gRPC requests otherwise. `_start_rest` reports a build without it.
-            with contextlib.suppress(ImportError):
-                import cluster.gateway.rest_server  # noqa: F401
-        await self._dispatcher.start()
-        self.grpc_port = await self._grpc.start(opts.host, opts.grpc_port)
-        if opts.rest_port:
-            self.rest_port = await self._start_rest()
-        log.info("gateway %s: gRPC on %s:%s", gateway_id, opts.host, self.grpc_port)
-
-    async def _reload(self, config: ServerConfig) -> None:
-        """ReloadConfig: the controller applies it to the whole cluster (and keeps it)."""
-        await self.controller.set_config.remote(config)
-
-    async def _start_rest(self) -> int | None:
-        try:
-            from cluster.gateway.rest_server import RestServer
-        except ImportError:
-            log.warning("REST API not available in this build; --rest_api_port=%s ignored", self.options.rest_port)
-            return None
-        # The signature lookup that types a JSON body is not a request of its own: not counted.
-        self._rest = RestServer(
-            self._instrumented("rest"), self.options, metadata_lookup=self.dispatcher.model_metadata
-        )
-        self._rest.add_get_route(self.options.monitoring_path or DEFAULT_METRICS_PATH, self._scrape)
-        return int(await self._rest.start(self.options.host, self.options.rest_port, reuse_port=self.reuse_port))
-
-    def _instrumented(self, entrypoint: str) -> Any:
-        from cluster.gateway.instrumented import InstrumentedAPI
-
-        dispatcher = self.dispatcher
-        return InstrumentedAPI(
-            dispatcher, self.metrics.gateway, entrypoint, lambda name: name in dispatcher.table.models
-        )
-
-    async def _scrape(self, request: Any) -> Any:
-        """Prometheus text for the whole cluster: every gateway's requests plus every replica."""
-        from aiohttp import web
-
-        try:
-            snapshot, requests = await self.controller.cluster_metrics.remote(
-                self.gateway_id, self.metrics.gateway.snapshot())
-        except Exception as exc:  # noqa: BLE001 - still serve this gateway's own metrics
-            log.warning("cluster metrics unavailable: %s", exc)
-            snapshot = requests = None
-        return web.Response(body=self.metrics.render(snapshot, requests), headers={"Content-Type": CONTENT_TYPE})
-
-    async def wait_ready(self, timeout: float = 60.0) -> bool:
-        """Waits until every configured model has an available version (and this gateway knows)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.dispatcher.is_ready():
-                return True
-            await asyncio.sleep(0.05)
-        return False
-
-    async def stop(self, grace: float = 10.0) -> None:
-        """Stops accepting, lets in-flight requests finish (up to `grace`). Nothing else stops."""
-        stops = []
-        if self._grpc is not None:
-            stops.append(self._grpc.stop(grace))
-        if self._rest is not None:
-            stops.append(self._rest.stop(grace))
-        await asyncio.gather(*stops)
-        if self._dispatcher is not None:
-            await self._dispatcher.stop()
-            # The requests of its last second, which no periodic report carried: the cluster's
-            # counters keep them after this gateway is gone (a zero period adds no load).
-            try:
-                await asyncio.wait_for(
-                    self.controller.report_load.remote(self.gateway_id, 0.0, {}, self.metrics.gateway.snapshot()), 2.0)
-            except Exception as exc:  # noqa: BLE001 - the controller may be gone already
-                log.debug("final load report failed: %s", exc)
-
-
-def new_gateway_id() -> str:
-    """Unique across the cluster's nodes and processes (its load reports are keyed by it)."""
-    return f"gateway-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-
-
-def gateway_argv(opts: ServeOptions, ray_address: str, grpc_port: int, rest_port: int | None) -> list[str]:
-    """The `tessera gateway` command line of one more gateway process of `tessera serve`: the same
-    gateway flags, the ports the first gateway bound, shared with SO_REUSEPORT."""
-    argv = [
-        sys.executable, "-m", "cluster.cli", "gateway", f"--ray_address={ray_address}", f"--host={opts.host}",
-        f"--port={grpc_port}", f"--rest_api_port={rest_port or 0}", "--reuse_port",
-        f"--rest_api_timeout_in_ms={opts.rest_api_timeout_in_ms}",
-        f"--enable_serialization_as_tensor_content={str(opts.serialize_as_tensor_content).lower()}",
-        f"--max_request_fill_bytes={opts.max_request_fill_bytes}",
-        f"--data_plane_max_frame_bytes={opts.data_plane_max_frame_bytes}", f"--log_format={opts.log_format}",
-        f"--exit_with_parent={os.getpid()}",
-    ]
-    if opts.ssl_config_file:
-        argv.append(f"--ssl_config_file={opts.ssl_config_file}")
-    if opts.monitoring_config_file:
-        argv.append(f"--monitoring_config_file={opts.monitoring_config_file}")
-    return argv
-
-
-class GatewayProcess:
-    """One `tessera gateway` subprocess of `tessera serve`, restarted if it dies while serving."""
-
-    def __init__(self, argv: list[str], index: int) -> None:
-        self.index = index
-        self.gateway_id = new_gateway_id()
-        self.argv = [*argv, f"--gateway_id={self.gateway_id}"]
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.restarts = 0
-
-    def start(self) -> None:
-        # Same stdout/stderr as `tessera serve`: its log lines show up where the server's do.
-        self.proc = subprocess.Popen(self.argv)
-
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def terminate(self) -> None:
-        if self.running():
-            assert self.proc is not None
-            self.proc.send_signal(signal.SIGTERM)
-
-    def wait(self, timeout: float) -> int | None:
-        """Waits for it to exit (SIGKILL after `timeout` s); its exit status."""
-        if self.proc is None:
-            return None
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            log.warning("gateway process %d did not exit %.0fs after SIGTERM: killed", self.proc.pid, timeout)
-            self.proc.kill()
-            return self.proc.wait(10)
 
 
 class TesseraServer:
@@ -515,15 +235,8 @@ class TesseraServer:
             try:
                 await self._controller.shutdown.remote()
             finally:
-                await asyncio.to_thread(_stop_controller_blocking, self._controller)
+                await asyncio.to_thread(stop_controller_blocking, self._controller)
         log.info("stopped")
-
-
-def _this_node() -> Any:
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    # Soft: if this node is gone the controller may run elsewhere rather than not at all.
-    return NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
 
 
 def _freeze_startup_objects() -> None:
