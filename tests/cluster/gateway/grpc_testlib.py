@@ -6,8 +6,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import grpc
 import numpy as np
@@ -27,16 +27,16 @@ from cluster.requests import (
     RegressResult,
     ResolvedSpec,
 )
-from cluster.types import ServableState, VersionChoice, VersionStatus
+from cluster.types import ServableState, VersionStatus
 from exporter import dtypes
 from exporter.signature import Signature, TensorInfo
 from exporter.tensor_codec import array_to_proto
-from protos.tensorflow.core.example import example_pb2
 from protos.tensorflow_serving.apis import (
     model_service_pb2_grpc,
     predict_pb2,
     prediction_service_pb2_grpc,
 )
+from tests.cluster.gateway.fake_api_testlib import FakeServables
 
 MODEL = "half_plus_two"
 
@@ -56,41 +56,12 @@ SIGNATURE = Signature(
 
 
 @dataclass
-class FakeAPI:
+class FakeAPI(FakeServables):
     """A ServingAPI with one model, versions 1 and 2, labels stable=1 and canary=2."""
 
-    ready: bool = False
-    versions: dict[int, ServableState] = field(
-        default_factory=lambda: {1: ServableState.AVAILABLE, 2: ServableState.AVAILABLE}
-    )
-    labels: dict[str, int] = field(default_factory=lambda: {"stable": 1, "canary": 2})
-    seen: list[Any] = field(default_factory=list)
+    MODELS: ClassVar[tuple[str, ...]] = (MODEL,)
+
     config: ServerConfig | None = None
-
-    def _resolve(self, spec: ModelSpec) -> ResolvedSpec:
-        if spec.name == "crash":
-            raise RuntimeError("the fake crashed on purpose")
-        request = spec.version
-        if spec.name != MODEL:
-            raise errors.NotFound(f"Servable not found for request: {request.describe(spec.name)}")
-        if request.choice is VersionChoice.LABEL:
-            if request.label not in self.labels:
-                raise errors.InvalidArgument(f"Unrecognized servable version label: {request.label}")
-            version = self.labels[request.label]
-        elif request.choice is VersionChoice.SPECIFIC:
-            version = request.version
-            if version not in self.versions:
-                raise errors.NotFound(f"Servable not found for request: {request.describe(spec.name)}")
-        else:
-            version = max(self.versions)
-        return ResolvedSpec(spec.name, version, spec.signature_key)
-
-    @staticmethod
-    def _xs(request: Any) -> np.ndarray:
-        # Each example is parsed here, as a replica would (the context, sent once, merged into each):
-        # the gateway must have left them as bytes.
-        parsed = [example_pb2.Example.FromString(request.context + raw) for raw in request.examples]
-        return np.array([p.features.feature["x"].float_list.value[0] for p in parsed], dtype=np.float32)
 
     async def predict(self, request: PredictRequest) -> PredictResult:
         self.seen.append(request)
@@ -104,17 +75,6 @@ class FakeAPI:
         }
         wanted = request.output_filter or tuple(outputs)
         return PredictResult(spec, {k: outputs[k] for k in wanted})
-
-    async def classify(self, request: ExamplesRequest) -> ClassifyResult:
-        self.seen.append(request)
-        spec = self._resolve(request.spec)
-        x = self._xs(request)
-        labels = np.array([[b"pos", b"neg"]] * len(x), dtype=object)
-        return ClassifyResult(spec, labels, np.stack([x, 1 - x], axis=1))
-
-    async def regress(self, request: ExamplesRequest) -> RegressResult:
-        self.seen.append(request)
-        return RegressResult(self._resolve(request.spec), 2 * self._xs(request))
 
     async def multi_inference(self, request: MultiInferenceRequest) -> list[ClassifyResult | RegressResult]:
         results: list[ClassifyResult | RegressResult] = []

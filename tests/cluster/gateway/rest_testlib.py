@@ -7,8 +7,8 @@ import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import aiohttp
 import numpy as np
@@ -18,7 +18,6 @@ from cluster.config import ServeOptions, ServerConfig
 from cluster.gateway.rest_server import RestServer
 from cluster.requests import (
     ClassifyResult,
-    ExamplesRequest,
     ModelMetadata,
     ModelSpec,
     MultiInferenceRequest,
@@ -27,10 +26,10 @@ from cluster.requests import (
     RegressResult,
     ResolvedSpec,
 )
-from cluster.types import ServableState, VersionChoice, VersionStatus
+from cluster.types import ServableState, VersionStatus
 from exporter import dtypes
 from exporter.signature import Signature, TensorInfo
-from protos.tensorflow.core.example import example_pb2
+from tests.cluster.gateway.fake_api_testlib import FakeServables
 
 MODELS = ("half", "my model")
 
@@ -65,37 +64,12 @@ def fake_signatures() -> dict[str, Signature]:
 
 
 @dataclass
-class FakeAPI:
+class FakeAPI(FakeServables):
     """Models "half" and "my model", versions 1 and 2, labels stable=1 and canary=2."""
 
-    ready: bool = False
+    MODELS: ClassVar[tuple[str, ...]] = MODELS
+
     delay: float = 0.0
-    labels: dict[str, int] = field(default_factory=lambda: {"stable": 1, "canary": 2})
-    seen: list[Any] = field(default_factory=list)
-
-    def _resolve(self, spec: ModelSpec) -> ResolvedSpec:
-        if spec.name == "crash":
-            raise RuntimeError("the fake crashed on purpose")
-        request = spec.version
-        if spec.name not in MODELS:
-            raise errors.NotFound(f"Servable not found for request: {request.describe(spec.name)}")
-        if request.choice is VersionChoice.LABEL:
-            if request.label not in self.labels:
-                raise errors.InvalidArgument(f"Unrecognized servable version label: {request.label}")
-            version = self.labels[request.label]
-        elif request.choice is VersionChoice.SPECIFIC:
-            version = request.version or 0
-            if version not in (1, 2):
-                raise errors.NotFound(f"Servable not found for request: {request.describe(spec.name)}")
-        else:
-            version = 2
-        return ResolvedSpec(spec.name, version, spec.signature_key)
-
-    @staticmethod
-    def _xs(request: Any) -> np.ndarray:
-        # Parsed as a replica merges the context it gets once: context + example, the example winning.
-        parsed = [example_pb2.Example.FromString(request.context + raw) for raw in request.examples]
-        return np.array([p.features.feature["x"].float_list.value[0] for p in parsed], dtype=np.float32)
 
     async def predict(self, request: PredictRequest) -> PredictResult:
         self.seen.append(request)
@@ -109,17 +83,6 @@ class FakeAPI:
         else:
             outputs = {"y": 2 * inputs["x"]}
         return PredictResult(spec, outputs)
-
-    async def classify(self, request: ExamplesRequest) -> ClassifyResult:
-        self.seen.append(request)
-        spec = self._resolve(request.spec)
-        x = self._xs(request)
-        labels = np.array([[b"pos", b"neg"]] * len(x), dtype=object)
-        return ClassifyResult(spec, labels, np.stack([x, 1 - x], axis=1))
-
-    async def regress(self, request: ExamplesRequest) -> RegressResult:
-        self.seen.append(request)
-        return RegressResult(self._resolve(request.spec), 2 * self._xs(request))
 
     async def multi_inference(self, request: MultiInferenceRequest) -> list[ClassifyResult | RegressResult]:
         raise errors.Unimplemented("not over REST")
