@@ -46,7 +46,9 @@ def test_100_mb_to_the_process_and_back_never_holds_the_loop_for_a_copy() -> Non
     np.testing.assert_array_equal(back, array)
     # Pickled in band, the body was copied into the pickle (GIL held) and the array out of it and
     # back: a copy's time each, in the thread that waits on the pipe, which stalls the loop.
-    bound = max(baseline) + copy  # the old code held it for 1.7 to 5 copies (measured)
+    # The old code held it for 1.7 to 5 copies (measured); now, on a quiet machine, up to ~1.2
+    # (the GIL handed back and forth with the thread that moves the buffers): 1.5 between.
+    bound = max(baseline) + 1.5 * copy
     assert max(gaps) < bound, (
         f"the loop was held for {max(gaps) * 1000:.0f} ms; one copy of 100 MB takes "
         f"{copy * 1000:.0f} ms, the loop's worst gap at rest {max(baseline) * 1000:.0f} ms"
