@@ -14,7 +14,8 @@ rely on, and all that they know of a runtime):
   relies on it to re-run a merged batch request by request, so one bad request fails alone. Any
   other exception is a fault of the servable, not of the request.
 - `resident_bytes` is what keeping the servable loaded costs in memory (weights, sessions), so the
-  cluster can place and evict servables by memory.
+  cluster can place and evict servables by memory. Before a version is loaded, `estimate_resources`
+  gives an upper bound of it from the version's files (TF Serving's `Loader::EstimateResources`).
 - `close()` releases what the servable holds; `run` is not called after it.
 - Loading never executes code from the artifact: no pickle, no Python from the model directory;
   only graphs of known ops (our registry, or ONNX operators) are accepted. A loader refuses a
@@ -123,6 +124,21 @@ def load_servable(platform: str, path: str, options: LoadOptions | None = None) 
     loader = loader_for(platform)
     storage.check_inside_base(path)
     return loader(path, options or LoadOptions())
+
+
+def estimate_resources(path: str) -> int:
+    """TF Serving's `Loader::EstimateResources` for memory: an upper bound of the `resident_bytes`
+    a version will report once loaded, known without loading it (the cluster places a model that
+    was never loaded by it). It is the bytes of the version's files on storage (a local path or a
+    pyarrow.fs URI), `assets.extra/` left out (warmup requests are replayed at load, not kept).
+    Every loader here keeps at most its files resident: the numpy runtime memory-maps
+    `variables/*.npy` (data plus a small header on disk) and parses the graph; an ONNX session
+    counts its model's bytes and external data; ops holding a session count their asset files.
+    0 for a directory that holds no file (or does not exist); a storage failure raises."""
+    return sum(size for rel, size, _ in storage.list_tree(path) if not rel.startswith(_NOT_RESIDENT))
+
+
+_NOT_RESIDENT: tuple[str, ...] = ("assets.extra/",)
 
 
 def describe(platform: str, path: str, options: LoadOptions | None = None) -> Mapping[str, Signature]:

@@ -25,6 +25,7 @@ from cluster import errors, stats
 from cluster.autoscaler.load import Load, LoadWindow
 from cluster.autoscaler.scaler import AutoscalingConfig, ModelScaler
 from cluster.config import ModelAutoscaling, ModelConfig, ServerConfig
+from cluster.controller.estimates import estimate_models
 from cluster.controller.hosts import HostPool, Slot
 from cluster.controller.packing import PlacementOptions
 from cluster.controller.replica_set import HealthOptions, Member, PlacementProbe, ReplicaSet, unwrap_error
@@ -131,6 +132,7 @@ class Controller:
         self._incarnation = uuid.uuid4().hex
         self._table = RoutingTable(incarnation=self._incarnation)
         self._changed = asyncio.Condition()
+        self._configuring = asyncio.Lock()
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loop_task: asyncio.Task[None] | None = None
@@ -150,6 +152,15 @@ class Controller:
     # -- desired state -------------------------------------------------------------------------
     async def set_config(self, config: ServerConfig) -> None:
         """Replaces the whole model config: new models load, omitted ones unload, unchanged stay."""
+        async with self._configuring:  # one config at a time: the estimates below may take a while
+            await self._set_config(config)
+
+    async def _set_config(self, config: ServerConfig) -> None:
+        if self._hosts is not None and self._hosts.options.memory_budget_bytes > 0:
+            # New models' sizes before their first placement (the budget counts them at once).
+            unknown = [m for m in config.models if m.name not in self._models and not self._hosts.bytes_of(m.name)]
+            if unknown:
+                self._hosts.estimates.update(await asyncio.to_thread(estimate_models, unknown))
         names = [m.name for m in config.models]
         if len(set(names)) != len(names):
             raise errors.InvalidArgument(f"model names must be unique, got {names}")

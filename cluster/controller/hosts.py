@@ -120,6 +120,8 @@ class HostPool:
         self._loading_timeout = max(ping_timeout_s, loading_ping_timeout_s)
         self.hosts: dict[int, Host] = {}
         self.model_bytes: dict[str, int] = {}  # a model's resident bytes, as last reported anywhere
+        # Before any host reported a model: its EstimateResources (estimates.py), set by the controller.
+        self.estimates: dict[str, int] = {}
         # Set by the controller: which models may lose a replica, how to take one away, their load.
         self.evictable: Callable[[str], bool] = lambda model: False
         self.evict: Evict = lambda slot: None
@@ -148,16 +150,21 @@ class HostPool:
             if not h.dead
         ]
 
+    def bytes_of(self, model: str) -> int:
+        """A model's size for the budget: its resident bytes as last reported anywhere, else (never
+        loaded yet) its estimate from storage, else 0."""
+        return self.model_bytes.get(model) or self.estimates.get(model, 0)
+
     def _slot_state(self, host: Host, model: str) -> tuple[int, float]:
         # What the host says its servables keep; until it has said (loading), the model's size
-        # as reported anywhere, so a placement counts what is on its way.
+        # as reported anywhere (or estimated), so a placement counts what is on its way.
         size, idle = host.report.get(model, (0, 0.0))
-        return size or self.model_bytes.get(model, 0), idle
+        return size or self.bytes_of(model), idle
 
     def place(self, model: str, *, own: bool = False, batching: BatchingConfig | None = None) -> Slot:
         """A new slot of `model`: on a host with room, evicting LRU slots if the hosts are all
         full and no more may start, or on a new host."""
-        need = self.model_bytes.get(model, 0)
+        need = self.bytes_of(model)
         choice = choose_host(self.views(), model, need, self.options, own=own, evictable=self.evictable)
         if choice.host is None:
             host = self._start_host(model, own)

@@ -11,7 +11,7 @@ The rules, in order:
 - a model with hosts of its own (`own`) gets a host dedicated to it, holding nothing else;
 - a shared host takes at most `max_models_per_host` slots and, with a memory budget, only what
   fits under it (the model's resident bytes, as its servables reported them wherever it was
-  loaded; a model never loaded counts 0 until its first load reports);
+  loaded; a model never loaded counts its estimate from storage, `estimates.py`, until then);
 - among the hosts with room: one that already holds the model's versions (a restarted
   controller adopts what its hosts kept), then the least loaded, then the fewest bytes;
 - no host has room: a new host (aimed at a node by `placement.choose_node`), unless `max_hosts`
@@ -153,7 +153,7 @@ def over_budget(
     hosts: Sequence[HostView], budget: int, evictable: Callable[[str], bool], min_idle_s: float = 0.0
 ) -> list[tuple[int, str]]:
     """(host, model) slots to evict, least recently used first, from hosts whose servables
-    outgrew the budget (a model's first load reports its size only once loaded); none used
+    outgrew the budget (a model's measured size may exceed its estimate); none used
     within `min_idle_s`, and none at all where that would not bring the host under it."""
     if budget <= 0:
         return []

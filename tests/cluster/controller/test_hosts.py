@@ -204,6 +204,38 @@ def test_past_the_memory_budget_the_least_recently_used_extra_replica_is_evicted
     asyncio.run(main())
 
 
+def test_a_model_never_loaded_is_placed_by_its_estimate_then_by_what_its_host_reports(tmp_path: pathlib.Path) -> None:
+    def write(name: str) -> None:
+        (tmp_path / name / "1").mkdir(parents=True)
+        (tmp_path / name / "1" / "graph.pb").write_bytes(b"g" * 60)  # EstimateResources: 60 bytes
+
+    names = ["a", "b"]
+    for name in names:
+        write(name)
+
+    async def main() -> None:
+        placement = PlacementOptions(max_models_per_host=10, memory_budget_bytes=100)
+        controller, pool, hosts = _setup(tmp_path, names, placement)
+        await controller.set_config(_config(tmp_path, names))
+        await until(lambda: all(_addresses(controller, n) for n in names))
+        # 60 + 60 estimated bytes do not fit in 100: two hosts (counted as 0 bytes, one took both).
+        assert sorted(len(h.slots) for h in hosts) == [1, 1]
+        assert pool.bytes_of("a") == pool.bytes_of("b") == 60
+        # Loaded, they report fewer resident bytes: the measured size replaces the estimate ...
+        for host in hosts:
+            host.sizes.update({m: 10 for m in host.slots})
+        await until(lambda: pool.bytes_of("a") == pool.bytes_of("b") == 10)
+        # ... so a third model (60 bytes estimated) fits beside one of them: no third host.
+        write("c")
+        await controller.set_config(_config(tmp_path, [*names, "c"]))
+        await until(lambda: _addresses(controller, "c"))
+        assert len(hosts) == 2 and sorted(len(h.slots) for h in hosts) == [1, 2]
+        assert pool.bytes_of("c") == 60  # its fake host reports no size for it: the estimate stands
+        await controller.shutdown()
+
+    asyncio.run(main())
+
+
 def test_a_restarted_controller_adopts_the_hosts_and_their_models(tmp_path: pathlib.Path) -> None:
     names = ["a", "b", "c"]
 
