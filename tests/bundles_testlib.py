@@ -46,8 +46,12 @@ def build_meta_graph(scale: float) -> tuple[bundle_pb2.MetaGraph, dict[str, np.n
     return meta, g.variables
 
 
-def write_version(base: str | pathlib.Path, version: int, scale: float) -> str:
+def write_version(base: str | pathlib.Path, version: int, scale: float, *, weights: int = 0) -> str:
+    """With `weights`, one more float32 variable of that many values (unused by the graph): a
+    model whose resident bytes are mostly its variables, as a real one's are."""
     meta, variables = build_meta_graph(scale)
+    if weights:
+        variables = {**variables, "weights": np.zeros(weights, np.float32)}
     with tempfile.TemporaryDirectory() as staging:
         bundle.write_bundle(staging, meta, variables, {}, {})
         return storage.publish(staging, str(base), version)

@@ -503,6 +503,8 @@ class Controller:
             self._kill_replica(slot)  # no model claims it: off its host at once
             return
         model.evictions += 1
+        if len(model.replicas) == 1:
+            model.zero_reason = "evicted from its replica host for the memory budget"  # GetModelStatus
         log.info("model %s: replica evicted from its host (least recently used); %d left",
                  slot.model, len(model.replicas) - 1)
         self._resize(model, len(model.replicas) - 1, leaving=member)
