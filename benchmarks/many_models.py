@@ -80,6 +80,21 @@ def expected_answer(bundle_base: pathlib.Path, x: np.ndarray) -> dict[str, np.nd
         servable.close()
 
 
+def wait_all_available(server: ServerProcess, timeout: float) -> float:
+    """Seconds from the server's start until its log says every model is AVAILABLE."""
+    assert server.proc is not None
+    deadline = time.monotonic() + timeout
+    pattern = re.compile(rb"All models available after ([0-9.]+)s")
+    while True:
+        if server.proc.poll() is not None:
+            raise RuntimeError(f"tessera serve exited with {server.proc.returncode}; see {server.log_path}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"not every model available after {timeout:.0f}s; see {server.log_path}")
+        if pattern.search(server.log_path.read_bytes()):
+            return time.monotonic() - server.started_at
+        time.sleep(0.5)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", type=int, default=1000)
@@ -103,19 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     server = ServerProcess("tessera", argv_serve, port, root / "serve.log")
     server.start()
     assert server.proc is not None
-    available_s: float | None = None
     try:
-        deadline = time.monotonic() + args.timeout
-        pattern = re.compile(rb"All models available after ([0-9.]+)s")
-        while available_s is None:
-            if server.proc.poll() is not None:
-                raise RuntimeError(f"tessera serve exited with {server.proc.returncode}; see {server.log_path}")
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"not every model available after {args.timeout:.0f}s; see {server.log_path}")
-            match = pattern.search(server.log_path.read_bytes())
-            if match:
-                available_s = time.monotonic() - server.started_at
-            time.sleep(0.5)
+        available_s = wait_all_available(server, args.timeout)
 
         def check(name: str) -> str | None:
             with TesseraClient(server.target, timeout=60) as client:
