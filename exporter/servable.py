@@ -22,6 +22,11 @@ rely on, and all that they know of a runtime):
   directory it cannot load with a `BundleError` whose message names what is wrong and, where the
   directory holds another format, the platform or command that serves it.
 
+A servable may also be a `ParsesExamples`: it then tells the feature spec of a signature's parsing
+receiver and runs that signature from features already parsed. Batch prediction feeds columns
+through it without building Examples; a replica's MultiInference parses its examples once for every
+task whose receiver has the same spec.
+
 Loaders are registered by platform name and imported only when first used, so a process that never
 loads an ONNX model never imports onnxruntime.
 """
@@ -36,6 +41,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from exporter import storage
 from exporter.errors import BundleError
+from exporter.features import FeatureSpec
 from exporter.signature import Signature, Tensors
 
 
@@ -59,6 +65,22 @@ class Servable(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class ParsesExamples(Protocol):
+    """A servable that can run an Example-taking signature from its receiver's parsed features."""
+
+    def example_features(self, key: str) -> Mapping[str, FeatureSpec] | None:
+        """The feature spec of signature `key`'s parsing receiver, or None where it has none."""
+        ...
+
+    def run_features(
+        self, signature_key: str, features: Mapping[str, object], output_filter: Sequence[str] | None = None
+    ) -> Tensors:
+        """`run` from the features `exporter.example_parser.parse_example` gives for the receiver's
+        spec: the same outputs as `run` on the serialized Examples."""
+        ...
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -30,20 +30,9 @@ from cluster.batch_predict.tfrecord import RECORD_COLUMN
 from exporter import dtypes
 from exporter.errors import InvalidInputError
 from exporter.features import FeatureSpec, FixedLenFeature, SparseTensorValue, VarLenFeature
-from exporter.servable import Servable
+from exporter.servable import ParsesExamples, Servable
 from exporter.signature import Signature, Tensors, check_feeds
 from protos.tessera import example_pb2
-
-
-@runtime_checkable
-class ParsesExamples(Protocol):
-    """A servable that can run an Example-taking signature from its receiver's parsed features."""
-
-    def example_features(self, key: str) -> Mapping[str, FeatureSpec] | None: ...
-
-    def run_features(
-        self, signature_key: str, features: Mapping[str, object], output_filter: Sequence[str] | None = None
-    ) -> Tensors: ...
 
 
 @dataclass(frozen=True)

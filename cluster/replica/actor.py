@@ -32,7 +32,7 @@ from cluster import errors
 from cluster.config import BatchingConfig
 from cluster.logs import configure_logging
 from cluster.replica.batched import BatchedRunner
-from cluster.replica.contract import RunResult
+from cluster.replica.contract import RunResult, Target
 from cluster.replica.data_plane import DataPlaneConfig, DataPlaneServer
 from cluster.replica.replica import Replica, compute
 from cluster.requests import EXAMPLE_CONTEXT_FEED
@@ -183,7 +183,7 @@ class ReplicaHost:
         self,
         model: str,
         version: int,
-        signature_key: str,
+        signature_key: Target,
         requests: Sequence[Mapping[str, np.ndarray]],
         output_filter: Sequence[str] = (),
         timeouts: Sequence[float | None] | None = None,

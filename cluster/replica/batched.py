@@ -5,7 +5,7 @@ Each request is validated on its own (`Replica.validate`) before it joins a batc
 never reaches the merge. A merged batch that fails because of its data (say, one malformed
 tf.Example) is not blamed on the whole batch: each member goes through `Replica.execute` alone,
 the replica's one execution path, so only the offending request fails, with an error about its
-own rows.
+own rows. A MultiInference call (`Tasks`) skips the queues: it runs alone, its examples parsed once.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from cluster import errors
 from cluster.batching import merge
 from cluster.batching.queue import BatchQueue
 from cluster.config import BatchingConfig
-from cluster.replica.contract import RunResult
+from cluster.replica.contract import RunResult, Target
 from cluster.replica.replica import Replica, compute
 from exporter.errors import InvalidInputError
 from exporter.servable import Servable
@@ -68,11 +68,16 @@ class BatchedRunner:
     async def run(
         self,
         version: int,
-        signature_key: str,
+        signature_key: Target,
         requests: Sequence[Tensors],
         output_filter: Sequence[str] = (),
         timeouts: Sequence[float | None] | None = None,
     ) -> list[RunResult]:
+        if isinstance(signature_key, tuple):
+            # A MultiInference runs as it arrives, as its own batch: merged into each task's queue,
+            # its examples would be parsed once per task again.
+            keys = signature_key
+            return await compute(lambda: self._replica.run_tasks(version, keys, requests), *requests)
         try:
             servable, signature = self._replica.resolve(version, signature_key)
         except errors.ServingError as e:

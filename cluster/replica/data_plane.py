@@ -22,13 +22,13 @@ from typing import Any
 
 from cluster import errors
 from cluster.replica import stream, wire
-from cluster.replica.contract import RunResult
+from cluster.replica.contract import RunResult, Target
 from exporter.signature import Tensors
 
 log = logging.getLogger("tessera.replica")
 
 RunFn = Callable[
-    [str, int, str, Sequence[Tensors], Sequence[str], Sequence[float | None] | None],
+    [str, int, Target, Sequence[Tensors], Sequence[str], Sequence[float | None] | None],
     Awaitable[Sequence[RunResult]],
 ]  # (model, then `Runner.run`'s arguments: cluster.replica.contract)
 

@@ -25,7 +25,8 @@ from typing import TypeVar
 
 from cluster import errors, stats
 from cluster.batching import merge
-from cluster.replica.contract import RunResult
+from cluster.replica.contract import RunResult, Target, Tasks
+from cluster.replica.tasks import check_tasks, examples_of, run_tasks
 from cluster.replica.warmup import WARMUP_FILE, replay_warmup
 from exporter.errors import InvalidInputError
 from exporter.servable import LoadOptions, Servable, load_servable
@@ -138,11 +139,13 @@ class Replica:
     def run(
         self,
         version: int,
-        signature_key: str,
+        signature_key: Target,
         requests: Sequence[Tensors],
         output_filter: Sequence[str] = (),
     ) -> list[RunResult]:
         """Validates and runs every request; returns, per request, its outputs or its error."""
+        if isinstance(signature_key, tuple):
+            return self.run_tasks(version, signature_key, requests)
         try:
             servable, signature = self.resolve(version, signature_key)
         except errors.ServingError as e:
@@ -158,6 +161,29 @@ class Replica:
         executed = self.execute(servable, signature_key, [requests[i] for i in valid], output_filter)
         for i, result in zip(valid, executed, strict=True):
             results[i] = result
+        return results
+
+    def run_tasks(self, version: int, keys: Tasks, requests: Sequence[Tensors]) -> list[RunResult]:
+        """A MultiInference call: per request, every task's outputs on one parse of its examples
+        per distinct feature spec (`cluster.replica.tasks`), or the error that failed it."""
+        try:
+            servable = self.servable(version)
+            signatures = check_tasks(servable, keys)
+        except errors.ServingError as e:
+            return [e] * len(requests)
+        results: list[RunResult] = []
+        for feeds in requests:
+            try:
+                examples = examples_of(feeds)
+                self.batch_sizes.observe(len(examples))
+                results.append(run_tasks(servable, signatures, examples))
+            except InvalidInputError as e:
+                results.append(errors.InvalidArgument(str(e)))
+            except errors.ServingError as e:
+                results.append(e)
+            except Exception as e:  # noqa: BLE001 - a fault of the servable: the request fails, the replica stays
+                log.exception("model %s: tasks %s failed", self.model_name, keys)
+                results.append(errors.Internal(f"the servable failed: {e}" if str(e) else "the servable failed"))
         return results
 
     def execute(

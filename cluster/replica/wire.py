@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from cluster import errors
-from cluster.replica.contract import RunResult
+from cluster.replica.contract import RunResult, Target
 from exporter.signature import Tensors
 
 FRAME = struct.Struct("<IQI")  # total length after this field, call id, header length
@@ -104,7 +104,7 @@ def encode_call(
     call_id: int,
     model: str,
     version: int,
-    signature: str,
+    signature: Target,
     requests: Sequence[Tensors],
     output_filter: Sequence[str],
     timeouts: Sequence[float | None] | None,
@@ -114,7 +114,7 @@ def encode_call(
     header = {
         "model": model,
         "version": version,
-        "signature": signature,
+        "signature": signature if isinstance(signature, str) else list(signature),  # a list: Tasks
         "output_filter": list(output_filter),
         "timeouts": None if timeouts is None else list(timeouts),
         "requests": [_encode_tensors(r, chunks) for r in requests],
@@ -122,11 +122,11 @@ def encode_call(
     return _frame(call_id, header, chunks, limit)
 
 
-Call = tuple[str, int, str, list[dict[str, np.ndarray]], tuple[str, ...], list[float | None] | None]
+Call = tuple[str, int, Target, list[dict[str, np.ndarray]], tuple[str, ...], list[float | None] | None]
 
 
 def decode_call(header: dict[str, Any], payload: memoryview) -> Call:
-    """(model, version, signature, requests, output filter, timeouts) of a call's frame."""
+    """(model, version, signature or tasks, requests, output filter, timeouts) of a call's frame."""
     requests, offset = [], 0
     for specs in header["requests"]:
         tensors, offset = _decode_tensors(specs, payload, offset)
@@ -134,7 +134,12 @@ def decode_call(header: dict[str, Any], payload: memoryview) -> Call:
     model = header["model"]
     if not isinstance(model, str):
         raise errors.InvalidArgument("a data-plane call names its model")
-    return model, header["version"], header["signature"], requests, tuple(header["output_filter"]), header["timeouts"]
+    signature = header["signature"]
+    if isinstance(signature, list) and all(isinstance(key, str) for key in signature):
+        signature = tuple(signature)
+    elif not isinstance(signature, str):
+        raise errors.InvalidArgument("a data-plane call names its signature, or its tasks' signatures")
+    return model, header["version"], signature, requests, tuple(header["output_filter"]), header["timeouts"]
 
 
 def encode_results(

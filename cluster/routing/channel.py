@@ -24,7 +24,7 @@ from collections.abc import Sequence
 
 from cluster import errors
 from cluster.replica import stream, wire
-from cluster.replica.contract import RunResult
+from cluster.replica.contract import RunResult, Target
 from exporter.signature import Tensors
 
 
@@ -104,7 +104,7 @@ class ReplicaChannel:
     async def run(
         self,
         version: int,
-        signature: str,
+        signature: Target,
         requests: Sequence[Tensors],
         output_filter: Sequence[str] = (),
         timeouts: Sequence[float | None] | None = None,
@@ -233,7 +233,7 @@ class ModelChannel:
     async def run(
         self,
         version: int,
-        signature: str,
+        signature: Target,
         requests: Sequence[Tensors],
         output_filter: Sequence[str] = (),
         timeouts: Sequence[float | None] | None = None,

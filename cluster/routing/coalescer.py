@@ -13,7 +13,8 @@ batch waits for one, each request within its deadline and none longer than `max_
 dispatcher bounds how many requests may wait at all.
 
 A replica target (from `connect`) is anything with `async run(version, signature, requests,
-output_filter, timeouts) -> [outputs | error, ...]`: in production a `ReplicaChannel`.
+output_filter, timeouts) -> [outputs | error, ...]`: in production a `ReplicaChannel`. A
+MultiInference's requests coalesce like any others, in the lane of their tuple of task signatures.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cluster import errors
+from cluster.replica.contract import Target
 from cluster.routing.router import Router
 from exporter.signature import Tensors
 
@@ -46,7 +48,7 @@ class _Lane:
     router: Router[Any]
     connect: Connect
     version: int
-    signature: str
+    signature: Target
     output_filter: tuple[str, ...]
     pending: list[_Request] = field(default_factory=list)
     in_flight_calls: int = 0  # calls running (each carries one or more requests)
@@ -76,7 +78,7 @@ class Coalescer:
         router: Router[Any],
         connect: Connect,
         version: int,
-        signature: str,
+        signature: Target,
         feeds: Tensors,
         output_filter: tuple[str, ...] = (),
         deadline: float | None = None,

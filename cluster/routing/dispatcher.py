@@ -19,6 +19,7 @@ import numpy as np
 from cluster import errors
 from cluster.autoscaler.load import InFlight, Load
 from cluster.config import ServerConfig
+from cluster.replica.contract import Target, task_outputs
 from cluster.requests import (
     EXAMPLE_CONTEXT_FEED,
     ClassifyResult,
@@ -211,7 +212,7 @@ class Dispatcher:
         self,
         route: ModelRoute,
         version: int,
-        signature: str,
+        signature: Target,
         feeds: Mapping[str, np.ndarray],
         output_filter: tuple[str, ...],
         deadline: float | None,
@@ -294,15 +295,29 @@ class Dispatcher:
         return regress_result(ResolvedSpec(route.name, version, key), outputs, len(request.examples))
 
     async def multi_inference(self, request: MultiInferenceRequest) -> list[ClassifyResult | RegressResult]:
+        """Every task on the servable the first task names (spec §7.3), in one call: the examples
+        are sent once and parsed once per distinct feature spec on the replica (`Tasks`)."""
         methods = multi_inference_methods(request.tasks)
-        first = request.tasks[0].spec
-        calls = []
+        route, version, signatures = self._resolve(request.tasks[0].spec)
+        keys, aliases = [], []
         for task, method in zip(request.tasks, methods, strict=True):
-            # Every task runs on the servable the first task names (spec §7.3).
-            spec = ModelSpec(first.name, first.version, task.spec.signature_name)
-            sub = ExamplesRequest(spec, request.examples, request.deadline, request.context)
-            calls.append(self.classify(sub) if method == "classify" else self.regress(sub))
-        return list(await asyncio.gather(*calls))
+            key = task.spec.signature_key
+            signature = signatures.get(key)
+            if signature is None:
+                raise errors.InvalidArgument(f"No signature was found with the name: {key}")
+            check = check_classify_signature if method == "classify" else check_regress_signature
+            aliases.append(check(signature))
+            keys.append(key)
+        # The examples travel once, under the first task's input alias: the replica feeds them to
+        # each task's one input, whatever its alias.
+        feeds = _examples(aliases[0], request.examples, request.context)
+        outputs = await self._run(route, version, tuple(keys), feeds, (), request.deadline)
+        n = len(request.examples)
+        results: list[ClassifyResult | RegressResult] = []
+        for key, method, own in zip(keys, methods, task_outputs(outputs, len(keys)), strict=True):
+            spec = ResolvedSpec(route.name, version, key)
+            results.append(classify_result(spec, own, n) if method == "classify" else regress_result(spec, own, n))
+        return results
 
     async def model_metadata(self, spec: ModelSpec) -> ModelMetadata:
         route, version, signatures = self._resolve(spec)
