@@ -49,3 +49,16 @@ def test_a_scrape_counts_each_model_s_evictions() -> None:
     exporter.render([stats.ModelStats(model="cold", evictions=3), stats.ModelStats(model="hot")])
     assert sample(exporter, "tessera_model_evictions_total", {"model": "cold"}) == 3
     assert sample(exporter, "tessera_model_evictions_total", {"model": "hot"}) == 0
+
+
+def test_a_model_s_histogram_shows_once_it_has_an_observation() -> None:
+    exporter = MetricsExporter(CollectorRegistry(auto_describe=False))
+    loaded = stats.ModelStats(model="loaded")
+    loaded.load_seconds.observe(0.3)
+    text = exporter.render([loaded, stats.ModelStats(model="never")]).decode()
+    assert sample(exporter, "tessera_model_load_latency_seconds_count", {"model": "loaded"}) == 1
+    assert 'model="never"' in text  # its gauges and counters are there ...
+    for family in ("load_latency", "warmup_latency", "cold_start_latency"):  # ... its empty histograms not
+        assert sample(exporter, f"tessera_model_{family}_seconds_count", {"model": "never"}) is None
+    assert sample(exporter, "tessera_model_warmup_latency_seconds_count", {"model": "loaded"}) is None
+    assert sample(exporter, "tessera_batch_size_count", {"model": "loaded"}) is None
