@@ -113,6 +113,8 @@ class ServeOptions:
     log_format: str = "text"  # or "json": one JSON object per line
     ssl_config_file: str = ""  # TF's SSLConfig text: TLS on the gRPC port
     grpc_socket_path: str = ""  # also serve gRPC on this UNIX socket
+    # TF's --grpc_channel_arguments: extra (key, value) arguments of the gateways' gRPC servers.
+    grpc_channel_arguments: tuple[tuple[str, int | str], ...] = ()
     # Autoscaling between num_replicas and max_replicas (None: fixed at num_replicas).
     max_replicas: int | None = None
     target_ongoing_requests: float = 8.0

@@ -26,7 +26,7 @@ from cluster.config import (
     ServerConfig,
 )
 from cluster.errors import InvalidArgument
-from cluster.gateway import autoscaling_config, config_converters
+from cluster.gateway import autoscaling_config, channel_args, config_converters
 from exporter import servable
 
 _TRUE = frozenset({"true", "t", "yes", "y", "1"})
@@ -86,6 +86,13 @@ def _gateway_processes(text: str) -> int:
     return count
 
 
+def _channel_arguments(text: str) -> channel_args.ChannelArguments:
+    try:
+        return channel_args.parse_grpc_channel_arguments(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 # (flag, type, default, metavar, help) of the valued flags; TF's defaults (spec §9), then ours.
 _TF_FLAGS: tuple[tuple[str, Callable[[str], object], object, str, str], ...] = (
     ("port", int, 8500, "PORT", "gRPC port; 0 picks a free port"),
@@ -109,6 +116,8 @@ _TF_FLAGS: tuple[tuple[str, Callable[[str], object], object, str, str], ...] = (
     ("max_num_load_retries", int, 5, "N", "retries after a failed load"),
     ("ssl_config_file", str, "", "PATH", "text-format SSLConfig: serve gRPC over TLS"),
     ("grpc_socket_path", str, "", "PATH", "also serve gRPC on this UNIX socket"),
+    ("grpc_channel_arguments", _channel_arguments, "", "K=V,...",
+     "extra gRPC server arguments, e.g. grpc.max_connection_age_ms=30000 (ints passed as ints)"),
     ("load_retry_interval_micros", int, 60_000_000, "US", "wait between load retries"),
     (
         "tensorflow_intra_op_parallelism",
@@ -306,6 +315,7 @@ def _options(args: argparse.Namespace) -> ServeOptions:
         autoscaling_config_file=args.autoscaling_config_file,
         monitoring_config_file=args.monitoring_config_file,
         gateway_processes=args.gateway_processes,
+        grpc_channel_arguments=args.grpc_channel_arguments,
         model_autoscaling=(
             autoscaling_config.autoscaling_from_text(config_converters.read_text_file(args.autoscaling_config_file))
             if args.autoscaling_config_file
@@ -336,7 +346,7 @@ def parse_serve_args(
 # autoscaling belong to the controller, which `tessera serve` starts).
 _GATEWAY_FLAGS = (
     "port", "rest_api_port", "rest_api_timeout_in_ms", "monitoring_config_file", "ssl_config_file",
-    "grpc_socket_path", "host", "data_plane_max_frame_bytes", "log_format", "max_request_fill_bytes",
+    "grpc_socket_path", "grpc_channel_arguments", "host", "data_plane_max_frame_bytes", "log_format", "max_request_fill_bytes",
 )
 
 
@@ -404,6 +414,6 @@ def parse_gateway_args(argv: Sequence[str] | None = None, *, prog: str = "tesser
         grpc_socket_path=args.grpc_socket_path, serialize_as_tensor_content=args.enable_serialization_as_tensor_content,
         log_format=args.log_format, max_request_fill_bytes=args.max_request_fill_bytes,
         data_plane_max_frame_bytes=args.data_plane_max_frame_bytes,
-        controller_wait_seconds=args.controller_wait_seconds,
+        controller_wait_seconds=args.controller_wait_seconds, grpc_channel_arguments=args.grpc_channel_arguments,
     )
     return GatewayArgs(options, args.reuse_port, args.gateway_id, args.exit_with_parent)

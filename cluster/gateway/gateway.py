@@ -74,9 +74,7 @@ class Gateway:
             credentials=credentials, socket_path=opts.grpc_socket_path,
             # The signature lookup that checks a Predict before decoding it is not a request of its own.
             metadata_lookup=self.dispatcher.model_metadata, max_fill_bytes=opts.max_request_fill_bytes,
-            # grpc sets SO_REUSEPORT by default on Linux: a second server on a port in use would
-            # silently share it. Only when asked to.
-            options=[("grpc.so_reuseport", 1 if self.reuse_port else 0)],
+            options=grpc_server_options(opts, self.reuse_port),
         )
         if opts.rest_port:
             # Imported before the gRPC port opens: the import (~0.2 s, on the loop) would hold
@@ -155,6 +153,16 @@ class Gateway:
                     self.controller.report_load.remote(self.gateway_id, 0.0, {}, self.metrics.gateway.snapshot()), 2.0)
             except Exception as exc:  # noqa: BLE001 - the controller may be gone already
                 log.debug("final load report failed: %s", exc)
+
+
+def grpc_server_options(options: ServeOptions, reuse_port: bool) -> list[tuple[str, int | str]]:
+    """The gRPC server arguments of a gateway: SO_REUSEPORT, then `--grpc_channel_arguments`.
+
+    grpc sets SO_REUSEPORT by default on Linux, so a second server on a port in use would silently
+    share it: on only when asked to, and first, so that no channel argument turns it on or off
+    (grpc keeps the first of two arguments with one key).
+    """
+    return [("grpc.so_reuseport", 1 if reuse_port else 0), *options.grpc_channel_arguments]
 
 
 def new_gateway_id() -> str:

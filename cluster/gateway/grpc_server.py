@@ -76,7 +76,8 @@ class GatewayServer:
 
     `tensor_content` sends Predict outputs as raw `tensor_content` (TF's
     `--enable_serialization_as_tensor_content`); by default they use the typed `*_val` fields.
-    `options` are extra grpc channel arguments (the message size limits are always INT32_MAX).
+    `options` are extra grpc channel arguments (the message size limits are always INT32_MAX: they
+    come first, and grpc keeps the first of two arguments with one key).
     `metadata_lookup` and `max_fill_bytes`: see `PredictionServicer`.
     """
 

@@ -29,6 +29,8 @@ def gateway_argv(opts: ServeOptions, ray_address: str, grpc_port: int, rest_port
     ]
     if opts.ssl_config_file:
         argv.append(f"--ssl_config_file={opts.ssl_config_file}")
+    if opts.grpc_channel_arguments:
+        argv.append("--grpc_channel_arguments=" + ",".join(f"{k}={v}" for k, v in opts.grpc_channel_arguments))
     if opts.monitoring_config_file:
         argv.append(f"--monitoring_config_file={opts.monitoring_config_file}")
     return argv

@@ -263,3 +263,35 @@ def test_gateway_flags_are_the_gateway_subset_and_need_a_ray_address(capsys: pyt
         assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "--ray_address" in err and "model_base_path" in err and "--rest_api_port must differ" in err
+
+
+def test_grpc_channel_arguments_as_tf_serving_reads_them() -> None:
+    # TF Serving's --grpc_channel_arguments: k=v,k=v; int-looking values go to gRPC as ints.
+    flag = "--grpc_channel_arguments=grpc.max_connection_age_ms=30000, grpc.primary_user_agent=tessera,"
+    expected = (("grpc.max_connection_age_ms", 30000), ("grpc.primary_user_agent", "tessera"))
+    options, _ = parse_serve_args(["--model_base_path=/m", flag])
+    assert options.grpc_channel_arguments == expected
+    assert parse_gateway_args(["--ray_address=auto", flag]).options.grpc_channel_arguments == expected
+    assert parse_serve_args(["--model_base_path=/m"])[0].grpc_channel_arguments == ()
+
+
+@pytest.mark.parametrize("value", ["grpc.max_connection_age_ms", "=1", "a=1,b"])
+def test_bad_grpc_channel_arguments_exit_with_status_2(value: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        parse_gateway_args(["--ray_address=auto", f"--grpc_channel_arguments={value}"])
+    assert exit_info.value.code == 2
+    assert "--grpc_channel_arguments" in capsys.readouterr().err
+
+
+def test_more_gateway_processes_get_the_same_channel_arguments() -> None:
+    from cluster.gateway.gateway import grpc_server_options
+    from cluster.gateway.processes import gateway_argv
+
+    options, _ = parse_serve_args(["--model_base_path=/m",
+                                   "--grpc_channel_arguments=grpc.max_connection_age_ms=30000,grpc.so_reuseport=0"])
+    argv = gateway_argv(options, "127.0.0.1:6379", 8500, None)
+    assert argv[3] == "gateway"
+    child = parse_gateway_args(argv[4:])
+    assert child.options.grpc_channel_arguments == options.grpc_channel_arguments
+    # SO_REUSEPORT is the gateway's to set, before the channel arguments (grpc keeps the first).
+    assert grpc_server_options(child.options, child.reuse_port)[0] == ("grpc.so_reuseport", 1)

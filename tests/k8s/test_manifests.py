@@ -6,7 +6,8 @@
 - The controller's command line is parsed by `tessera serve`'s flag parser, the gateways' by
   `tessera gateway`'s: a flag that does not exist, or a bad value, fails here.
 - The wiring: the Service reaches the gateway pods and not Ray's head; the gateways reach the head
-  through Ray Client on a port the head exposes; probes and ports agree with what the gateway
+  through Ray Client on a port the head exposes; gateways end connections after an age (so
+  long-lived gRPC clients reach new gateway pods); probes and ports agree with what the gateway
   serves; the HPA scales the Deployment on CPU, which the pods request; the KubeRay autoscaler is
   on and its worker group has room for every replica Tessera may ask for.
 - Overlays are built with `kubectl kustomize` (offline) where kubectl is installed, and checked
@@ -148,6 +149,8 @@ def check_gateways(cluster: dict[str, Any], docs: list[dict[str, Any]]) -> None:
     assert args.ray_address == f"ray://{cluster['metadata']['name']}-head-svc:{RAY_CLIENT_PORT}"
     head_ports = {p["containerPort"] for p in _container(cluster["spec"]["headGroupSpec"]["template"], "ray-head")["ports"]}
     assert {GCS_PORT, RAY_CLIENT_PORT} <= head_ports
+    # Connections end after an age, so long-lived clients move to gateway pods the HPA adds.
+    assert dict(args.grpc_channel_arguments).get("grpc.max_connection_age_ms", 0) > 0
     ports = {p["name"]: p["containerPort"] for p in gateway["ports"]}
     assert ports == {"grpc": args.port, "http": args.rest_api_port}
     assert gateway["readinessProbe"]["httpGet"] == {"path": READINESS_PATH, "port": args.rest_api_port}
@@ -212,10 +215,11 @@ def _controller_command(kinds: dict[str, Any]) -> list[str]:
     (lambda k: k["Service"]["spec"]["selector"].update({"app.kubernetes.io/component": "head"}), AssertionError),
     (lambda k: _gateway_command(k).append("--no_such_flag=1"), SystemExit),
     (lambda k: _gateway_command(k).__setitem__(2, "--ray_address=ray://elsewhere:10001"), AssertionError),
+    (lambda k: _gateway_command(k).pop(), AssertionError),
     (lambda k: _controller_command(k).append("--no_such_flag=1"), SystemExit),
     (lambda k: _controller_command(k).__setitem__(3, "--gateway_processes=1"), AssertionError),
 ], ids=["crd", "autoscaler-off", "no-room-to-grow", "k8s-schema", "hpa-target", "service-on-head",
-        "gateway-flag", "gateway-address", "controller-flag", "gateway-on-head"])
+        "gateway-flag", "gateway-address", "no-connection-age", "controller-flag", "gateway-on-head"])
 def test_a_broken_manifest_is_caught(raycluster_schema: dict[str, Any], change: Any, error: type[BaseException]) -> None:
     with pytest.raises(error):
         check_manifests(_broken(change), raycluster_schema)
