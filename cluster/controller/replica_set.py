@@ -5,7 +5,7 @@ Plain asyncio over replica handles (Ray actor handles in production): the contro
 to do, this class knows how to do it on a set of actors. Nothing here waits without a timeout on
 a replica, except a start waiting for Ray to place the actor, and that runs in its own task:
 a replica Ray cannot place (no room) is reported, stays queued in Ray until room frees up, and
-holds back nothing else.
+holds back nothing else. One replica's record, and the timeouts of its calls, are in `member.py`.
 """
 
 from __future__ import annotations
@@ -13,48 +13,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
 from typing import Any
 
+from cluster.controller.member import HealthOptions, Member, PlacementProbe, unwrap_error
 from cluster.routing.table import ReplicaRef
 from exporter.signature import Signature
 
 log = logging.getLogger("tessera.controller")
-
-# A replica that has not answered its first ping yet -> why not, if Ray says (e.g. no room), or None.
-PlacementProbe = Callable[[Any], Awaitable[str | None]]
-
-
-def unwrap_error(exc: BaseException) -> BaseException:
-    """The exception a replica raised, without Ray's task-error wrapping."""
-    cause = getattr(exc, "cause", None)
-    return cause if isinstance(cause, BaseException) else exc
-
-
-@dataclass(frozen=True)
-class HealthOptions:
-    period_s: float = 1.0  # ready replicas are pinged this often
-    timeout_s: float = 1.0  # a ping not answered in this long fails: hung replicas go within ~2 s
-    report_unplaced_after_s: float = 5.0  # a replica not started by then is asked about (and reported)
-    address_timeout_s: float = 10.0  # for the data-plane address of a started replica
-    load_timeout_s: float = 600.0  # one version on one replica, warmup included
-    drain_timeout_s: float = 30.0  # a leaving replica's in-flight calls finish within this
-    restart_backoff_s: float = 1.0  # doubled after each replica that dies before it serves, up to 30 s
-
-
-@dataclass(eq=False)
-class Member:
-    """One replica: `starting` until it answers, has its address and holds the available versions."""
-
-    handle: Any
-    index: int
-    ready: bool = False
-    address: tuple[str, int] | None = None
-    versions: set[int] = field(default_factory=set)
-    unplaced: str | None = None  # why Ray has not placed it yet, while that lasts
-    task: asyncio.Task[None] | None = None
-
 
 class ReplicaSet:
     """The replicas of model `name`; `new_replica(index)` starts one, `kill(handle)` stops one.

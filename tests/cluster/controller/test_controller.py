@@ -8,7 +8,7 @@ from typing import Any
 
 from cluster.config import ModelConfig, ServerConfig
 from cluster.controller.controller import Controller, ControllerOptions
-from cluster.controller.replica_set import HealthOptions
+from cluster.controller.member import HealthOptions
 from tests.cluster.controller.controller_testlib import FakeHandle, make_controller, until
 
 

@@ -11,8 +11,8 @@ from cluster.autoscaler.load import Load
 from cluster.config import ModelAutoscaling, ModelConfig, ServerConfig
 from cluster.controller.controller import Controller, ControllerOptions
 from cluster.controller.hosts import HostPool
+from cluster.controller.member import HealthOptions
 from cluster.controller.packing import PlacementOptions
-from cluster.controller.replica_set import HealthOptions
 from tests.cluster.controller.controller_testlib import until
 
 FAST = HealthOptions(period_s=0.02, timeout_s=0.1, report_unplaced_after_s=0.05, restart_backoff_s=0.01)

@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from cluster.controller.replica_set import HealthOptions, ReplicaSet
+from cluster.controller.member import HealthOptions
+from cluster.controller.replica_set import ReplicaSet
 from tests.cluster.controller.controller_testlib import FakeHandle, until
 
 FAST = HealthOptions(period_s=0.02, timeout_s=0.05, report_unplaced_after_s=0.05, restart_backoff_s=0.01)
