@@ -26,10 +26,11 @@ from cluster.autoscaler.load import Load, LoadWindow
 from cluster.autoscaler.scaler import AutoscalingConfig, ModelScaler
 from cluster.config import ModelAutoscaling, ModelConfig, ServerConfig
 from cluster.controller.estimates import estimate_models
-from cluster.controller.hosts import HostPool, Slot
+from cluster.controller.hosts import HostPool
 from cluster.controller.member import HealthOptions, Member, PlacementProbe, unwrap_error
 from cluster.controller.packing import PlacementOptions
 from cluster.controller.replica_set import ReplicaSet
+from cluster.controller.slots import Slot
 from cluster.routing.table import ModelRoute, RoutingTable
 from cluster.serving.planner import ActionKind, RetryPolicy
 from cluster.serving.source import FileSystemSource, SourceReport

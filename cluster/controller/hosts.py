@@ -16,84 +16,27 @@ set replaces its slot, placed on the hosts left (or a new one).
 Hosts are named by index and detached: a controller that restarts finds them (`adopt`) with their
 models loaded, and placement puts each model back where its versions are.
 
-Plain asyncio over injected host handles (Ray actor handles in production, fakes in tests).
+Plain asyncio over injected host handles (Ray actor handles in production, fakes in tests). The
+records of a host and of a slot are in `slots.py`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from cluster.config import BatchingConfig
 from cluster.controller.packing import HostView, PlacementOptions, choose_host, over_budget
+from cluster.controller.slots import Host, HostDead, Slot, describe, failed, quiet, resolved
 
 log = logging.getLogger("tessera.controller")
 
 # (index, the model it starts for, whether it is that model's own) -> a new host's handle
 HostFactory = Callable[[int, str, bool], Any]
 # slot -> the controller takes it out of its model's replicas (the one resize path)
-Evict = Callable[["Slot"], None]
-
-
-class HostDead(RuntimeError):
-    """A host that failed its ping (dead, hung, or lost with its node)."""
-
-
-@dataclass(eq=False)
-class Host:
-    """One replica host as the pool knows it."""
-
-    index: int
-    handle: Any
-    own: str | None = None  # the model it is dedicated to
-    slots: dict[str, Slot] = field(default_factory=dict)
-    report: dict[str, tuple[int, float]] = field(default_factory=dict)  # last ping: model -> (bytes, idle s)
-    held: frozenset[str] = frozenset()  # models it kept from before this controller (adoption)
-    node: str | None = None
-    dead: bool = False
-    started: asyncio.Future[None] | None = None  # Ray placing it, then its first answer
-    address: asyncio.Future[tuple[str, int]] | None = None
-    pinging: asyncio.Future[dict[str, tuple[int, float]]] | None = None
-    misses: int = 0  # pings in a row not answered in time
-    loading: int = 0  # loads in flight on it
-
-
-class _Call:
-    def __init__(self, fn: Callable[..., Awaitable[Any]]) -> None:
-        self.remote = fn
-
-
-class Slot:
-    """A model's replica on a host: the handle a replica set's member holds."""
-
-    def __init__(self, pool: HostPool, host: Host, model: str, batching: BatchingConfig | None, slot_id: str) -> None:
-        self.host = host
-        self.model = model
-        self.id = slot_id  # a late `remove` of an earlier slot of the model never takes this one
-        self.released = False
-        self.evicted = False  # on its way out: its bytes no longer count against the budget
-        handle = host.handle
-        self.ping = _Call(lambda: pool.ping(host))
-        self.data_address = _Call(lambda: pool.address(host))
-        self.load = _Call(
-            lambda version, path, platform="tensorflow": pool.load(host, model, version, path, platform, batching, slot_id)
-        )
-        self.unload = _Call(lambda version, drain_timeout_s=30.0: handle.unload.remote(model, version, drain_timeout_s))
-        # A slot leaving drains alone: the host's other models keep serving.
-        self.drain = _Call(lambda timeout_s=30.0: handle.remove.remote(model, timeout_s, slot_id))
-        self.stats = _Call(lambda: handle.stats.remote(model))
-        self.memory = _Call(lambda: handle.memory.remote(model))
-
-    @property
-    def actor(self) -> Any:
-        """The host's actor handle (Ray's placement state is the host's)."""
-        return self.host.handle
-
-    def __repr__(self) -> str:
-        return f"Slot({self.model} on host {self.host.index})"
+Evict = Callable[[Slot], None]
 
 
 class HostPool:
@@ -242,14 +185,14 @@ class HostPool:
         slots cost one Ray call per host per round, and a busy controller loop (whose timers
         fire late) never takes a late answer for a hung host: the pool counts misses itself."""
         if host.dead:
-            return _failed(HostDead(f"replica host {host.index} is gone"))
+            return failed(HostDead(f"replica host {host.index} is gone"))
         started = self._started(host)
         if not started.done() or started.exception() is not None:
             return asyncio.shield(started)
         if host.pinging is None or host.pinging.done():
             host.pinging = asyncio.ensure_future(self._ping(host))
-            host.pinging.add_done_callback(_quiet)
-        return _resolved(host.report)
+            host.pinging.add_done_callback(quiet)
+        return resolved(host.report)
 
     async def load(
         self, host: Host, model: str, version: int, path: str, platform: str, batching: BatchingConfig | None,
@@ -317,23 +260,11 @@ class HostPool:
         """Takes over hosts a previous controller left running: each tells what it holds (and
         whose it is), so placement puts those models back where their versions are loaded."""
 
-        async def describe(handle: Any) -> Mapping[str, Any] | None:
-            try:
-                return dict(await asyncio.wait_for(handle.describe.remote(), timeout_s))
-            except Exception as exc:  # noqa: BLE001 - a host that does not answer is not adopted
-                log.warning("replica host %s not adopted: %r", handle, exc)
-                return None
-
-        answers = await asyncio.gather(*(describe(handle) for _, handle in found))
+        answers = await asyncio.gather(*(describe(handle, timeout_s) for _, handle in found))
         for (index, handle), answer in zip(found, answers, strict=True):
             if answer is None or index in self.hosts:
                 continue
-            host = Host(index, handle, own=answer.get("own") or None, node=answer.get("node"))
-            host.report = {m: (int(s), float(i)) for m, (s, i) in answer.get("slots", {}).items()}
-            host.held = frozenset(host.report)
-            host.started = asyncio.get_running_loop().create_future()
-            host.started.set_result(None)
-            self.hosts[index] = host
+            host = self.hosts[index] = Host.adopted(index, handle, answer)
             self._next_index = max(self._next_index, index + 1)
             log.info("replica host %d adopted with %d model(s)", index, len(host.held))
 
@@ -364,20 +295,3 @@ class HostPool:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.debug("a call to a replica host failed: %r", task.exception())  # it is being stopped
-
-
-def _quiet(future: asyncio.Future[Any]) -> None:
-    if not future.cancelled():
-        future.exception()  # HostDead is acted on where it is raised; nobody awaits this one
-
-
-def _resolved(value: Any) -> asyncio.Future[Any]:
-    future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-    future.set_result(value)
-    return future
-
-
-def _failed(exc: BaseException) -> asyncio.Future[Any]:
-    future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-    future.set_exception(exc)
-    return future
