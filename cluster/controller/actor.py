@@ -22,8 +22,9 @@ import ray
 
 from cluster.autoscaler.load import Load
 from cluster.config import BatchingConfig, ModelConfig, ServerConfig
-from cluster.controller.controller import Controller, ControllerOptions
+from cluster.controller.controller import Controller
 from cluster.controller.hosts import HostPool
+from cluster.controller.options import ControllerOptions
 from cluster.controller.placement import Placed, choose_node, free_after_pending, model_holdings
 from cluster.logs import configure_logging
 from cluster.replica.actor import ReplicaHost

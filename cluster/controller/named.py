@@ -16,7 +16,7 @@ import ray
 
 from cluster.config import BatchingConfig, ServeOptions
 from cluster.controller.actor import CONTROLLER_NAME, NAMESPACE, ControllerActor
-from cluster.controller.controller import ControllerOptions
+from cluster.controller.options import ControllerOptions
 from cluster.controller.packing import PlacementOptions
 from cluster.replica.data_plane import DataPlaneConfig
 from cluster.serving.planner import RetryPolicy

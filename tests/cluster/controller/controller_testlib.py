@@ -7,7 +7,8 @@ import asyncio
 from typing import Any
 
 from cluster.config import ModelConfig
-from cluster.controller.controller import Controller, ControllerOptions
+from cluster.controller.controller import Controller
+from cluster.controller.options import ControllerOptions
 
 
 class _Remote:

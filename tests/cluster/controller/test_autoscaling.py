@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import pathlib
 import time
 from typing import Any
 
 from cluster.autoscaler.load import Load
 from cluster.config import ModelAutoscaling, ModelConfig, ServerConfig
-from cluster.controller.controller import Controller, ControllerOptions
+from cluster.controller.autoscaling import autoscaling_config_for
+from cluster.controller.controller import Controller
+from cluster.controller.options import ControllerOptions
 from cluster.types import ServableState
 from tests.cluster.controller.controller_testlib import FakeHandle, make_controller, until
 
 
 def _replicas(controller: Controller, name: str) -> int:
-    return len(controller._table.models[name].replicas)  # noqa: SLF001
+    return len(controller._tables.table.models[name].replicas)  # noqa: SLF001
 
 
 def test_a_hot_model_scales_out_while_cold_ones_stay_at_their_minimum(tmp_path: pathlib.Path) -> None:
@@ -34,7 +37,7 @@ def test_a_hot_model_scales_out_while_cold_ones_stay_at_their_minimum(tmp_path: 
         )
         models = tuple(ModelConfig(name, str(tmp_path / name)) for name in ("hot", "cold", "plain"))
         await controller.set_config(ServerConfig(models))
-        await until(lambda: controller._table.ready())  # noqa: SLF001
+        await until(lambda: controller._tables.table.ready())  # noqa: SLF001
         assert [_replicas(controller, m) for m in ("hot", "cold", "plain")] == [1, 2, 1]
 
         async def gateways() -> None:  # two gateways, each with half the traffic
@@ -67,8 +70,7 @@ def test_per_model_settings_fall_back_to_the_flags() -> None:
             "tuned": ModelAutoscaling(target_ongoing_requests=2.0, upscale_delay_s=1.0),
         },
     )
-    controller = Controller(options, lambda model, index: FakeHandle(index))
-    config = controller._autoscaling_config  # noqa: SLF001
+    config = functools.partial(autoscaling_config_for, options)
     plain = config(ModelConfig("plain", "/m"))
     assert (plain.min_replicas, plain.max_replicas, plain.target_ongoing_requests) == (2, 5, 8.0)
     capped = config(ModelConfig("capped", "/m"))
@@ -107,7 +109,7 @@ def test_a_scale_up_takes_effect_when_its_replica_serves_and_is_not_repeated_whi
     async def main() -> None:
         controller = _slow_start_controller(started, downscale_delay_s=60.0, **{**_FAST, "upscale_delay_s": 0.3})
         await controller.set_config(ServerConfig((ModelConfig("m", str(tmp_path / "m")),)))
-        await until(lambda: controller._table.ready())  # noqa: SLF001
+        await until(lambda: controller._tables.table.ready())  # noqa: SLF001
 
         async def gateway() -> None:  # 5 in flight at 1 per replica: wants more, step by step
             while True:
@@ -142,7 +144,7 @@ def test_a_scale_down_still_applies_while_a_scale_up_cannot_start(tmp_path: path
     async def main() -> None:
         controller = _slow_start_controller(started, downscale_delay_s=0.1, **_FAST)
         await controller.set_config(ServerConfig((ModelConfig("m", str(tmp_path / "m")),)))
-        await until(lambda: controller._table.ready())  # noqa: SLF001
+        await until(lambda: controller._tables.table.ready())  # noqa: SLF001
         load = {"m": Load(5.0, 500.0, 500.0)}
 
         async def gateway() -> None:
@@ -173,23 +175,23 @@ def test_min_zero_idles_to_zero_then_loads_on_demand_at_once(tmp_path: pathlib.P
             model_autoscaling={"rare": ModelAutoscaling(min_replicas=0)},  # max: 1, no --max_replicas
         )
         await controller.set_config(ServerConfig((ModelConfig("rare", str(tmp_path / "rare")),)))
-        await until(lambda: controller._table.ready() and _replicas(controller, "rare") == 1)  # noqa: SLF001
+        await until(lambda: controller._tables.table.ready() and _replicas(controller, "rare") == 1)  # noqa: SLF001
         model = controller._models["rare"]  # noqa: SLF001
         assert model.scaler is not None and model.scaler.config.max_replicas == 1
         # No gateway reports any request: idle, then unloaded everywhere, still configured.
         await until(lambda: started[0].killed and _replicas(controller, "rare") == 0)
         assert len(model.replicas) == 0 and model.scaled_to_zero == 1
-        (status,) = controller._table.models["rare"].statuses  # noqa: SLF001
+        (status,) = controller._tables.table.models["rare"].statuses  # noqa: SLF001
         assert status.state is ServableState.AVAILABLE and status.error_kind == "OK"
         assert "scaled to zero" in (status.error_message or "")
-        assert controller._table.ready()  # noqa: SLF001  - a model at zero is still servable
+        assert controller._tables.table.ready()  # noqa: SLF001  - a model at zero is still servable
         # A request waits in a gateway, which reports at once: one replica starts within the call.
         controller.report_load("g", 0.01, {"rare": Load(0.0, 100.0, 0.0)})
         assert len(model.replicas) == 1 and len(started) == 2
         await until(lambda: _replicas(controller, "rare") == 1)
         assert started[1].loaded == {1}  # it loaded the available version before it was routed
         assert model.cold_start_seconds.count == 1
-        (status,) = controller._table.models["rare"].statuses  # noqa: SLF001
+        (status,) = controller._tables.table.models["rare"].statuses  # noqa: SLF001
         assert status.error_message is None  # serving again: a plain AVAILABLE
         await controller.shutdown()
 
@@ -219,7 +221,7 @@ def test_one_slow_cold_start_never_holds_back_another_model(tmp_path: pathlib.Pa
         models = tuple(ModelConfig(name, str(tmp_path / name)) for name in handles)
         await controller.set_config(ServerConfig(models))
         await until(lambda: all(_replicas(controller, n) == 0 and len(handles[n]) == 1 for n in handles)
-                    and controller._table.ready())  # noqa: SLF001
+                    and controller._tables.table.ready())  # noqa: SLF001
         demand = {name: Load(0.5, 10.0, 0.0) for name in handles}
 
         async def gateway() -> None:
@@ -230,7 +232,7 @@ def test_one_slow_cold_start_never_holds_back_another_model(tmp_path: pathlib.Pa
         reporting = asyncio.ensure_future(gateway())
         await until(lambda: _replicas(controller, "fast") == 1)
         assert len(handles["slow"]) == 2 and _replicas(controller, "slow") == 0  # still starting
-        (status,) = controller._table.models["slow"].statuses  # noqa: SLF001
+        (status,) = controller._tables.table.models["slow"].statuses  # noqa: SLF001
         assert "loading on demand" in (status.error_message or "")
         handles["slow"][1].hung = False
         await until(lambda: _replicas(controller, "slow") == 1)

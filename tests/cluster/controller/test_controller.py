@@ -7,8 +7,9 @@ import pathlib
 from typing import Any
 
 from cluster.config import ModelConfig, ServerConfig
-from cluster.controller.controller import Controller, ControllerOptions
+from cluster.controller.controller import Controller
 from cluster.controller.member import HealthOptions
+from cluster.controller.options import ControllerOptions
 from tests.cluster.controller.controller_testlib import FakeHandle, make_controller, until
 
 
@@ -19,15 +20,15 @@ def test_polled_once_yet_a_dead_replica_is_still_replaced(tmp_path: pathlib.Path
     async def main() -> None:
         controller = make_controller(started, poll_seconds=0, tick_seconds=0.05)
         await controller.set_config(ServerConfig((ModelConfig("m", str(tmp_path / "m")),)))
-        await until(lambda: controller._table.ready())  # noqa: SLF001
-        table = controller._table  # noqa: SLF001
+        await until(lambda: controller._tables.table.ready())  # noqa: SLF001
+        table = controller._tables.table  # noqa: SLF001
         assert set(table.models["m"].available) == {1}
         (tmp_path / "m" / "2").mkdir()  # polled once: a new version is not picked up ...
         started[0].dead = True  # ... but health checks still run
         await until(lambda: len(started) == 2)
         await until(lambda: 1 in started[1].loaded)  # the replacement loads v1 before routing
-        await until(lambda: controller._table.models["m"].replicas[0].handle is started[1])  # noqa: SLF001
-        assert set(controller._table.models["m"].available) == {1}  # noqa: SLF001
+        await until(lambda: controller._tables.table.models["m"].replicas[0].handle is started[1])  # noqa: SLF001
+        assert set(controller._tables.table.models["m"].available) == {1}  # noqa: SLF001
         await controller.shutdown()
 
     asyncio.run(main())
@@ -40,17 +41,17 @@ def test_a_new_version_replaces_the_old_without_a_gap(tmp_path: pathlib.Path) ->
     async def main() -> None:
         controller = make_controller(started, poll_seconds=0.05, tick_seconds=0.05)
         await controller.set_config(ServerConfig((ModelConfig("m", str(tmp_path / "m")),)))
-        await until(lambda: controller._table.ready())  # noqa: SLF001
+        await until(lambda: controller._tables.table.ready())  # noqa: SLF001
         seen: list[set[int]] = []
         (tmp_path / "m" / "2").mkdir()
 
         async def watch() -> None:
             while True:
-                seen.append(set(controller._table.models["m"].available))  # noqa: SLF001
+                seen.append(set(controller._tables.table.models["m"].available))  # noqa: SLF001
                 await asyncio.sleep(0.005)
 
         watcher = asyncio.ensure_future(watch())
-        await until(lambda: set(controller._table.models["m"].available) == {2})  # noqa: SLF001
+        await until(lambda: set(controller._tables.table.models["m"].available) == {2})  # noqa: SLF001
         watcher.cancel()
         assert all(s for s in seen)  # never a moment without an available version
         await until(lambda: started[0].loaded == {2})  # then the old one is unloaded, after the drain
@@ -88,7 +89,7 @@ def test_a_model_whose_replica_cannot_be_placed_is_reported_and_holds_back_no_ot
     async def main() -> None:
         controller = _crowded_controller(started, {"m2", "m4"}, poll_seconds=0.05, tick_seconds=0.05)
         await controller.set_config(ServerConfig(tuple(ModelConfig(n, str(tmp_path / n)) for n in names)))
-        table = lambda: controller._table  # noqa: E731, SLF001
+        table = lambda: controller._tables.table  # noqa: E731, SLF001
         await until(lambda: all(table().models[n].available for n in names if n not in ("m2", "m4")))
         for name in ("m2", "m4"):
             route = table().models[name]
@@ -117,7 +118,7 @@ def test_a_hung_replica_leaves_the_routing_table_within_the_health_timeout(tmp_p
         await controller.set_config(ServerConfig((
             ModelConfig("m", str(tmp_path / "m")), ModelConfig("other", str(tmp_path / "other")),
         )))
-        table = lambda: controller._table  # noqa: E731, SLF001
+        table = lambda: controller._tables.table  # noqa: E731, SLF001
         await until(lambda: table().ready() and all(len(r.replicas) == 2 for r in table().models.values()))
         hung = table().models["m"].replicas[0].handle
         hung.hung = True  # SIGSTOP
@@ -145,7 +146,7 @@ def test_the_models_platform_reaches_every_replica_load(tmp_path: pathlib.Path) 
         controller = make_controller(started, poll_seconds=0.05, tick_seconds=0.05, num_replicas=2)
         config = ModelConfig("m", str(tmp_path / "m"), platform="onnx")
         await controller.set_config(ServerConfig((config,)))
-        await until(lambda: controller._table.ready())  # noqa: SLF001
+        await until(lambda: controller._tables.table.ready())  # noqa: SLF001
         assert [h.platforms for h in started] == [{1: "onnx"}, {1: "onnx"}]
         await controller.shutdown()
 
@@ -161,7 +162,7 @@ def test_polled_once_a_version_still_being_written_is_looked_at_until_complete(t
     async def main() -> None:
         controller = make_controller(started, poll_seconds=0, tick_seconds=0.05)
         await controller.set_config(ServerConfig((ModelConfig("m", str(tmp_path / "m"), platform="onnx"),)))
-        await until(lambda: controller._table.ready())  # noqa: SLF001
+        await until(lambda: controller._tables.table.ready())  # noqa: SLF001
         assert started[0].platforms == {1: "onnx"}
         await controller.shutdown()
 

@@ -8,7 +8,8 @@ import asyncio
 import pathlib
 
 from cluster.config import ModelConfig, ServerConfig
-from cluster.controller.controller import Controller, ControllerOptions
+from cluster.controller.controller import Controller
+from cluster.controller.options import ControllerOptions
 from exporter.errors import BundleError
 from tests.cluster.controller.controller_testlib import FakeHandle, until
 
@@ -49,7 +50,7 @@ def test_replicas_load_the_resolved_path_and_new_replicas_too(tmp_path: pathlib.
     async def main() -> None:
         controller = _controller(started, resolve, num_replicas=2)
         await controller.set_config(ServerConfig((ModelConfig("m", str(tmp_path / "m")),)))
-        await until(lambda: controller._table.ready())  # noqa: SLF001
+        await until(lambda: controller._tables.table.ready())  # noqa: SLF001
         want = str(tmp_path / "m" / "1") + "-imported"
         assert [h.paths for h in started] == [{1: want}, {1: want}]
         started[0].dead = True  # its replacement loads the resolved path, without resolving again

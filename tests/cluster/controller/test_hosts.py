@@ -9,9 +9,10 @@ from typing import Any
 
 from cluster.autoscaler.load import Load
 from cluster.config import ModelAutoscaling, ModelConfig, ServerConfig
-from cluster.controller.controller import Controller, ControllerOptions
+from cluster.controller.controller import Controller
 from cluster.controller.hosts import HostPool
 from cluster.controller.member import HealthOptions
+from cluster.controller.options import ControllerOptions
 from cluster.controller.packing import PlacementOptions
 from tests.cluster.controller.controller_testlib import until
 
@@ -106,7 +107,7 @@ def _config(tmp_path: pathlib.Path, names: list[str], **model: Any) -> ServerCon
 
 
 def _addresses(controller: Controller, name: str) -> set[tuple[str, int]]:
-    route = controller._table.models.get(name)  # noqa: SLF001
+    route = controller._tables.table.models.get(name)  # noqa: SLF001
     return {r.address for r in route.replicas} if route is not None and route.available else set()
 
 
@@ -119,7 +120,7 @@ def test_models_are_packed_into_hosts_and_one_model_s_replicas_are_spread(tmp_pa
         await until(lambda: all(_addresses(controller, n) for n in names))
         assert len(hosts) == 3 and sorted(len(h.slots) for h in hosts) == [1, 2, 2]
         # Each route names its model; models on one host share its data-plane address.
-        refs = [r for n in names for r in controller._table.models[n].replicas]  # noqa: SLF001
+        refs = [r for n in names for r in controller._tables.table.models[n].replicas]  # noqa: SLF001
         assert {r.model for r in refs} == set(names) and len({r.address for r in refs}) == 3
         # Two replicas of one model: two hosts.
         await controller.set_config(_config(tmp_path, names, num_replicas=2))
@@ -245,7 +246,7 @@ def test_a_restarted_controller_adopts_the_hosts_and_their_models(tmp_path: path
         await until(lambda: all(_addresses(controller, n) for n in names))
         where = {n: _addresses(controller, n) for n in names}
         # The controller process dies (its hosts do not); a new one finds them by name.
-        for task in (controller._loop_task, controller._health_task, controller._publisher, *controller._tasks):  # noqa: SLF001
+        for task in (*controller._loops, *controller._tasks):  # noqa: SLF001
             if task is not None:
                 task.cancel()
         survivors = [(h.index, h) for h in hosts]
@@ -284,7 +285,7 @@ def test_a_model_evicted_to_zero_replicas_comes_back_on_its_next_request(tmp_pat
         host.idle.update(busy=0.0, rare=30.0)
         await until(lambda: "rare" not in host.slots and not _addresses(controller, "rare"))
         assert len(models["rare"].replicas) == 0 and len(models["busy"].replicas) == 1
-        assert controller._table.ready()  # noqa: SLF001 - rare is still servable: AVAILABLE at zero
+        assert controller._tables.table.ready()  # noqa: SLF001 - rare is still servable: AVAILABLE at zero
         # A request for rare waits in a gateway, which reports the demand: rare is placed again.
         # busy cannot be evicted (at its minimum), so the host goes over its budget, with a
         # warning; rare, just used, is not evicted again at once (min_idle_s).
