@@ -3,7 +3,8 @@
 Resolves (model, version | label | latest, signature) against the latest routing table snapshot,
 validates the request against the signature (so a bad request never reaches a replica), picks a
 replica by power of two choices, and hands the request to the coalescer. The table arrives by
-long-poll from the controller; a swap is one attribute assignment.
+long-poll from the controller; a swap is one attribute assignment. The connections to replicas
+are `connections.Connections`'s; the load reported to the controller, `load_report.LoadReport`'s.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from typing import Any
 import numpy as np
 
 from cluster import errors
-from cluster.autoscaler.load import InFlight, Load
 from cluster.config import ServerConfig
 from cluster.replica.contract import Target, task_outputs
 from cluster.requests import (
@@ -32,8 +32,10 @@ from cluster.requests import (
     RegressResult,
     ResolvedSpec,
 )
-from cluster.routing.channel import ModelChannel, ReplicaChannel
+from cluster.routing.channel import ReplicaChannel
 from cluster.routing.coalescer import Coalescer
+from cluster.routing.connections import Connections
+from cluster.routing.load_report import LoadReport, ReportLoad
 from cluster.routing.router import Router
 from cluster.routing.table import ModelRoute, ReplicaRef, RoutingTable
 from cluster.routing.validation import (
@@ -70,7 +72,7 @@ class Dispatcher:
         host_channel: Callable[[tuple[str, int]], ReplicaChannel] | None = None,
         data_plane_secret: bytes = b"",
         drain_grace_s: float = 30.0,
-        report_load: Callable[[float, dict[str, Load]], Awaitable[Any]] | None = None,
+        report_load: ReportLoad | None = None,
         report_interval_s: float = 1.0,
     ) -> None:
         self._poll_table = poll_table
@@ -79,21 +81,11 @@ class Dispatcher:
         self._coalescer = coalescer or Coalescer()
         self._table = RoutingTable()
         self._routers: dict[str, Router[ReplicaRef]] = {}
-        # One data-plane connection per replica host, opened with the cluster's secret, shared by
-        # every model on that host; each model's replica there is a ModelChannel over it. `connect`
-        # (tests) replaces both: a call target per replica.
-        self._host_channel = host_channel or (lambda address: ReplicaChannel(address, data_plane_secret))
-        self._connect = connect or self._model_channel
-        self._drain_grace = drain_grace_s
-        self._hosts: dict[tuple[str, int], ReplicaChannel] = {}  # data-plane address -> its connection
-        self._channels: dict[ReplicaRef, Any] = {}  # a call target per replica (model on a host)
-        self._in_flight_requests: dict[str, InFlight] = {}  # requests per model, from arrival to answer
+        self._connections = Connections(
+            connect=connect, host_channel=host_channel, data_plane_secret=data_plane_secret, drain_grace_s=drain_grace_s
+        )
         self._poll_task: asyncio.Task[None] | None = None
-        self._report_load = report_load
-        self._report_interval = report_interval_s
-        self._report_task: asyncio.Task[None] | None = None
-        self._report_now = asyncio.Event()  # a request waits for a model with no replica: report at once
-        self._demand_at: dict[str, float] = {}  # model -> when its last waiting request asked for a report
+        self._load = LoadReport(report_load, report_interval_s)
         self._seen: tuple[str, int] = ("", -1)  # the newest table received: (incarnation, epoch)
         self._restarting = False
 
@@ -101,16 +93,13 @@ class Dispatcher:
     async def start(self) -> None:
         self._receive(await self._poll_table(-1, ""))
         self._poll_task = asyncio.get_running_loop().create_task(self._follow_table())
-        if self._report_load is not None:
-            self._report_task = asyncio.get_running_loop().create_task(self._report_loads())
+        self._load.start(lambda: list(self._routers))
 
     async def stop(self) -> None:
-        for task in (self._poll_task, self._report_task):
-            if task is not None:
-                task.cancel()
-        channels, self._channels = list(self._channels.values()), {}
-        hosts, self._hosts = list(self._hosts.values()), {}
-        await asyncio.gather(*(c.close() for c in [*channels, *hosts] if hasattr(c, "close")))
+        if self._poll_task is not None:
+            self._poll_task.cancel()
+        self._load.stop()
+        await self._connections.close()
 
     async def _follow_table(self) -> None:
         while True:
@@ -122,27 +111,6 @@ class Dispatcher:
             except Exception as exc:  # noqa: BLE001 - controller restarting: keep the last table
                 log.warning("routing table poll failed: %s", exc)
                 await asyncio.sleep(1.0)
-
-    async def _report_loads(self) -> None:
-        """Tells the controller, once a period, this gateway's requests in flight per model
-        averaged over the period (for autoscaling), and the period's length."""
-        assert self._report_load is not None
-        last = time.monotonic()
-        while True:
-            try:
-                await asyncio.wait_for(self._report_now.wait(), self._report_interval)
-            except TimeoutError:
-                pass
-            self._report_now.clear()
-            now = time.monotonic()
-            period, last = now - last, now
-            loads = {name: self._load(name).take(now) for name in self._routers}
-            try:
-                await self._report_load(period, loads)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - the controller may be restarting
-                log.debug("load report failed: %s", exc)
 
     def _receive(self, table: RoutingTable) -> None:
         incarnation, epoch = self._seen
@@ -167,18 +135,8 @@ class Dispatcher:
             router.set_replicas(route.replicas)
         for name in set(self._routers) - set(table.models):
             del self._routers[name]
-            self._in_flight_requests.pop(name, None)  # requests still running hold their own reference
-            self._demand_at.pop(name, None)
-        live = {ref for route in table.models.values() for ref in route.replicas}
-        for ref in set(self._channels) - live:
-            # A replica leaving the table (retired, replaced, its model removed) answers what it
-            # has: its calls are not cut off, the connection closes once they are answered.
-            channel = self._channels.pop(ref)
-            if hasattr(channel, "close") and not isinstance(channel, ModelChannel):
-                asyncio.get_running_loop().create_task(channel.close(self._drain_grace))
-        hosts = {ref.address for ref in live}
-        for address in set(self._hosts) - hosts:  # no model left on that host: same, per host
-            asyncio.get_running_loop().create_task(self._hosts.pop(address).close(self._drain_grace))
+            self._load.forget(name)
+        self._connections.keep({ref for route in table.models.values() for ref in route.replicas})
         self._table = table
 
     @property
@@ -196,18 +154,6 @@ class Dispatcher:
         version = resolve_version(spec.version, route.available.keys(), route.labels, model_name=spec.name)
         return route, version, route.available[version]
 
-    def _model_channel(self, replica: ReplicaRef) -> ModelChannel:
-        host = self._hosts.get(replica.address)
-        if host is None:
-            host = self._hosts[replica.address] = self._host_channel(replica.address)
-        return ModelChannel(host, replica.model)
-
-    def _channel(self, replica: ReplicaRef) -> Any:
-        channel = self._channels.get(replica)
-        if channel is None:
-            channel = self._channels[replica] = self._connect(replica)
-        return channel
-
     async def _run(
         self,
         route: ModelRoute,
@@ -218,7 +164,7 @@ class Dispatcher:
         deadline: float | None,
     ) -> Mapping[str, np.ndarray]:
         name = route.name
-        requests = self._load(name)
+        requests = self._load.requests(name)
         if requests.count >= self._max_in_flight * max(len(route.replicas), 1):
             raise errors.ResourceExhausted(f"Too many requests in flight for model {name}; retry later")
         now = time.monotonic()
@@ -227,10 +173,10 @@ class Dispatcher:
             raise errors.DeadlineExceeded("Deadline exceeded before the request was run")
         requests.start(now)
         if not route.replicas:
-            self._demand(name, now)
+            self._load.demand(name, now)
         try:
             future = self._coalescer.submit(
-                name, self._routers[name], self._channel, version, signature, feeds, output_filter, deadline
+                name, self._routers[name], self._connections.target, version, signature, feeds, output_filter, deadline
             )
             if timeout is None:
                 return await future
@@ -242,21 +188,6 @@ class Dispatcher:
                 timer.cancel()
         finally:
             requests.finish(time.monotonic())
-
-    def _demand(self, name: str, now: float) -> None:
-        """A request for a model with no replica (scaled to zero, or its last one being replaced)
-        waits in the coalescer for one, within its deadline; the controller hears of it at once
-        (a load report now, not at the end of the period) and starts one. At most one early
-        report per model per 0.2 s, however many requests wait."""
-        if self._report_load is not None and now - self._demand_at.get(name, -1.0) >= 0.2:
-            self._demand_at[name] = now
-            self._report_now.set()
-
-    def _load(self, name: str) -> InFlight:
-        requests = self._in_flight_requests.get(name)
-        if requests is None:
-            requests = self._in_flight_requests[name] = InFlight(time.monotonic())
-        return requests
 
     # -- ServingAPI ----------------------------------------------------------------------------
     async def predict(self, request: PredictRequest) -> PredictResult:
