@@ -35,7 +35,7 @@ from exporter.feature_columns import (
     sorted_columns,
 )
 from exporter.graph import GraphBuilder, Tensor
-from exporter.ops import categorical, core
+from exporter.ops import core, embedding
 from exporter.ops import math as tfm
 from exporter.outputs import ClassificationOutput, ExportOutput, PredictOutput, RegressionOutput
 
@@ -90,7 +90,7 @@ def _logits_heads(logits: Tensor, n_classes: int, labels: Sequence[bytes]) -> di
         probabilities = tfm.softmax(logits, name="probabilities")
         class_ids = tfm.argmax(logits, axis=1, name="class_ids")
     label_row = g.constant(np.array(list(labels), dtype=object), name="label_vocabulary")
-    extra = {"logits": logits, "classes": categorical.gather(label_row, class_ids, name="predicted_classes")}
+    extra = {"logits": logits, "classes": embedding.gather(label_row, class_ids, name="predicted_classes")}
     if n_classes == 2:
         extra["logistic"] = logistic
     heads = classifier_heads(probabilities, class_ids, labels, extra)
@@ -166,7 +166,7 @@ class _Linear:
         for c in self.columns:
             w = g.variable(self.weights[c.name], f"linear.{safe_name(c.name)}.weights")
             if isinstance(c, CategoricalColumn):  # categorical first: a bucketized column is both
-                terms.append(categorical.embedding_combine(w, c.sparse_ids(g, features), combiner="sum"))
+                terms.append(embedding.embedding_combine(w, c.sparse_ids(g, features), combiner="sum"))
             elif isinstance(c, DenseColumn):
                 terms.append(tfm.matmul(c.dense(g, features), w))
             else:

@@ -9,7 +9,7 @@ import numpy as np
 from exporter.feature_columns.base import CategoricalColumn, DenseColumn, Features, safe_name
 from exporter.features import FeatureSpec
 from exporter.graph import GraphBuilder, Tensor
-from exporter.ops import categorical
+from exporter.ops import embedding
 
 
 @dataclass(frozen=True)
@@ -29,7 +29,7 @@ class IndicatorColumn(DenseColumn):
 
     def dense(self, g: GraphBuilder, features: Features) -> Tensor:
         ids = self.categorical_column.sparse_ids(g, features)
-        return categorical.sparse_to_indicator(ids, self.dimension)
+        return embedding.sparse_to_indicator(ids, self.dimension)
 
 
 def indicator_column(categorical_column: CategoricalColumn) -> IndicatorColumn:
@@ -57,7 +57,7 @@ class EmbeddingColumn(DenseColumn):
     def dense(self, g: GraphBuilder, features: Features) -> Tensor:
         params = g.variable(self.weights, f"{safe_name(self.name)}_weights")
         ids = self.categorical_column.sparse_ids(g, features)
-        return categorical.embedding_combine(params, ids, combiner=self.combiner)
+        return embedding.embedding_combine(params, ids, combiner=self.combiner)
 
 
 def embedding_column(

@@ -54,7 +54,7 @@ from exporter.importers.model import (
     regressor_heads_fn,
     string_labels,
 )
-from exporter.ops import categorical, core
+from exporter.ops import core, embedding
 from exporter.outputs import ClassificationOutput, ExportOutput, PredictOutput
 
 ONNX_INPUT = "x"  # the ONNX input of an all-numeric model
@@ -273,7 +273,7 @@ def _decision_heads_fn(label: str, decision: str, classes: Sequence[Any], labels
     def heads(g: GraphBuilder, outputs: Mapping[str, Tensor]) -> dict[str, ExportOutput]:
         ids = class_ids_of(g, outputs[label], classes)
         names = g.constant(np.array(list(labels), dtype=object), name="class_labels")
-        predicted = core.reshape(categorical.gather(names, ids), (-1, 1), name="classes")
+        predicted = core.reshape(embedding.gather(names, ids), (-1, 1), name="classes")
         head = ClassificationOutput(classes=predicted)
         predict = PredictOutput({"class_ids": ids, "decision": outputs[decision]})
         return {"serving_default": head, "classification": head, "predict": predict}

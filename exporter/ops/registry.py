@@ -78,6 +78,17 @@ PrepareFn = Callable[[Mapping[str, Any], LoadContext], Any]
 KernelFn = Callable[[list[np.ndarray], Any], list[np.ndarray]]
 
 
+def require(cond: bool, message: str) -> None:
+    """A GraphError with `message` unless `cond`: an inference function's check at load."""
+    if not cond:
+        raise GraphError(message)
+
+
+def attr_text(value: str | bytes) -> str:
+    """A string attribute as text (attributes decode to bytes or str)."""
+    return value.decode() if isinstance(value, bytes) else value
+
+
 def _default_prepare(attrs: Mapping[str, Any], ctx: LoadContext) -> Any:
     return attrs
 

@@ -228,6 +228,7 @@ def _serialize(country: bytes, age: float, tags: list[bytes]) -> bytes:
 def test_graph_placeholder_parse_example_and_feature_columns_through_runtime(tmp_path: pathlib.Path) -> None:
     from exporter.graph import GraphBuilder
     from exporter.ops import categorical as cat
+    from exporter.ops import embedding as emb
     from exporter.ops.parsing import parse_example
     from exporter.outputs import PredictOutput
     from exporter.runtime import Runtime
@@ -245,10 +246,10 @@ def test_graph_placeholder_parse_example_and_feature_columns_through_runtime(tmp
     tag_ids = cat.vocabulary_lookup(f["tags"], asset, num_oov_buckets=1)
     table = np.arange(8, dtype=np.float32).reshape(4, 2)
     outputs = {
-        "tags_mean": cat.embedding_combine(g.variable(table, "tag_table"), tag_ids, combiner="mean"),
-        "tags_hot": cat.sparse_to_indicator(tag_ids, 4),
+        "tags_mean": emb.embedding_combine(g.variable(table, "tag_table"), tag_ids, combiner="mean"),
+        "tags_hot": emb.sparse_to_indicator(tag_ids, 4),
         "age_bucket": cat.bucketize(f["age"], [18.0, 65.0]),
-        "country_emb": cat.gather(
+        "country_emb": emb.gather(
             g.variable(np.eye(3, dtype=np.float32), "c"), cat.hash_bucket(f["country"], 3)
         ),
     }
