@@ -2,8 +2,9 @@
 
 A Ray head with no CPUs and Ray Client's server (the RayCluster's head pod), a worker node with
 CPUs for the replicas (its worker group), `tessera serve --gateway_processes=0` joined to the head
-(the head pod's controller container) and `tessera gateway --ray_address=ray://...` (a pod of
-the gateway Deployment, which is not a Ray node). The gateway answers Predicts; killed, a new one
+(the head pod's controller container) and `tessera gateway --ray_address=ray://...`: a gateway
+off Ray, through Ray Client (k8s/'s gateway pods are Ray nodes of their own now, whose gateway is a
+driver of its node, as the extra gateway processes of tests/integration/test_gateways.py are). The gateway answers Predicts; killed, a new one
 joins and answers at once. Every process is stopped by PID.
 
 Slow (a minute or two, two Ray nodes): not in `make test`; run it with

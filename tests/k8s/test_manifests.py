@@ -3,10 +3,13 @@
 - The RayCluster is validated against KubeRay's CRD (openAPIV3Schema, shared/k8s); the Deployment,
   HorizontalPodAutoscaler, PodDisruptionBudget, Service and ConfigMap against Kubernetes' own
   schemas (kubernetes-validate, strict: unknown fields are errors). No API server is needed.
-- The controller's command line is parsed by `tessera serve`'s flag parser, the gateways' by
-  `tessera gateway`'s: a flag that does not exist, or a bad value, fails here.
-- The wiring: the Service reaches the gateway pods and not Ray's head; the gateways reach the head
-  through Ray Client on a port the head exposes; gateways end connections after an age (so
+- The controller's command line is parsed by `tessera serve`'s flag parser; the gateway pods'
+  script is split into its commands (shlex), its `ray start` parsed by Ray's own CLI (click) and its
+  `tessera gateway` by `tessera gateway`'s parser: a flag that does not exist, or a bad value, fails
+  here.
+- The wiring: the Service reaches the gateway pods and not Ray's head; each gateway pod joins the
+  head's GCS port as a Ray node with no CPUs (so no replica lands there) and its gateway is a driver
+  of that node; gateways end connections after an age (so
   long-lived gRPC clients reach new gateway pods); probes and ports agree with what the gateway
   serves; the HPA scales the Deployment on CPU, which the pods request; the KubeRay autoscaler is
   on and its worker group has room for every replica Tessera may ask for.
@@ -18,10 +21,12 @@ from __future__ import annotations
 
 import copy
 import pathlib
+import shlex
 import shutil
 import subprocess
 from typing import Any
 
+import click
 import jsonschema
 import pytest
 import yaml
@@ -32,7 +37,6 @@ from cluster.gateway.rest_server import LIVENESS_PATH, READINESS_PATH
 
 K8S = pathlib.Path(__file__).resolve().parents[2] / "k8s"
 KUBERNETES_VERSION = "1.32"  # the oldest Kubernetes the manifests are checked against
-RAY_CLIENT_PORT = 10001
 GCS_PORT = 6379
 
 
@@ -69,6 +73,30 @@ def _one(docs: list[dict[str, Any]], kind: str) -> dict[str, Any]:
 def _command(container: dict[str, Any], program: list[str]) -> list[str]:
     assert container["command"][: len(program)] == program, container["command"]
     return list(container["command"][len(program):])
+
+
+def script_commands(container: dict[str, Any]) -> list[list[str]]:
+    """The commands of a container that runs a `bash -c` script, each as its argv (split at `;`,
+    `&&` and `||`; a leading `exec` dropped)."""
+    assert container["command"] == ["/bin/bash", "-c"], container["command"]
+    (script,) = container["args"]
+    lexer = shlex.shlex(script, posix=True, punctuation_chars=";&|")
+    lexer.whitespace_split = True
+    commands: list[list[str]] = [[]]
+    for token in lexer:
+        if token in (";", "&&", "||"):
+            commands.append([])
+        else:
+            commands[-1].append(token)
+    return [c[1:] if c[:1] == ["exec"] else c for c in commands if c]
+
+
+def _ray_start(argv: list[str]) -> dict[str, Any]:
+    """`ray start`'s options, parsed by Ray's own CLI (click raises on a flag it does not know)."""
+    from ray.scripts.scripts import start
+
+    assert argv[:2] == ["ray", "start"], argv
+    return dict(start.make_context("ray start", argv[2:]).params)
 
 
 def _container(pod: dict[str, Any], name: str) -> dict[str, Any]:
@@ -124,6 +152,8 @@ def check_autoscaling(cluster: dict[str, Any], serve_args: Any, models: int) -> 
     assert spec["enableInTreeAutoscaling"] is True
     assert spec["autoscalerOptions"]["idleTimeoutSeconds"] > 0  # idle worker pods are removed
     assert spec["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"
+    # The gateway pods are Ray nodes with no CPUs: a replica reserving none could land there.
+    assert serve_args.replica_num_cpus > 0
     room = 0.0
     for group in spec["workerGroupSpecs"]:
         assert 0 <= group["minReplicas"] <= group.get("replicas", group["minReplicas"]) <= group["maxReplicas"]
@@ -144,11 +174,18 @@ def check_gateways(cluster: dict[str, Any], docs: list[dict[str, Any]]) -> None:
     assert deployment["spec"]["selector"]["matchLabels"] == {
         k: labels[k] for k in deployment["spec"]["selector"]["matchLabels"]}
     gateway = _container(pod, "gateway")
-    args = build_gateway_parser().parse_args(_command(gateway, ["tessera", "gateway"]))  # the real flags, or exit 2
-    # Gateway pods are not Ray nodes: they join through Ray Client, on the head's Service.
-    assert args.ray_address == f"ray://{cluster['metadata']['name']}-head-svc:{RAY_CLIENT_PORT}"
+    commands = script_commands(gateway)
+    # The pod joins the cluster as a Ray node with no CPUs or GPUs (so no replica or task is ever
+    # placed there: replicas reserve CPUs), through the head Service's GCS port...
+    (ray_start,) = [_ray_start(c) for c in commands if c[:2] == ["ray", "start"]]
+    assert ray_start["address"] == f"{cluster['metadata']['name']}-head-svc:{GCS_PORT}"
+    assert ray_start["num_cpus"] == 0 and ray_start["num_gpus"] == 0 and not ray_start["block"]
     head_ports = {p["containerPort"] for p in _container(cluster["spec"]["headGroupSpec"]["template"], "ray-head")["ports"]}
-    assert {GCS_PORT, RAY_CLIENT_PORT} <= head_ports
+    assert GCS_PORT in head_ports
+    # ... and then runs the gateway, last, as a driver of that node (no Ray Client).
+    assert commands[-1][:2] == ["tessera", "gateway"], commands
+    args = build_gateway_parser().parse_args(commands[-1][2:])  # the real flags, or exit 2
+    assert args.ray_address == "auto"
     # Connections end after an age, so long-lived clients move to gateway pods the HPA adds.
     assert dict(args.grpc_channel_arguments).get("grpc.max_connection_age_ms", 0) > 0
     ports = {p["name"]: p["containerPort"] for p in gateway["ports"]}
@@ -198,8 +235,10 @@ def _broken(change: Any) -> list[dict[str, Any]]:
     return docs
 
 
-def _gateway_command(kinds: dict[str, Any]) -> list[str]:
-    return _container(kinds["Deployment"]["spec"]["template"], "gateway")["command"]  # type: ignore[no-any-return]
+def _edit_gateway_script(kinds: dict[str, Any], old: str, new: str) -> None:
+    gateway = _container(kinds["Deployment"]["spec"]["template"], "gateway")
+    assert old in gateway["args"][0]
+    gateway["args"][0] = gateway["args"][0].replace(old, new)
 
 
 def _controller_command(kinds: dict[str, Any]) -> list[str]:
@@ -213,13 +252,19 @@ def _controller_command(kinds: dict[str, Any]) -> list[str]:
     (lambda k: k["Deployment"]["spec"]["template"]["spec"].update(bogus=1), AssertionError),
     (lambda k: k["HorizontalPodAutoscaler"]["spec"]["scaleTargetRef"].update(name="other"), AssertionError),
     (lambda k: k["Service"]["spec"]["selector"].update({"app.kubernetes.io/component": "head"}), AssertionError),
-    (lambda k: _gateway_command(k).append("--no_such_flag=1"), SystemExit),
-    (lambda k: _gateway_command(k).__setitem__(2, "--ray_address=ray://elsewhere:10001"), AssertionError),
-    (lambda k: _gateway_command(k).pop(), AssertionError),
+    (lambda k: _edit_gateway_script(k, "--port=8500", "--port=8500 --no_such_flag=1"), SystemExit),
+    (lambda k: _edit_gateway_script(k, "--ray_address=auto", "--ray_address=ray://elsewhere:10001"), AssertionError),
+    (lambda k: _edit_gateway_script(k, "max_connection_age_ms=30000,", "max_connection_age_ms,"), SystemExit),
+    (lambda k: _edit_gateway_script(k, "--grpc_channel_arguments=grpc.max_connection_age_ms=30000,",
+                                    "--grpc_channel_arguments="), AssertionError),
+    (lambda k: _edit_gateway_script(k, "--num-cpus=0", "--num-cpus=0 --no-such-ray-flag"), click.UsageError),
+    (lambda k: _edit_gateway_script(k, "--num-cpus=0", "--num-cpus=2"), AssertionError),
+    (lambda k: _edit_gateway_script(k, "tessera-head-svc:6379", "tessera-head-svc:10001"), AssertionError),
     (lambda k: _controller_command(k).append("--no_such_flag=1"), SystemExit),
     (lambda k: _controller_command(k).__setitem__(3, "--gateway_processes=1"), AssertionError),
 ], ids=["crd", "autoscaler-off", "no-room-to-grow", "k8s-schema", "hpa-target", "service-on-head",
-        "gateway-flag", "gateway-address", "no-connection-age", "controller-flag", "gateway-on-head"])
+        "gateway-flag", "gateway-address", "bad-channel-arguments", "no-connection-age", "ray-start-flag",
+        "gateway-node-cpus", "ray-start-address", "controller-flag", "gateway-on-head"])
 def test_a_broken_manifest_is_caught(raycluster_schema: dict[str, Any], change: Any, error: type[BaseException]) -> None:
     with pytest.raises(error):
         check_manifests(_broken(change), raycluster_schema)
