@@ -28,7 +28,7 @@ import numpy as np
 import pyarrow.fs as pafs
 from google.protobuf.message import DecodeError
 
-from exporter import storage
+from exporter import local_versions, storage
 from exporter.errors import BundleError, ExportError
 from protos.tessera import bundle_pb2
 
@@ -154,18 +154,18 @@ def read_bundle(
     """Reads and checks one bundle version; raises `BundleError` naming the offending file.
 
     A remote URI (s3://, gs://, hdfs://) is first copied to `cache_dir` (default
-    ``~/.cache/tessera/bundles``, or ``$TESSERA_CACHE_DIR``) with `storage.copy_to_cache`; a local
-    path or file:// URI is read in place, after `storage.check_inside_base` (no link out of the
+    ``~/.cache/tessera/bundles``, or ``$TESSERA_CACHE_DIR``) with `local_versions.copy_to_cache`; a local
+    path or file:// URI is read in place, after `local_versions.check_inside_base` (no link out of the
     base path, the version directory's parent; and no link at all inside a bundle). With `verify`
     every file's sha256 is checked against the manifest (sizes and the file set are always checked).
     """
     fs, fs_path = storage.resolve(path_or_uri)
     if fs.type_name == "local":
-        storage.check_inside_base(fs_path)  # before anything is read through a link
+        local_versions.check_inside_base(fs_path)  # before anything is read through a link
         root = pathlib.Path(fs_path)
     else:
         cache = cache_dir if cache_dir is not None else os.environ.get("TESSERA_CACHE_DIR", _DEFAULT_CACHE)
-        root = storage.copy_to_cache(path_or_uri, cache)
+        root = local_versions.copy_to_cache(path_or_uri, cache)
     if not root.is_dir():
         raise BundleError(f"{path_or_uri}: no such bundle directory")
     manifest = _read_manifest(root)

@@ -39,7 +39,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-from exporter import storage
+from exporter import local_versions, storage
 from exporter.errors import BundleError
 from exporter.features import FeatureSpec
 from exporter.signature import Signature, Tensors
@@ -142,9 +142,9 @@ def load_servable(platform: str, path: str, options: LoadOptions | None = None) 
     """Loads one version directory (a local path or pyarrow.fs URI) with `platform`'s loader.
 
     Whatever the platform, a local version that links outside its base path (the directory itself,
-    or a file under it) is refused first (`storage.check_inside_base`)."""
+    or a file under it) is refused first (`local_versions.check_inside_base`)."""
     loader = loader_for(platform)
-    storage.check_inside_base(path)
+    local_versions.check_inside_base(path)
     return loader(path, options or LoadOptions())
 
 
@@ -168,7 +168,7 @@ def describe(platform: str, path: str, options: LoadOptions | None = None) -> Ma
     `describe(path, options)` where it has one (a bundle's reads only its manifest and graph),
     else the signatures of a load, closed at once. Refuses what `load_servable` refuses."""
     module, function = _loader_module(platform)
-    storage.check_inside_base(path)
+    local_versions.check_inside_base(path)
     describe_fn: Callable[[str, LoadOptions], Mapping[str, Signature]] | None = getattr(module, "describe", None)
     if describe_fn is not None:
         return describe_fn(path, options or LoadOptions())

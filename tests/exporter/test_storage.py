@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow.fs as pafs
 import pytest
 
-from exporter import storage
+from exporter import local_versions, storage
 from exporter.bundle import read_bundle, write_bundle
 from exporter.errors import BundleError, ExportError
 from protos.tessera import bundle_pb2
@@ -183,7 +183,7 @@ def test_s3_uri_publish_then_read_through_cache(s3: S3, tmp_path: pathlib.Path) 
 
     # Reused while the manifest matches: a marker left in the cached copy survives.
     (bundle.path / "assets" / "vocab.txt").write_bytes(b"tampered")
-    again = storage.copy_to_cache(location, cache)
+    again = local_versions.copy_to_cache(location, cache)
     assert again == bundle.path
     with pytest.raises(BundleError, match="vocab.txt"):
         read_bundle(location, cache_dir=cache)  # and the reader still checks the cached copy
@@ -234,11 +234,11 @@ def test_s3_inspect_and_run_through_the_cli(s3: S3, tmp_path: pathlib.Path, caps
 def test_cached_copy_is_refreshed_when_the_manifest_changes(s3: S3, tmp_path: pathlib.Path) -> None:
     prefix = f"models/{uuid.uuid4().hex}"
     storage.publish(_staged(tmp_path, "a", value=1.0), prefix, 1, filesystem=s3.fs)
-    cached = storage.copy_to_cache(f"{prefix}/1", tmp_path / "cache", filesystem=s3.fs)
+    cached = local_versions.copy_to_cache(f"{prefix}/1", tmp_path / "cache", filesystem=s3.fs)
     # Someone deletes and re-makes version 1 (not our exporter's habit, but possible by hand).
     s3.fs.delete_dir(f"{prefix}/1")
     storage.publish(_staged(tmp_path, "b", value=5.0), prefix, 1, filesystem=s3.fs)
-    again = storage.copy_to_cache(f"{prefix}/1", tmp_path / "cache", filesystem=s3.fs)
+    again = local_versions.copy_to_cache(f"{prefix}/1", tmp_path / "cache", filesystem=s3.fs)
     assert again == cached
     assert float(read_bundle(again).variables["w"][0, 0]) == 5.0
     assert [p.name for p in again.parent.iterdir()] == ["1"]  # no temp copies left behind
