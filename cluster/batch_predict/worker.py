@@ -22,7 +22,8 @@ import pyarrow as pa
 from cluster.batch_predict.columns import to_arrow
 from cluster.batch_predict.feeding import Feeder, InputSelection, takes_examples
 from cluster.batch_predict.parts import PartWriter
-from cluster.batch_predict.sources import BadRow, Unit, read_unit
+from cluster.batch_predict.reading import BadRow, read_unit
+from cluster.batch_predict.sources import Unit
 from cluster.batch_predict.tfrecord import RECORD_COLUMN
 from exporter import storage
 from exporter.errors import BundleError, InvalidInputError

@@ -9,8 +9,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from cluster.batch_predict import sources, tfrecord
-from cluster.batch_predict.sources import InputError, list_files, plan_units, read_unit
+from cluster.batch_predict import reading, tfrecord
+from cluster.batch_predict.reading import read_unit
+from cluster.batch_predict.sources import InputError, list_files, plan_units
 from protos.tessera import example_pb2
 
 
@@ -46,12 +47,12 @@ def test_parquet_units_are_runs_of_row_groups(tmp_path: pathlib.Path) -> None:
 def test_parquet_is_decoded_in_reads_bounded_by_rows_and_bytes(tmp_path: pathlib.Path,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     fixed = pa.schema([("a", pa.int64()), ("v", pa.list_(pa.float32(), 4)), ("ok", pa.bool_())])  # 25 bytes
-    assert sources._row_bytes(fixed) == 25
-    assert sources._read_rows(fixed, 64) == sources.READ_ROWS
-    monkeypatch.setattr(sources, "READ_BYTES", 2500)
-    assert sources._read_rows(fixed, 64) == 100
-    assert sources._read_rows(fixed, 500) == 500  # never less than one batch
-    assert sources._read_rows(pa.schema([("a", pa.int64()), ("s", pa.string())]), 64) == 64  # no fixed size
+    assert reading._row_bytes(fixed) == 25
+    assert reading._read_rows(fixed, 64) == reading.READ_ROWS
+    monkeypatch.setattr(reading, "READ_BYTES", 2500)
+    assert reading._read_rows(fixed, 64) == 100
+    assert reading._read_rows(fixed, 500) == 500  # never less than one batch
+    assert reading._read_rows(pa.schema([("a", pa.int64()), ("s", pa.string())]), 64) == 64  # no fixed size
     pq.write_table(pa.table({"a": np.arange(1000)}), tmp_path / "x.parquet", row_group_size=300)
     (unit,) = plan_units(list_files([str(tmp_path)]), "parquet", 1 << 20)
     chunks = list(read_unit(unit, "parquet", 64))
@@ -60,7 +61,7 @@ def test_parquet_is_decoded_in_reads_bounded_by_rows_and_bytes(tmp_path: pathlib
 
 
 def test_csv_bad_lines_are_counted_not_fatal(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sources, "BLOCK_BYTES", 64)  # many blocks, records cut across reads
+    monkeypatch.setattr(reading, "BLOCK_BYTES", 64)  # many blocks, records cut across reads
     lines = ["id,x,name"] + [f'{i},{i / 2},"n {i}"' for i in range(40)]
     lines[5] = "4,oops,bad type"  # the types of the first block say x is a double
     lines[30] = "29,1.0"  # a field short
