@@ -287,7 +287,7 @@ async def _serve_until_signal(server: TesseraServer) -> None:
 
 def main(argv: Sequence[str]) -> int:
     """`tessera serve` with TF Serving's flags (see cluster.flags)."""
-    from cluster.flags import parse_serve_args
+    from cluster.flags.serve import parse_serve_args
     from cluster.logs import configure_logging
 
     options, config = parse_serve_args(list(argv))
@@ -330,7 +330,7 @@ async def _gateway_until_signal(options: ServeOptions, reuse_port: bool, parent:
 
 def gateway_main(argv: Sequence[str]) -> int:
     """`tessera gateway`: one gateway joining the controller of the Ray cluster at --ray_address."""
-    from cluster.flags import parse_gateway_args
+    from cluster.flags.gateway import parse_gateway_args
     from cluster.logs import configure_logging
 
     args = parse_gateway_args(list(argv))

@@ -9,7 +9,9 @@ import pathlib
 import pytest
 
 from cluster.config import BatchingConfig, ModelConfig, ServeOptions, ServerConfig, VersionPolicy
-from cluster.flags import auto_gateway_processes, host_cpus, parse_gateway_args, parse_serve_args
+from cluster.flags.gateway import parse_gateway_args
+from cluster.flags.parsing import auto_gateway_processes, host_cpus
+from cluster.flags.serve import parse_serve_args
 
 
 def test_defaults_single_model_mode() -> None:

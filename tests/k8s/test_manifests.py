@@ -31,7 +31,8 @@ import jsonschema
 import pytest
 import yaml
 
-from cluster.flags import build_gateway_parser, build_parser
+from cluster.flags.gateway import build_gateway_parser
+from cluster.flags.serve import build_parser
 from cluster.gateway.config_converters import server_config_from_text
 from cluster.gateway.rest_server import LIVENESS_PATH, READINESS_PATH
 

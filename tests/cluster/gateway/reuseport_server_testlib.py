@@ -17,7 +17,7 @@ import signal
 import sys
 from dataclasses import dataclass
 
-from cluster.flags import parse_gateway_args
+from cluster.flags.gateway import parse_gateway_args
 from cluster.gateway.gateway import grpc_server_options
 from cluster.gateway.grpc_server import GatewayServer
 from cluster.types import ServableState, VersionStatus

@@ -8,7 +8,7 @@ import pytest
 
 from cluster.config import ModelAutoscaling
 from cluster.errors import InvalidArgument
-from cluster.flags import parse_serve_args
+from cluster.flags.serve import parse_serve_args
 from cluster.gateway.autoscaling_config import autoscaling_from_text
 from cluster.gateway.config_converters import server_config_from_text
 
