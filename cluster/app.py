@@ -36,6 +36,7 @@ import ray
 from cluster.config import ServeOptions, ServerConfig
 from cluster.controller.actor import NAMESPACE
 from cluster.controller.named import NoController, find_controller, start_controller, stop_controller_blocking
+from cluster.gateway import heap
 from cluster.gateway.gateway import Gateway
 from cluster.gateway.processes import GatewayProcess, gateway_argv
 from cluster.metrics import MetricsExporter
@@ -292,6 +293,8 @@ def main(argv: Sequence[str]) -> int:
 
     options, config = parse_serve_args(list(argv))
     configure_logging(options)
+    if options.gateway_processes:  # this process runs a gateway
+        heap.retain_freed_memory(options.gateway_retained_heap_bytes)
     started_ray = init_ray(options)
     try:
         asyncio.run(_serve_until_signal(TesseraServer(options, config)))
@@ -335,6 +338,7 @@ def gateway_main(argv: Sequence[str]) -> int:
 
     args = parse_gateway_args(list(argv))
     configure_logging(args.options)
+    heap.retain_freed_memory(args.options.gateway_retained_heap_bytes)
     init_ray(args.options)
     try:
         asyncio.run(_gateway_until_signal(args.options, args.reuse_port, args.exit_with_parent, args.gateway_id))

@@ -8,13 +8,20 @@ requests to `target` (a predict signature x float32 [-1, 2], and classify over f
 Each line: normal Predicts sent during the scenario; failed = normal requests that failed or took
 over 1 s, plus hostile requests answered otherwise than expected (the note says how); the worst
 normal latency; the gateway process's peak RSS (the conversion process, when one runs, is not in
-it: its peak is in the note).
+it: its peak is in the note). The note ends with the worst of a probe of the gateway's event loop
+alone: gRPC health checks, back to back on a connection of their own (a Predict on `bench` also
+waits for its replica host, which may be the one busy with the hostile request).
+
+`TESSERA_CHAOS_SERVE_FLAGS` (space-separated) adds flags to the `tessera serve` command line, e.g.
+`--gateway_retained_heap_bytes=0` for a before/after of one setting.
 """
 
 from __future__ import annotations
 
 import atexit
+import os
 import pathlib
+import subprocess
 import sys
 import tempfile
 import threading
@@ -136,7 +143,8 @@ def _cluster() -> _Cluster:
         port, rest_port = free_port(), free_port()
         argv = [TESSERA, "serve", f"--port={port}", f"--rest_api_port={rest_port}", "--host=127.0.0.1",
                 f"--model_config_file={config}", "--rest_api_timeout_in_ms=3000",
-                "--file_system_poll_wait_seconds=0.5", "--replica_num_cpus=0.25"]
+                "--file_system_poll_wait_seconds=0.5", "--replica_num_cpus=0.25",
+                *os.environ.get("TESSERA_CHAOS_SERVE_FLAGS", "").split()]
         server = ServerProcess("tessera-chaos-input", argv, port, root / "server.log")
         server.start()
         try:
@@ -180,13 +188,14 @@ class _Stream:
 
     cluster: _Cluster
     latencies: list[float] = field(default_factory=list)
+    probes: list[tuple[float, float]] = field(default_factory=list)  # (started, seconds)
     failures: int = 0
     rss_peak: int = 0
     child_rss_peak: int = 0
     _stop: threading.Event = field(default_factory=threading.Event)
 
     def __enter__(self) -> _Stream:
-        self._threads = [threading.Thread(target=self._send, daemon=True), threading.Thread(target=self._sample, daemon=True)]
+        self._threads = [threading.Thread(target=target, daemon=True) for target in (self._send, self._sample, self._probe)]
         for thread in self._threads:
             thread.start()
         time.sleep(0.5)  # a baseline before the hostile requests
@@ -216,6 +225,27 @@ class _Stream:
                 self.failures += 1
             time.sleep(0.002)
 
+    def _probe(self) -> None:
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        with grpc.insecure_channel(self.cluster.server.target) as channel:  # a connection of its own
+            check = health_pb2_grpc.HealthStub(channel).Check
+            request = health_pb2.HealthCheckRequest()
+            check(request, timeout=5.0)
+            while not self._stop.is_set():
+                started = time.perf_counter()
+                try:
+                    check(request, timeout=5.0)
+                except grpc.RpcError:
+                    pass  # a failure shows as its time
+                self.probes.append((started, time.perf_counter() - started))
+                time.sleep(0.002)
+
+    def probe_worst(self, since: float = 0.0, until: float = float("inf")) -> float:
+        """The slowest health check that was in flight at some time between `since` and `until`
+        (perf_counter: CLOCK_MONOTONIC, the same clock in every process of this machine)."""
+        return max((t for started, t in self.probes if started <= until and started + t >= since), default=0.0)
+
     def _sample(self) -> None:
         while not self._stop.is_set():
             self.rss_peak = max(self.rss_peak, self.cluster.gateway_rss())
@@ -224,8 +254,9 @@ class _Stream:
 
     def outcome(self, unexpected: int, note: str) -> Outcome:
         child = f"; conversion process peak {self.child_rss_peak / 2**20:.0f} MiB" if self.child_rss_peak else ""
+        probe = f"; loop probe worst {self.probe_worst() * 1000:.0f} ms"
         return Outcome(len(self.latencies), self.failures + unexpected, max(self.latencies, default=0.0),
-                       self.rss_peak, note + child)
+                       self.rss_peak, note + child + probe)
 
 
 def _scenario(hostile: Callable[[_Cluster, Any], tuple[int, str]], prepare: Callable[[], Any] = lambda: None) -> Callable[[], Outcome]:
@@ -381,14 +412,72 @@ def _grpc_100mb_bodies() -> list[bytes]:
     return bodies
 
 
-def _grpc_100mb(cluster: _Cluster, bodies: list[bytes]) -> tuple[int, str]:
+# The 100 MB Predicts go from a process of their own, on a connection of their own: in the
+# stream's process their copies (grpc's, with the GIL held) would stall its client thread, and on
+# its connection they would queue its small requests behind 100 MB of HTTP/2 frames. Each body is
+# sent twice: the gateway's first big message grows its heap (fresh pages), later ones reuse it.
+_SENDER = """
+import sys, time, grpc
+from benchmarks.chaos.scenarios_input import _grpc_100mb_bodies
+bodies = _grpc_100mb_bodies()
+big = 2**31 - 1
+channel = grpc.insecure_channel(sys.argv[1], options=[("grpc.max_send_message_length", big),
+                                                      ("grpc.max_receive_message_length", big)])
+call = channel.unary_unary("/tensorflow.serving.PredictionService/Predict")
+print(len(bodies[0]), flush=True)
+sys.stdin.readline()
+for body in (*bodies, *bodies):
+    started = time.perf_counter()
+    try:
+        call(body, timeout=60)
+        code = "OK"
+    except grpc.RpcError as err:
+        code = err.code().name
+    print(code, started, time.perf_counter(), flush=True)
+    time.sleep(0.5)
+"""
+
+
+@dataclass
+class _Sender:
+    """The process that sends the two 100 MB Predicts, its bodies built (`size` bytes each)."""
+
+    proc: subprocess.Popen[str]
+    size: int
+
+
+def _start_sender() -> _Sender:
+    proc = subprocess.Popen([sys.executable, "-c", _SENDER, _cluster().server.target], text=True,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=pathlib.Path(__file__).parents[2])
+    assert proc.stdout is not None
+    try:
+        return _Sender(proc, int(proc.stdout.readline()))  # built and connected
+    except BaseException:
+        proc.kill()
+        proc.wait(10)
+        raise
+
+
+def _grpc_100mb() -> Outcome:
+    """Each 100 MB Predict's note gives the worst loop probe while it was in flight."""
+    cluster = _cluster()
+    sender = _start_sender()
+    proc = sender.proc
+    assert proc.stdin is not None and proc.stdout is not None
     notes, unexpected = [], 0
-    for body, kind in zip(bodies, ("float_val", "tensor_content"), strict=True):
-        code, details, elapsed = _raw(cluster, PREDICT, body, timeout=60)
-        unexpected += code != grpc.StatusCode.OK
-        notes.append(f"{kind}: {code.name} in {elapsed:.1f} s")
-        time.sleep(0.5)
-    return unexpected, f"{len(bodies[0]) / 2**20:.0f} MiB Predicts, " + ", ".join(notes)
+    try:
+        with _Stream(cluster) as stream:
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+            for kind in ("float_val", "tensor_content") * 2:
+                code, started, ended = proc.stdout.readline().split()
+                unexpected += code != "OK"
+                probe = stream.probe_worst(float(started), float(ended))
+                notes.append(f"{kind} {code} in {float(ended) - float(started):.1f} s (probe {probe * 1000:.0f} ms)")
+    finally:
+        proc.kill()  # by its pid: it has sent what it had
+        proc.wait(10)
+    return stream.outcome(unexpected, f"{sender.size / 2**20:.0f} MiB Predicts (own process): " + ", ".join(notes))
 
 
 def _undecodable(cluster: _Cluster, _: Any) -> tuple[int, str]:
@@ -444,5 +533,5 @@ SCENARIOS = [
     Scenario("input: unacceptable REST JSON", _scenario(_bad_json), fast=True),
     Scenario("input: version linked out of base path", _scenario(_symlinked_version), fast=True),
     Scenario("input: 100 MB REST body", _scenario(_rest_100mb, _body_100mb), fast=False),
-    Scenario("input: 100 MB gRPC Predicts", _scenario(_grpc_100mb, _grpc_100mb_bodies), fast=False),
+    Scenario("input: 100 MB gRPC Predicts", _grpc_100mb, fast=False),
 ]

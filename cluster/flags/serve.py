@@ -80,6 +80,7 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         "tensorflow_intra_op_parallelism": 0,
         "tensorflow_inter_op_parallelism": 0,
         "max_request_fill_bytes": 0,
+        "gateway_retained_heap_bytes": 0,
     }
     for flag, minimum in minimums.items():
         if getattr(args, flag) < minimum:
@@ -146,6 +147,7 @@ def _options(args: argparse.Namespace) -> ServeOptions:
         monitoring_config_file=args.monitoring_config_file,
         gateway_processes=args.gateway_processes,
         grpc_channel_arguments=args.grpc_channel_arguments,
+        gateway_retained_heap_bytes=args.gateway_retained_heap_bytes,
         model_autoscaling=(
             autoscaling_config.autoscaling_from_text(config_converters.read_text_file(args.autoscaling_config_file))
             if args.autoscaling_config_file

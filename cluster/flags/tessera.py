@@ -4,7 +4,7 @@ replicas and their hosts, autoscaling, the gateway processes, logging and limits
 
 from __future__ import annotations
 
-from cluster.config import DEFAULT_MAX_REQUEST_FILL_BYTES
+from cluster.config import DEFAULT_GATEWAY_RETAINED_HEAP_BYTES, DEFAULT_MAX_REQUEST_FILL_BYTES
 from cluster.flags.parsing import ValuedFlag, gateway_processes
 
 TESSERA_FLAGS: tuple[ValuedFlag, ...] = (
@@ -43,6 +43,9 @@ TESSERA_FLAGS: tuple[ValuedFlag, ...] = (
     ("data_plane_max_frame_bytes", int, 1 << 30, "BYTES",
      "largest gateway-replica data-plane frame; a larger one is refused before it is read"),
     ("log_format", str, "text", "FORMAT", "text, or json for one JSON object per line"),
+    ("gateway_retained_heap_bytes", int, DEFAULT_GATEWAY_RETAINED_HEAP_BYTES, "BYTES",
+     "freed memory a gateway process keeps mapped for the next big message (glibc malloc), so its "
+     "copies reuse pages instead of faulting in fresh ones; 0: the C library's defaults"),
     (
         "gateway_processes",
         gateway_processes,

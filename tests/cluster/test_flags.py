@@ -297,3 +297,19 @@ def test_more_gateway_processes_get_the_same_channel_arguments() -> None:
     assert child.options.grpc_channel_arguments == options.grpc_channel_arguments
     # SO_REUSEPORT is the gateway's to set, before the channel arguments (grpc keeps the first).
     assert grpc_server_options(child.options, child.reuse_port)[0] == ("grpc.so_reuseport", 1)
+
+
+def test_gateway_retained_heap_bytes_reaches_every_gateway_process() -> None:
+    from cluster.gateway.processes import gateway_argv
+
+    options, _ = parse_serve_args(["--model_base_path=/m"])
+    assert options.gateway_retained_heap_bytes == 1 << 30
+    options, _ = parse_serve_args(["--model_base_path=/m", "--gateway_retained_heap_bytes=0"])
+    argv = gateway_argv(options, "auto", 9000, 9001)
+    assert argv[3] == "gateway"
+    assert parse_gateway_args(argv[4:]).options.gateway_retained_heap_bytes == 0  # the C library's defaults
+    for parse in (lambda: parse_serve_args(["--model_base_path=/m", "--gateway_retained_heap_bytes=-1"]),
+                  lambda: parse_gateway_args(["--ray_address=auto", "--gateway_retained_heap_bytes=-1"])):
+        with pytest.raises(SystemExit) as exit_info:
+            parse()
+        assert exit_info.value.code == 2
