@@ -1,14 +1,34 @@
 """The controller tests' fakes: `FakeHandle`, a replica actor handle without Ray (hung, dead, placed or
-not), `make_controller` over such handles, and `until`, which awaits a condition."""
+not), `FakeClock`, the controller's injected clock, which stands still until a test advances it,
+`make_controller` over such handles and clock, `until`, which awaits a condition, and the reads a
+caller of the controller makes (`routing_table`, `table_holds`, `routed`, `model_stats`)."""
 
 from __future__ import annotations
 
 import asyncio
+import inspect
+from collections.abc import Callable
 from typing import Any
 
+from cluster import stats
 from cluster.config import ModelConfig
 from cluster.controller.controller import Controller
 from cluster.controller.options import ControllerOptions
+from cluster.routing.table import RoutingTable
+
+
+class FakeClock:
+    """The controller's clock (`Controller(clock=...)`): time moves only by `advance`, so the
+    delays of autoscaling, scale to zero, load retries and storage polling pass when a test says."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
 
 
 class _Remote:
@@ -32,6 +52,7 @@ class FakeHandle:
         self.data_address = _Remote(self._address)
         self.drain = _Remote(self._drain)
         self.stats = _Remote(self._stats)
+        self.pings = 0  # pings answered
 
     async def _answer(self) -> None:
         while self.hung and not self.killed:
@@ -41,6 +62,7 @@ class FakeHandle:
 
     async def _ping(self) -> str:
         await self._answer()
+        self.pings += 1
         return "ok"
 
     async def _load(self, version: int, path: str, platform: str = "tensorflow") -> dict:
@@ -68,15 +90,43 @@ class FakeHandle:
 
 
 async def until(predicate: Any, timeout: float = 5.0) -> None:
-    """Returns once `predicate()` holds; fails the test after `timeout` s of the loop's clock."""
+    """Returns once `predicate()` holds (it may return an awaitable, awaited); fails the test after
+    `timeout` s of the event loop's clock (a bound on a hang, not a measured time)."""
     deadline = asyncio.get_running_loop().time() + timeout
-    while not predicate():
+    while True:
+        held = predicate()
+        if inspect.isawaitable(held):
+            held = await held
+        if held:
+            return
         assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
         await asyncio.sleep(0.005)
 
 
-def make_controller(started: list[FakeHandle], **options: Any) -> Controller:
-    """A Controller whose new replicas are FakeHandles (appended to `started`); kill marks them."""
+async def routing_table(controller: Controller) -> RoutingTable:
+    """The controller's routing table now, as a gateway gets it (the long-poll, at once)."""
+    return await controller.get_routing_table()
+
+
+async def table_holds(controller: Controller, predicate: Callable[[RoutingTable], bool]) -> bool:
+    """Whether `predicate` holds for the routing table now (for `until`)."""
+    return predicate(await routing_table(controller))
+
+
+async def routed(controller: Controller, name: str) -> int:
+    """How many replicas of model `name` the routing table routes to."""
+    return len((await routing_table(controller)).models[name].replicas)
+
+
+async def model_stats(controller: Controller, name: str) -> stats.ModelStats:
+    """Model `name`'s entry of the metrics snapshot (replica count, scale-to-zero and cold-start
+    counters); fake replicas have no statistics of their own, so they are asked briefly."""
+    return {s.model: s for s in await controller.cluster_stats(timeout=0.2)}[name]
+
+
+def make_controller(started: list[FakeHandle], clock: FakeClock | None = None, **options: Any) -> Controller:
+    """A Controller whose new replicas are FakeHandles (appended to `started`); kill marks them.
+    Its clock is `clock` (a new FakeClock if none)."""
 
     def new_replica(model: ModelConfig, index: int) -> FakeHandle:
         handle = FakeHandle(index)
@@ -86,4 +136,4 @@ def make_controller(started: list[FakeHandle], **options: Any) -> Controller:
     def kill(handle: FakeHandle) -> None:
         handle.killed = True
 
-    return Controller(ControllerOptions(drain_seconds=0.01, **options), new_replica, kill)
+    return Controller(ControllerOptions(drain_seconds=0.01, **options), new_replica, kill, clock=clock or FakeClock())

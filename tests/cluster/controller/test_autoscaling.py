@@ -1,11 +1,14 @@
-"""The controller's autoscaling over fake replicas (no Ray): per-model bounds, gateways' reports."""
+"""The controller's autoscaling over fake replicas (no Ray): per-model bounds, gateways' reports.
+
+The controller's clock is a FakeClock: the delays (upscale, downscale, idle to zero) pass when a
+test advances it, and a test runs the controller's ticks itself (`reconcile`) after it does.
+What it decided is read as a caller reads it: the routing table and the metrics snapshot."""
 
 from __future__ import annotations
 
 import asyncio
 import functools
 import pathlib
-import time
 from typing import Any
 
 from cluster.autoscaler.load import Load
@@ -13,12 +16,28 @@ from cluster.config import ModelAutoscaling, ModelConfig, ServerConfig
 from cluster.controller.autoscaling import autoscaling_config_for
 from cluster.controller.controller import Controller
 from cluster.controller.options import ControllerOptions
+from cluster.routing.table import RoutingTable
 from cluster.types import ServableState
-from tests.cluster.controller.controller_testlib import FakeHandle, make_controller, until
+from tests.cluster.controller.controller_testlib import (
+    FakeClock,
+    FakeHandle,
+    make_controller,
+    model_stats,
+    routed,
+    routing_table,
+    table_holds,
+    until,
+)
 
 
-def _replicas(controller: Controller, name: str) -> int:
-    return len(controller._tables.table.models[name].replicas)  # noqa: SLF001
+async def _ticks(controller: Controller, count: int) -> None:
+    """`count` of the controller's ticks, each an autoscaling decision per model."""
+    for _ in range(count):
+        await controller.reconcile()
+
+
+async def _routed_is(controller: Controller, name: str, count: int) -> bool:
+    return await routed(controller, name) == count
 
 
 def test_a_hot_model_scales_out_while_cold_ones_stay_at_their_minimum(tmp_path: pathlib.Path) -> None:
@@ -27,8 +46,9 @@ def test_a_hot_model_scales_out_while_cold_ones_stay_at_their_minimum(tmp_path: 
     started: list[FakeHandle] = []
 
     async def main() -> None:
+        clock = FakeClock()
         controller = make_controller(
-            started, poll_seconds=0, tick_seconds=0.05, num_replicas=1, max_replicas=2,
+            started, clock, poll_seconds=0, tick_seconds=0.05, num_replicas=1, max_replicas=2,
             target_ongoing_requests=1.0, upscale_delay_s=0.0, downscale_delay_s=60.0, look_back_s=0.1,
             model_autoscaling={
                 "hot": ModelAutoscaling(max_replicas=4, target_ongoing_requests=2.0),
@@ -37,25 +57,30 @@ def test_a_hot_model_scales_out_while_cold_ones_stay_at_their_minimum(tmp_path: 
         )
         models = tuple(ModelConfig(name, str(tmp_path / name)) for name in ("hot", "cold", "plain"))
         await controller.set_config(ServerConfig(models))
-        await until(lambda: controller._tables.table.ready())  # noqa: SLF001
-        assert [_replicas(controller, m) for m in ("hot", "cold", "plain")] == [1, 2, 1]
+        await until(lambda: table_holds(controller, RoutingTable.ready))
+        assert [await routed(controller, m) for m in ("hot", "cold", "plain")] == [1, 2, 1]
 
-        async def gateways() -> None:  # two gateways, each with half the traffic
-            while True:
-                for gateway in ("g1", "g2"):
-                    controller.report_load(gateway, 0.05, {
-                        "hot": Load(5.0, 500.0, 500.0), "cold": Load(0.2, 2.0, 2.0), "plain": Load(0.1, 1.0, 1.0),
-                    })
-                await asyncio.sleep(0.05)
+        def report() -> None:  # two gateways, each with half the traffic
+            for gateway in ("g1", "g2"):
+                controller.report_load(gateway, 0.05, {
+                    "hot": Load(5.0, 500.0, 500.0), "cold": Load(0.2, 2.0, 2.0), "plain": Load(0.1, 1.0, 1.0),
+                })
 
-        reporting = asyncio.ensure_future(gateways())
+        async def reported_and_ticked(name: str, count: int) -> bool:  # one report period passes
+            clock.advance(0.05)
+            report()
+            await controller.reconcile()
+            return await _routed_is(controller, name, count)
+
         # hot: 10 in flight in all at 2 per replica needs 5; its own maximum is 4.
-        await until(lambda: _replicas(controller, "hot") == 4, timeout=10.0)
-        await asyncio.sleep(0.5)
-        assert _replicas(controller, "hot") == 4
-        assert _replicas(controller, "cold") == 2  # its own minimum, not the flag's 1
-        assert _replicas(controller, "plain") == 1  # 0.2 in flight: the flags' minimum
-        reporting.cancel()
+        await until(lambda: reported_and_ticked("hot", 4), timeout=10.0)
+        clock.advance(30.0)  # half the downscale delay, ten upscale delays: the counts hold
+        report()
+        await _ticks(controller, 10)
+        assert await routed(controller, "hot") == 4
+        assert (await model_stats(controller, "hot")).replica_count == 4  # none more on its way either
+        assert await routed(controller, "cold") == 2  # its own minimum, not the flag's 1
+        assert await routed(controller, "plain") == 1  # 0.2 in flight: the flags' minimum
         await controller.shutdown()
 
     asyncio.run(main())
@@ -82,7 +107,7 @@ def test_per_model_settings_fall_back_to_the_flags() -> None:
     assert not capped.enabled and not big.enabled and plain.enabled
 
 
-def _slow_start_controller(started: list[FakeHandle], **options: Any) -> Controller:
+def _slow_start_controller(started: list[FakeHandle], clock: FakeClock, **options: Any) -> Controller:
     """Replica 0 starts at once; every later one hangs in its start until `hung` is cleared."""
 
     def new_replica(model: ModelConfig, index: int) -> FakeHandle:
@@ -93,7 +118,7 @@ def _slow_start_controller(started: list[FakeHandle], **options: Any) -> Control
     def kill(handle: FakeHandle) -> None:
         handle.killed = True
 
-    return Controller(ControllerOptions(drain_seconds=0.01, **options), new_replica, kill)
+    return Controller(ControllerOptions(drain_seconds=0.01, **options), new_replica, kill, clock=clock)
 
 
 _FAST = dict(poll_seconds=0, tick_seconds=0.02, num_replicas=1, max_replicas=4, target_ongoing_requests=1.0,
@@ -107,31 +132,30 @@ def test_a_scale_up_takes_effect_when_its_replica_serves_and_is_not_repeated_whi
     started: list[FakeHandle] = []
 
     async def main() -> None:
-        controller = _slow_start_controller(started, downscale_delay_s=60.0, **{**_FAST, "upscale_delay_s": 0.3})
+        clock = FakeClock()
+        controller = _slow_start_controller(started, clock, downscale_delay_s=60.0, **{**_FAST, "upscale_delay_s": 0.3})
         await controller.set_config(ServerConfig((ModelConfig("m", str(tmp_path / "m")),)))
-        await until(lambda: controller._tables.table.ready())  # noqa: SLF001
-
-        async def gateway() -> None:  # 5 in flight at 1 per replica: wants more, step by step
-            while True:
-                controller.report_load("g", 0.02, {"m": Load(5.0, 500.0, 500.0)})
-                await asyncio.sleep(0.02)
-
-        reporting = asyncio.ensure_future(gateway())
-        await until(lambda: len(started) == 2)
-        scaler = controller._models["m"].scaler  # noqa: SLF001
-        assert scaler is not None
-        decided = scaler.state.last_change
-        await asyncio.sleep(0.6)  # 30 ticks, twice the upscale delay
+        await until(lambda: table_holds(controller, RoutingTable.ready))
+        # 5 in flight at 1 per replica: wants more, step by step.
+        controller.report_load("g", 0.02, {"m": Load(5.0, 500.0, 500.0)})
+        clock.advance(0.31)  # the upscale delay since the scaler began
+        await controller.reconcile()
+        assert len(started) == 2
+        clock.advance(0.6)  # twice the upscale delay, 30 ticks ...
+        await _ticks(controller, 30)
         assert len(started) == 2, "a second scale-up while the first one's replica still starts"
-        assert _replicas(controller, "m") == 1 and scaler.state.last_change == decided
-        joined = time.monotonic()
+        # ... and the count it moves to is still the first decision's: nothing decided meanwhile.
+        assert await routed(controller, "m") == 1 and (await model_stats(controller, "m")).replica_count == 2
         started[1].hung = False
-        await until(lambda: _replicas(controller, "m") == 2)
-        await until(lambda: len(started) == 3)  # the next step follows once it serves ...
-        # ... the upscale delay after it joined the table (counted from the decision, 0.6 s
-        # before, it would follow at the next tick).
-        assert time.monotonic() - joined >= 0.3
-        reporting.cancel()
+        await until(lambda: _routed_is(controller, "m", 2))  # it joined the table: the change took effect
+        # The next step follows the upscale delay after it joined the table (counted from the
+        # decision, 0.91 s of the clock before, it would follow at the next tick).
+        clock.advance(0.2)
+        await _ticks(controller, 5)
+        assert len(started) == 2
+        clock.advance(0.15)
+        await controller.reconcile()
+        assert len(started) == 3  # the next step, once it serves and the delay has passed
         await controller.shutdown()
 
     asyncio.run(main())
@@ -142,24 +166,23 @@ def test_a_scale_down_still_applies_while_a_scale_up_cannot_start(tmp_path: path
     started: list[FakeHandle] = []
 
     async def main() -> None:
-        controller = _slow_start_controller(started, downscale_delay_s=0.1, **_FAST)
+        clock = FakeClock()
+        controller = _slow_start_controller(started, clock, downscale_delay_s=0.1, **_FAST)
         await controller.set_config(ServerConfig((ModelConfig("m", str(tmp_path / "m")),)))
-        await until(lambda: controller._tables.table.ready())  # noqa: SLF001
-        load = {"m": Load(5.0, 500.0, 500.0)}
-
-        async def gateway() -> None:
-            while True:
-                controller.report_load("g", 0.02, load)
-                await asyncio.sleep(0.02)
-
-        reporting = asyncio.ensure_future(gateway())
-        await until(lambda: len(started) == 2)  # replica 1 never starts (no room, say)
-        load["m"] = Load(0.0, 0.0, 0.0)  # the traffic goes away
-        await until(lambda: started[1].killed)  # the one not serving yet leaves first
-        model = controller._models["m"]  # noqa: SLF001
-        await until(lambda: model.scaling is None)  # the scale-down took effect at its publish
-        assert len(model.replicas) == 1 and _replicas(controller, "m") == 1 and not started[0].killed
-        reporting.cancel()
+        await until(lambda: table_holds(controller, RoutingTable.ready))
+        controller.report_load("g", 0.02, {"m": Load(5.0, 500.0, 500.0)})
+        clock.advance(0.06)  # the look-back since the scaler began: the load is judged
+        await controller.reconcile()
+        assert len(started) == 2  # replica 1 never starts (no room, say)
+        for _ in range(3):  # the traffic goes away: the look-back (0.05 s) holds only idle reports
+            controller.report_load("g", 0.02, {"m": Load(0.0, 0.0, 0.0)})
+        await controller.reconcile()  # low since now ...
+        clock.advance(0.11)  # ... for the downscale delay
+        await controller.reconcile()
+        await until(lambda: started[1].killed)  # the one not serving yet leaves first (retired)
+        # The scale-down took effect at its publish: one replica, routed and counted.
+        await until(lambda: _routed_is(controller, "m", 1))
+        assert (await model_stats(controller, "m")).replica_count == 1 and not started[0].killed
         await controller.shutdown()
 
     asyncio.run(main())
@@ -170,28 +193,36 @@ def test_min_zero_idles_to_zero_then_loads_on_demand_at_once(tmp_path: pathlib.P
     started: list[FakeHandle] = []
 
     async def main() -> None:
-        controller = make_controller(
-            started, poll_seconds=0, tick_seconds=0.02, look_back_s=0.05, scale_to_zero_idle_s=0.2,
+        clock = FakeClock()
+        options: dict[str, Any] = dict(
+            poll_seconds=0, tick_seconds=0.02, look_back_s=0.05, scale_to_zero_idle_s=0.2,
             model_autoscaling={"rare": ModelAutoscaling(min_replicas=0)},  # max: 1, no --max_replicas
         )
-        await controller.set_config(ServerConfig((ModelConfig("rare", str(tmp_path / "rare")),)))
-        await until(lambda: controller._tables.table.ready() and _replicas(controller, "rare") == 1)  # noqa: SLF001
-        model = controller._models["rare"]  # noqa: SLF001
-        assert model.scaler is not None and model.scaler.config.max_replicas == 1
-        # No gateway reports any request: idle, then unloaded everywhere, still configured.
-        await until(lambda: started[0].killed and _replicas(controller, "rare") == 0)
-        assert len(model.replicas) == 0 and model.scaled_to_zero == 1
-        (status,) = controller._tables.table.models["rare"].statuses  # noqa: SLF001
+        controller = make_controller(started, clock, **options)
+        config = ModelConfig("rare", str(tmp_path / "rare"))
+        await controller.set_config(ServerConfig((config,)))
+        await until(lambda: table_holds(controller, lambda t: t.ready() and len(t.models["rare"].replicas) == 1))
+        scaling = autoscaling_config_for(ControllerOptions(drain_seconds=0.01, **options), config)
+        assert scaling.enabled and scaling.max_replicas == 1
+        # No gateway reports any request: idle for the idle period, then unloaded everywhere,
+        # still configured.
+        clock.advance(0.21)
+        await controller.reconcile()
+        await until(lambda: started[0].killed)
+        await until(lambda: _routed_is(controller, "rare", 0))
+        snapshot = await model_stats(controller, "rare")
+        assert snapshot.replica_count == 0 and snapshot.scaled_to_zero == 1
+        (status,) = (await routing_table(controller)).models["rare"].statuses
         assert status.state is ServableState.AVAILABLE and status.error_kind == "OK"
         assert "scaled to zero" in (status.error_message or "")
-        assert controller._tables.table.ready()  # noqa: SLF001  - a model at zero is still servable
+        assert (await routing_table(controller)).ready()  # a model at zero is still servable
         # A request waits in a gateway, which reports at once: one replica starts within the call.
         controller.report_load("g", 0.01, {"rare": Load(0.0, 100.0, 0.0)})
-        assert len(model.replicas) == 1 and len(started) == 2
-        await until(lambda: _replicas(controller, "rare") == 1)
+        assert len(started) == 2 and (await model_stats(controller, "rare")).replica_count == 1
+        await until(lambda: _routed_is(controller, "rare", 1))
         assert started[1].loaded == {1}  # it loaded the available version before it was routed
-        assert model.cold_start_seconds.count == 1
-        (status,) = controller._tables.table.models["rare"].statuses  # noqa: SLF001
+        assert (await model_stats(controller, "rare")).cold_start_seconds.count == 1
+        (status,) = (await routing_table(controller)).models["rare"].statuses
         assert status.error_message is None  # serving again: a plain AVAILABLE
         await controller.shutdown()
 
@@ -217,26 +248,24 @@ def test_one_slow_cold_start_never_holds_back_another_model(tmp_path: pathlib.Pa
             drain_seconds=0.01, poll_seconds=0, tick_seconds=0.02, look_back_s=0.05, scale_to_zero_idle_s=0.1,
             model_autoscaling={name: ModelAutoscaling(min_replicas=0) for name in handles},
         )
-        controller = Controller(options, new_replica, kill)
+        clock = FakeClock()
+        controller = Controller(options, new_replica, kill, clock=clock)
         models = tuple(ModelConfig(name, str(tmp_path / name)) for name in handles)
         await controller.set_config(ServerConfig(models))
-        await until(lambda: all(_replicas(controller, n) == 0 and len(handles[n]) == 1 for n in handles)
-                    and controller._tables.table.ready())  # noqa: SLF001
-        demand = {name: Load(0.5, 10.0, 0.0) for name in handles}
-
-        async def gateway() -> None:
-            while True:
-                controller.report_load("g", 0.02, demand)
-                await asyncio.sleep(0.02)
-
-        reporting = asyncio.ensure_future(gateway())
-        await until(lambda: _replicas(controller, "fast") == 1)
-        assert len(handles["slow"]) == 2 and _replicas(controller, "slow") == 0  # still starting
-        (status,) = controller._tables.table.models["slow"].statuses  # noqa: SLF001
+        await until(lambda: table_holds(controller, lambda t: t.ready() and all(t.models[n].replicas for n in handles)))
+        clock.advance(0.11)  # both idle for the idle period
+        await controller.reconcile()
+        await until(lambda: table_holds(controller, lambda t: t.ready() and not any(
+            t.models[n].replicas for n in handles)))
+        assert all(len(handles[n]) == 1 for n in handles)
+        # A request for each waits in a gateway, which reports at once.
+        controller.report_load("g", 0.02, {name: Load(0.5, 10.0, 0.0) for name in handles})
+        await until(lambda: _routed_is(controller, "fast", 1))
+        assert len(handles["slow"]) == 2 and await routed(controller, "slow") == 0  # still starting
+        (status,) = (await routing_table(controller)).models["slow"].statuses
         assert "loading on demand" in (status.error_message or "")
         handles["slow"][1].hung = False
-        await until(lambda: _replicas(controller, "slow") == 1)
-        reporting.cancel()
+        await until(lambda: _routed_is(controller, "slow", 1))
         await controller.shutdown()
 
     asyncio.run(main())
@@ -245,8 +274,8 @@ def test_one_slow_cold_start_never_holds_back_another_model(tmp_path: pathlib.Pa
 def test_request_counters_of_every_gateway_sum_and_a_gone_gateway_still_counts() -> None:
     from cluster import stats
 
-    now = [0.0]
-    controller = Controller(ControllerOptions(load_report_ttl_s=5.0), lambda model, index: None, clock=lambda: now[0])
+    clock = FakeClock()
+    controller = Controller(ControllerOptions(load_report_ttl_s=5.0), lambda model, index: None, clock=clock)
 
     def counters(n: int) -> stats.RequestStats:
         out = stats.RequestStats()
@@ -261,7 +290,7 @@ def test_request_counters_of_every_gateway_sum_and_a_gone_gateway_still_counts()
     assert controller.request_totals().counts[key] == 8
     # A scrape of g2 brings its newest counters along.
     assert controller.request_totals("g2", counters(7)).counts[key] == 10
-    now[0] = 7.0  # g1 silent for longer than the TTL; g2 reports again
+    clock.advance(7.0)  # g1 silent for longer than the TTL; g2 reports again
     controller.report_load("g2", 1.0, {"m": Load(2.0, 20.0)}, counters(9))
     assert controller.gateways() == ["g2"]
     assert controller.request_totals().counts[key] == 12

@@ -1,6 +1,6 @@
 """The controller's path resolver (the hook SavedModel versions are imported through), over fake
 replicas: replicas load the resolved path, new replicas too, and a failed resolution fails only
-that version."""
+that version. The controller's clock is a FakeClock; what it did is read from its routing table."""
 
 from __future__ import annotations
 
@@ -10,8 +10,16 @@ import pathlib
 from cluster.config import ModelConfig, ServerConfig
 from cluster.controller.controller import Controller
 from cluster.controller.options import ControllerOptions
+from cluster.routing.table import RoutingTable
+from cluster.types import VersionStatus
 from exporter.errors import BundleError
-from tests.cluster.controller.controller_testlib import FakeHandle, until
+from tests.cluster.controller.controller_testlib import (
+    FakeClock,
+    FakeHandle,
+    routing_table,
+    table_holds,
+    until,
+)
 
 
 class PathHandle(FakeHandle):
@@ -33,7 +41,7 @@ def _controller(started: list[PathHandle], resolve, **options) -> Controller:  #
         handle.killed = True
 
     opts = ControllerOptions(drain_seconds=0.01, poll_seconds=0.05, tick_seconds=0.05, **options)
-    return Controller(opts, new_replica, kill, resolve_path=resolve)
+    return Controller(opts, new_replica, kill, resolve_path=resolve, clock=FakeClock())
 
 
 def test_replicas_load_the_resolved_path_and_new_replicas_too(tmp_path: pathlib.Path) -> None:
@@ -50,7 +58,7 @@ def test_replicas_load_the_resolved_path_and_new_replicas_too(tmp_path: pathlib.
     async def main() -> None:
         controller = _controller(started, resolve, num_replicas=2)
         await controller.set_config(ServerConfig((ModelConfig("m", str(tmp_path / "m")),)))
-        await until(lambda: controller._tables.table.ready())  # noqa: SLF001
+        await until(lambda: table_holds(controller, RoutingTable.ready))
         want = str(tmp_path / "m" / "1") + "-imported"
         assert [h.paths for h in started] == [{1: want}, {1: want}]
         started[0].dead = True  # its replacement loads the resolved path, without resolving again
@@ -79,9 +87,13 @@ def test_a_failed_resolution_fails_only_that_version(tmp_path: pathlib.Path) -> 
         controller = _controller(started, resolve)
         policy = VersionPolicy(kind="all")
         await controller.set_config(ServerConfig((ModelConfig("m", str(tmp_path / "m"), version_policy=policy),)))
-        stream = controller._models["m"].stream  # noqa: SLF001
-        await until(lambda: (r := stream.record(2)) is not None and r.error_message is not None)
-        assert "importing it failed" in stream.record(2).error_message
+        def version_2(table: RoutingTable) -> VersionStatus | None:  # GetModelStatus's entry for it
+            return next((s for s in table.models["m"].statuses if s.version == 2), None)
+
+        await until(lambda: table_holds(controller, lambda t: (s := version_2(t)) is not None
+                                        and s.error_message is not None))
+        status = version_2(await routing_table(controller))
+        assert status is not None and "importing it failed" in (status.error_message or "")
         await until(lambda: 1 in started[0].loaded)
         assert 2 not in started[0].paths  # no replica was asked to load what did not resolve
         await controller.shutdown()

@@ -1,5 +1,8 @@
 """The controller over a pool of fake replica hosts (no Ray): packing, spreading, a host that
-dies with its models, eviction through the resize path, adoption after a restart."""
+dies with its models, eviction through the resize path, adoption after a restart.
+
+The controller's clock is a FakeClock (no autoscaling delay passes unless a test says); what it
+did is read from the routing table, the metrics snapshot and the fake hosts themselves."""
 
 from __future__ import annotations
 
@@ -14,7 +17,14 @@ from cluster.controller.hosts import HostPool
 from cluster.controller.member import HealthOptions
 from cluster.controller.options import ControllerOptions
 from cluster.controller.packing import PlacementOptions
-from tests.cluster.controller.controller_testlib import until
+from cluster.routing.table import RoutingTable
+from tests.cluster.controller.controller_testlib import (
+    FakeClock,
+    model_stats,
+    routing_table,
+    table_holds,
+    until,
+)
 
 FAST = HealthOptions(period_s=0.02, timeout_s=0.1, report_unplaced_after_s=0.05, restart_backoff_s=0.01)
 
@@ -34,6 +44,7 @@ class FakeHost:
         self.sizes: dict[str, int] = {}  # model -> resident bytes its versions report
         self.idle: dict[str, float] = {}
         self.ids: dict[str, str] = {}  # model -> the slot id it was last loaded for
+        self.pings = 0  # pings answered (one per health round)
         for name in ("ping", "node_id", "load", "unload", "remove", "data_address", "stats", "memory", "describe"):
             setattr(self, name, _Remote(getattr(self, f"_{name}")))
 
@@ -43,6 +54,7 @@ class FakeHost:
 
     async def _ping(self) -> dict[str, tuple[int, float]]:
         await self._answer()
+        self.pings += 1
         return {m: (self.sizes.get(m, 0), self.idle.get(m, 0.0)) for m in self.slots}
 
     async def _node_id(self) -> str:
@@ -77,7 +89,8 @@ class FakeHost:
 
 
 def _setup(
-    tmp_path: pathlib.Path, names: list[str], placement: PlacementOptions, **options: Any
+    tmp_path: pathlib.Path, names: list[str], placement: PlacementOptions, clock: FakeClock | None = None,
+    **options: Any,
 ) -> tuple[Controller, HostPool, list[FakeHost]]:
     for name in names:
         (tmp_path / name / "1").mkdir(parents=True, exist_ok=True)
@@ -99,16 +112,27 @@ def _setup(
 
     opts = ControllerOptions(drain_seconds=0.01, poll_seconds=0.05, tick_seconds=0.05, health=FAST,
                              placement=placement, model_autoscaling=entries, **options)
-    return Controller(opts, place, pool.release, hosts=pool), pool, hosts
+    return Controller(opts, place, pool.release, hosts=pool, clock=clock or FakeClock()), pool, hosts
 
 
 def _config(tmp_path: pathlib.Path, names: list[str], **model: Any) -> ServerConfig:
     return ServerConfig(tuple(ModelConfig(n, str(tmp_path / n), **model) for n in names))
 
 
-def _addresses(controller: Controller, name: str) -> set[tuple[str, int]]:
-    route = controller._tables.table.models.get(name)  # noqa: SLF001
+def _addresses_in(table: RoutingTable, name: str) -> set[tuple[str, int]]:
+    route = table.models.get(name)
     return {r.address for r in route.replicas} if route is not None and route.available else set()
+
+
+async def _addresses(controller: Controller, name: str) -> set[tuple[str, int]]:
+    """The data-plane addresses the routing table sends model `name`'s requests to."""
+    return _addresses_in(await routing_table(controller), name)
+
+
+async def _all_routed(controller: Controller, names: list[str], count: int | None = None) -> bool:
+    """Every model in `names` routed (to `count` distinct addresses, if given)."""
+    table = await routing_table(controller)
+    return all(_addresses_in(table, n) and (count is None or len(_addresses_in(table, n)) == count) for n in names)
 
 
 def test_models_are_packed_into_hosts_and_one_model_s_replicas_are_spread(tmp_path: pathlib.Path) -> None:
@@ -117,14 +141,14 @@ def test_models_are_packed_into_hosts_and_one_model_s_replicas_are_spread(tmp_pa
     async def main() -> None:
         controller, pool, hosts = _setup(tmp_path, names, PlacementOptions(max_models_per_host=2))
         await controller.set_config(_config(tmp_path, names))
-        await until(lambda: all(_addresses(controller, n) for n in names))
+        await until(lambda: _all_routed(controller, names))
         assert len(hosts) == 3 and sorted(len(h.slots) for h in hosts) == [1, 2, 2]
         # Each route names its model; models on one host share its data-plane address.
-        refs = [r for n in names for r in controller._tables.table.models[n].replicas]  # noqa: SLF001
+        refs = [r for n in names for r in (await routing_table(controller)).models[n].replicas]
         assert {r.model for r in refs} == set(names) and len({r.address for r in refs}) == 3
         # Two replicas of one model: two hosts.
         await controller.set_config(_config(tmp_path, names, num_replicas=2))
-        await until(lambda: all(len(_addresses(controller, n)) == 2 for n in names))
+        await until(lambda: _all_routed(controller, names, 2))
         assert all(sum(n in h.slots for h in hosts if not h.killed) == 2 for n in names)
         # Back to one each, then models removed: empty hosts stop.
         await controller.set_config(_config(tmp_path, names[:1]))
@@ -141,15 +165,15 @@ def test_a_host_that_dies_takes_its_slots_and_they_are_placed_again(tmp_path: pa
     async def main() -> None:
         controller, pool, hosts = _setup(tmp_path, names, PlacementOptions(max_models_per_host=2))
         await controller.set_config(_config(tmp_path, names))
-        await until(lambda: all(_addresses(controller, n) for n in names))
+        await until(lambda: _all_routed(controller, names))
         victim = next(h for h in hosts if len(h.slots) == 2)
         lost = set(victim.slots)
         victim.dead = True
         dead_address = ("127.0.0.1", 9000 + victim.index)
         await until(lambda: victim.killed)
-        await until(lambda: all(_addresses(controller, n) - {dead_address} for n in names))
+        await until(lambda: table_holds(controller, lambda t: all(_addresses_in(t, n) - {dead_address} for n in names)))
         for name in lost:  # placed again, with their versions, never on the dead host
-            assert dead_address not in _addresses(controller, name)
+            assert dead_address not in await _addresses(controller, name)
             assert any(h.slots.get(name) == {1} for h in hosts if not h.killed)
         await controller.shutdown()
 
@@ -165,7 +189,8 @@ def test_a_model_with_hosts_of_its_own_shares_them_with_nobody(tmp_path: pathlib
             model_autoscaling={"big": ModelAutoscaling(min_replicas=2, own_hosts=True)},
         )
         await controller.set_config(_config(tmp_path, names))
-        await until(lambda: all(_addresses(controller, n) for n in names) and len(_addresses(controller, "big")) == 2)
+        await until(lambda: table_holds(controller, lambda t: all(_addresses_in(t, n) for n in names)
+                                        and len(_addresses_in(t, "big")) == 2))
         own = [h for h in hosts if "big" in h.slots]
         assert len(own) == 2 and all(set(h.slots) == {"big"} and h.own == "big" for h in own)
         assert len([h for h in hosts if h.own is None]) == 1  # a and b packed together
@@ -179,15 +204,21 @@ def test_past_the_memory_budget_the_least_recently_used_extra_replica_is_evicted
 
     async def main() -> None:
         placement = PlacementOptions(max_models_per_host=10, memory_budget_bytes=100, min_idle_s=60.0)
-        controller, pool, hosts = _setup(tmp_path, names, placement)
+        clock = FakeClock()
+        controller, pool, hosts = _setup(
+            tmp_path, names, placement, clock, max_replicas=2, target_ongoing_requests=1.0, upscale_delay_s=0.0,
+            downscale_delay_s=3600.0,  # the clock stands still: no scale-down
+        )
         await controller.set_config(_config(tmp_path, names))
-        await until(lambda: all(_addresses(controller, n) for n in names))
+        await until(lambda: _all_routed(controller, names))
         (first,) = hosts
-        models = controller._models  # noqa: SLF001
-        # A second replica each (as the autoscaler would add): both go to a second host.
-        controller._resize(models["cold"], 2)  # noqa: SLF001
-        controller._resize(models["hot"], 2)  # noqa: SLF001
-        await until(lambda: all(len(_addresses(controller, n)) == 2 for n in names))
+        # A second replica each, from the autoscaler (2 in flight at 1 per replica): both go to a
+        # second host. Then the load falls to what one replica takes, so none is added back.
+        controller.report_load("g", 3.0, {n: Load(2.0, 10.0, 10.0) for n in names})
+        clock.advance(3.1)  # the look-back (3 s) since the scalers began: the load is judged
+        await controller.reconcile()
+        controller.report_load("g", 3.0, {n: Load(1.0, 5.0, 5.0) for n in names})
+        await until(lambda: _all_routed(controller, names, 2))
         (second,) = [h for h in hosts if h is not first]
         assert set(second.slots) == {"hot", "cold"}
         # Their sizes, once loaded, are over the budget: the idler one, above its minimum, goes.
@@ -195,11 +226,11 @@ def test_past_the_memory_budget_the_least_recently_used_extra_replica_is_evicted
         second.sizes.update(hot=60, cold=60)
         second.idle.update(hot=1.0, cold=120.0)
         await until(lambda: "cold" not in second.slots)  # drained, then removed from the host
-        await until(lambda: len(_addresses(controller, "cold")) == 1)
-        assert pool.evictions == 1 and len(models["cold"].replicas) == 1  # its count went down
+        await until(lambda: table_holds(controller, lambda t: len(_addresses_in(t, "cold")) == 1))
+        assert pool.evictions == 1 and (await model_stats(controller, "cold")).replica_count == 1  # its count went down
         snapshot = {s.model: s for s in await controller.cluster_stats()}
         assert (snapshot["cold"].evictions, snapshot["hot"].evictions) == (1, 0)  # tessera_model_evictions
-        assert set(second.slots) == {"hot"} and len(_addresses(controller, "hot")) == 2
+        assert set(second.slots) == {"hot"} and len(await _addresses(controller, "hot")) == 2
         await controller.shutdown()
 
     asyncio.run(main())
@@ -218,7 +249,7 @@ def test_a_model_never_loaded_is_placed_by_its_estimate_then_by_what_its_host_re
         placement = PlacementOptions(max_models_per_host=10, memory_budget_bytes=100)
         controller, pool, hosts = _setup(tmp_path, names, placement)
         await controller.set_config(_config(tmp_path, names))
-        await until(lambda: all(_addresses(controller, n) for n in names))
+        await until(lambda: _all_routed(controller, names))
         # 60 + 60 estimated bytes do not fit in 100: two hosts (counted as 0 bytes, one took both).
         assert sorted(len(h.slots) for h in hosts) == [1, 1]
         assert pool.bytes_of("a") == pool.bytes_of("b") == 60
@@ -243,20 +274,20 @@ def test_a_restarted_controller_adopts_the_hosts_and_their_models(tmp_path: path
     async def main() -> None:
         controller, pool, hosts = _setup(tmp_path, names, PlacementOptions(max_models_per_host=2))
         await controller.set_config(_config(tmp_path, names))
-        await until(lambda: all(_addresses(controller, n) for n in names))
-        where = {n: _addresses(controller, n) for n in names}
-        # The controller process dies (its hosts do not); a new one finds them by name.
-        for task in (*controller._loops, *controller._tasks):  # noqa: SLF001
-            if task is not None:
-                task.cancel()
+        await until(lambda: _all_routed(controller, names))
+        where = {n: await _addresses(controller, n) for n in names}
+        # The controller process dies (its hosts do not): every task it runs ends at once, without
+        # a shutdown. A new one finds the hosts by name.
+        for task in asyncio.all_tasks() - {asyncio.current_task()}:
+            task.cancel()
         survivors = [(h.index, h) for h in hosts]
         again, pool2, new_hosts = _setup(tmp_path, names, PlacementOptions(max_models_per_host=2))
         await pool2.adopt(survivors)
         await again.set_config(_config(tmp_path, ["a", "b"]))
         pool2.forget_unclaimed()
-        await until(lambda: all(_addresses(again, n) for n in ["a", "b"]))
+        await until(lambda: _all_routed(again, ["a", "b"]))
         assert not new_hosts  # no host started: each model went back where its versions were
-        assert {n: _addresses(again, n) for n in ["a", "b"]} == {n: where[n] for n in ["a", "b"]}
+        assert {n: await _addresses(again, n) for n in ["a", "b"]} == {n: where[n] for n in ["a", "b"]}
         # c, not configured any more, is removed: its host held nothing else, so it stops.
         await until(lambda: all(h.killed for h in hosts if "c" in h.slots))
         assert sum(h.killed for h in hosts) == 1
@@ -277,15 +308,16 @@ def test_a_model_evicted_to_zero_replicas_comes_back_on_its_next_request(tmp_pat
             model_autoscaling={"rare": ModelAutoscaling(min_replicas=0)},
         )
         await controller.set_config(_config(tmp_path, names))
-        await until(lambda: all(_addresses(controller, n) for n in names))
+        await until(lambda: _all_routed(controller, names))
         (host,) = hosts
-        models = controller._models  # noqa: SLF001
         # Loaded, both are bigger than the budget together: rare (min 0, idle) is evicted, not busy.
         host.sizes.update(busy=60, rare=60)
         host.idle.update(busy=0.0, rare=30.0)
-        await until(lambda: "rare" not in host.slots and not _addresses(controller, "rare"))
-        assert len(models["rare"].replicas) == 0 and len(models["busy"].replicas) == 1
-        assert controller._tables.table.ready()  # noqa: SLF001 - rare is still servable: AVAILABLE at zero
+        await until(lambda: "rare" not in host.slots)
+        await until(lambda: table_holds(controller, lambda t: not _addresses_in(t, "rare")))
+        snapshot = {s.model: s for s in await controller.cluster_stats(timeout=0.2)}
+        assert (snapshot["rare"].replica_count, snapshot["busy"].replica_count) == (0, 1)
+        assert (await routing_table(controller)).ready()  # rare is still servable: AVAILABLE at zero
         # A request for rare waits in a gateway, which reports the demand: rare is placed again.
         # busy cannot be evicted (at its minimum), so the host goes over its budget, with a
         # warning; rare, just used, is not evicted again at once (min_idle_s).
@@ -293,8 +325,9 @@ def test_a_model_evicted_to_zero_replicas_comes_back_on_its_next_request(tmp_pat
         controller.report_load("g", 0.01, {"rare": Load(0.0, 10.0, 0.0)})
         await until(lambda: _addresses(controller, "rare"))
         assert host.slots.get("rare") == {1}
-        await asyncio.sleep(0.3)  # health rounds, with the host over its budget
-        assert _addresses(controller, "rare") and pool.evictions == 1
+        pings = host.pings
+        await until(lambda: host.pings >= pings + 10)  # ten health rounds, with the host over its budget
+        assert await _addresses(controller, "rare") and pool.evictions == 1
         await controller.shutdown()
 
     asyncio.run(main())
