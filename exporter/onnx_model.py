@@ -1,14 +1,11 @@
-"""The one wrapper around onnxruntime: check an ONNX model, open one session, run it.
+"""The one wrapper around onnxruntime: open one session on a checked ONNX model, run it.
 
 Used by the loader of Triton's layout (`exporter.loaders.onnx`) and by the ONNX op inside bundles;
 nothing else runs onnxruntime (an import-linter contract keeps it so).
 
 Contract:
-- `check_model` runs before onnxruntime sees a byte: the model parses as an ONNX ModelProto, passes
-  onnx's checker, imports only opsets onnxruntime supports, and every external-data file is a
-  relative path that stays inside the version directory. Anything else is a `BundleError` that
-  says what is wrong. Custom-op libraries are never registered, so loading runs no code from the
-  artifact.
+- `exporter.onnx_check.check_model` runs before onnxruntime sees a byte (see there); custom-op
+  libraries are never registered, so loading runs no code from the artifact.
 - Inputs and outputs must be tensors. A sequence or map output (skl2onnx's default ZipMap of class
   probabilities) is refused at load with the converter option that produces a tensor instead:
   silently reshaping a list of dicts would guess at the class order.
@@ -25,18 +22,17 @@ from __future__ import annotations
 
 import os
 import pathlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 from typing import Final
 
 import numpy as np
-import onnx
 import onnxruntime as ort
-from onnx import TensorProto, external_data_helper, helper
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 
 from exporter import dtypes
 from exporter.errors import BundleError, InvalidInputError
+from exporter.onnx_check import check_model, external_bytes, first_line
 from exporter.servable import LoadOptions
 from exporter.signature import TensorInfo
 
@@ -65,135 +61,6 @@ _ZIPMAP_ADVICE: Final = (
 # Data-caused failures: onnxruntime's INVALID_ARGUMENT (dtype, rank, a fixed dimension) and a
 # kernel that refuses the values it was given (index out of range, shapes that do not broadcast).
 _KERNEL_FAILURE: Final = "Non-zero status code returned while running"
-
-
-def check_model(model: bytes, base_dir: pathlib.Path | None) -> onnx.ModelProto:
-    """Parses and checks `model` (see the module docstring); returns the parsed ModelProto.
-
-    `base_dir` is the directory external-data paths are relative to (the version directory); None
-    when the model came without one, in which case external data is refused.
-    """
-    try:
-        proto = onnx.load_model_from_string(model)
-    except Exception as e:  # noqa: BLE001 - protobuf's DecodeError and friends
-        raise BundleError(f"not an ONNX model: it does not parse as a ModelProto ({e})") from None
-    if not proto.HasField("graph") or proto.ir_version <= 0:
-        raise BundleError("not an ONNX model: no graph or no IR version (is this an ONNX file?)")
-    _check_opsets(proto)
-    _check_external_data(proto, base_dir)
-    try:
-        onnx.checker.check_model(_without_external_data(proto))
-    except onnx.checker.ValidationError as e:
-        raise BundleError(f"invalid ONNX model: {_first_line(str(e))}") from None
-    return proto
-
-
-def _check_opsets(proto: onnx.ModelProto) -> None:
-    supported = _supported_opsets()
-    for opset in proto.opset_import:
-        domain = opset.domain or "ai.onnx"
-        if domain not in supported:
-            raise BundleError(
-                f"the model imports operator set domain {domain!r}, which onnxruntime does not know "
-                f"(custom operators are not loaded); known: {', '.join(sorted(supported))}"
-            )
-        if opset.version > supported[domain]:
-            raise BundleError(
-                f"the model needs opset {opset.version} of {domain!r}; this onnxruntime "
-                f"({ort.__version__}) supports up to {supported[domain]}: export with an older opset "
-                "(e.g. torch.onnx.export(..., opset_version=N), skl2onnx target_opset=N)"
-            )
-
-
-_OPSETS: dict[str, int] = {}
-
-
-def _supported_opsets() -> dict[str, int]:
-    """Domain -> the newest opset onnxruntime has schemas for (computed once per process).
-
-    Every opset changes at least one operator, so the newest `since_version` among onnxruntime's
-    own schemas of a domain is the newest opset of that domain it knows (onnx, a separate package,
-    may know newer ones: it is not what runs the model).
-    """
-    if not _OPSETS:
-        for schema in ort_state.get_all_operator_schema():
-            domain = schema.domain or "ai.onnx"
-            _OPSETS[domain] = max(_OPSETS.get(domain, 0), schema.since_version)
-    return _OPSETS
-
-
-def _tensors(proto: onnx.ModelProto) -> Iterable[onnx.TensorProto]:
-    return external_data_helper._get_all_tensors(proto)  # initializers, node and function attributes
-
-
-def _check_external_data(proto: onnx.ModelProto, base_dir: pathlib.Path | None) -> None:
-    for tensor in _tensors(proto):
-        if not external_data_helper.uses_external_data(tensor):
-            continue
-        try:
-            info = external_data_helper.ExternalDataInfo(tensor)
-        except (ValueError, TypeError) as e:
-            raise BundleError(f"tensor {tensor.name!r}: bad external-data entry ({e})") from None
-        location = info.location
-        where = f"tensor {tensor.name!r}: external data {location!r}"
-        if base_dir is None:
-            raise BundleError(f"{where}: the model has external data but no directory to read it from")
-        path = pathlib.PurePath(location)
-        if not location or path.is_absolute() or location.startswith(("/", "\\")) or ".." in path.parts:
-            raise BundleError(f"{where} is not a relative path inside the version directory")
-        root = base_dir.resolve()
-        target = (root / path).resolve()
-        if not target.is_relative_to(root):
-            raise BundleError(f"{where} leaves the version directory (a symlink out of it)")
-        if not target.is_file():
-            raise BundleError(f"{where}: no such file in the version directory")
-        size = target.stat().st_size
-        offset = info.offset or 0
-        length = info.length if info.length is not None else _dense_bytes(tensor)
-        if offset < 0 or length < 0:
-            raise BundleError(f"{where}: negative offset or length")
-        if offset + length > size:
-            raise BundleError(f"{where}: offset {offset} + length {length} is past the end ({size} bytes)")
-
-
-def _dense_bytes(tensor: onnx.TensorProto) -> int:
-    """The bytes a tensor's values take in an external file (0 where that is not fixed: strings)."""
-    if tensor.data_type == TensorProto.STRING:
-        return 0
-    return (
-        int(np.prod(tensor.dims, dtype=np.int64)) * helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
-    )
-
-
-def _without_external_data(proto: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy for onnx's checker, which would look for external files relative to the working
-    directory: they were checked against the version directory above, and onnxruntime reads them."""
-    if not any(external_data_helper.uses_external_data(t) for t in _tensors(proto)):
-        return proto
-    copy = onnx.ModelProto()
-    copy.CopyFrom(proto)
-    for tensor in _tensors(copy):
-        if external_data_helper.uses_external_data(tensor):
-            del tensor.external_data[:]
-            tensor.ClearField("raw_data")
-            tensor.data_location = onnx.TensorProto.DEFAULT
-            del tensor.dims[:]
-            tensor.dims.append(0)
-    return copy
-
-
-def _external_bytes(proto: onnx.ModelProto, base_dir: pathlib.Path | None) -> int:
-    total = 0
-    for tensor in _tensors(proto):
-        if external_data_helper.uses_external_data(tensor) and base_dir is not None:
-            info = external_data_helper.ExternalDataInfo(tensor)
-            size = (base_dir / info.location).stat().st_size
-            total += info.length if info.length is not None else size - (info.offset or 0)
-    return total
-
-
-def _first_line(text: str) -> str:
-    return text.strip().splitlines()[0] if text.strip() else text
 
 
 def default_intra_op_threads(num_cpus: float | None = None) -> int:
@@ -250,7 +117,7 @@ class OnnxModel:
         try:
             session = ort.InferenceSession(model, sess_options=so, providers=["CPUExecutionProvider"])
         except Exception as e:  # noqa: BLE001 - onnxruntime raises Fail/InvalidGraph/RuntimeException
-            raise BundleError(f"onnxruntime cannot load the model: {_first_line(str(e))}") from None
+            raise BundleError(f"onnxruntime cannot load the model: {first_line(str(e))}") from None
         self.inputs: Mapping[str, TensorInfo] = MappingProxyType(
             {a.name: _tensor_info(a, "input") for a in session.get_inputs()}
         )
@@ -258,7 +125,7 @@ class OnnxModel:
             {a.name: _tensor_info(a, "output") for a in session.get_outputs()}
         )
         self._string_outputs = frozenset(n for n, i in self.outputs.items() if i.dtype == dtypes.STRING)
-        self.resident_bytes: int = len(model) + _external_bytes(proto, base_dir)
+        self.resident_bytes: int = len(model) + external_bytes(proto, base_dir)
         self._session: ort.InferenceSession | None = session
 
     def run(
@@ -276,10 +143,10 @@ class OnnxModel:
         try:
             values = session.run(names, {k: _to_ort(k, v) for k, v in feeds.items()})
         except ort_state.InvalidArgument as e:
-            raise InvalidInputError(_first_line(_strip_ort(str(e)))) from None
+            raise InvalidInputError(first_line(_strip_ort(str(e)))) from None
         except (ort_state.Fail, ort_state.RuntimeException) as e:
             if _KERNEL_FAILURE in str(e):
-                raise InvalidInputError(_first_line(_strip_ort(str(e)))) from None
+                raise InvalidInputError(first_line(_strip_ort(str(e)))) from None
             raise
         out = {}
         for name, value in zip(names, values, strict=True):

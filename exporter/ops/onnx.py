@@ -17,7 +17,7 @@ exactly these types, so a bundle whose graph.pb and .onnx disagree does not load
 same asset share one session, and every batch runs on it (`OnnxModel.run` is thread-safe). Loading
 never executes code from the bundle: an ONNX graph is data, run by ONNX Runtime's own operators.
 
-This module and `exporter.onnx_model` are the only ones that touch ONNX; onnxruntime is imported
+This module, `exporter.onnx_model` and `exporter.onnx_check` are the only ones that touch ONNX; onnxruntime is imported
 when a model is first opened, never by importing this module.
 """
 

@@ -16,7 +16,8 @@ from onnx import TensorProto, external_data_helper, helper, numpy_helper
 
 from exporter import dtypes
 from exporter.errors import BundleError, InvalidInputError
-from exporter.onnx_model import OnnxModel, check_model, default_intra_op_threads
+from exporter.onnx_check import check_model
+from exporter.onnx_model import OnnxModel, default_intra_op_threads
 from exporter.servable import LoadOptions
 from exporter.signature import TensorInfo
 
