@@ -2,15 +2,14 @@
 
 At load: every node's op must be registered, every input must name an existing output, the graph
 must be acyclic, and types are re-inferred (a mismatch is a GraphError naming the node). Each
-signature is pruned to the nodes its outputs need and compiled into a flat list of steps over
-numbered value slots, so a run is one Python loop over precomputed steps with no dict churn.
+signature is then compiled into a plan (`exporter.plan`): the nodes its outputs need, as a flat
+list of steps over numbered value slots, so a run is one Python loop with no dict churn.
 """
 
 from __future__ import annotations
 
 import pathlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -19,39 +18,14 @@ from exporter import attrs as attr_codec
 from exporter import dtypes
 from exporter.errors import GraphError, InvalidInputError
 from exporter.features import FeatureSpec, SparseTensorValue, output_layout
-from exporter.ops.registry import KernelFn, LoadContext, Resource, TensorType, get_op
+from exporter.ops.registry import LoadContext, Resource, TensorType, get_op
+from exporter.plan import Graph, Plan, compile_plan, parse_ref, topological_order
 from exporter.signature import Shape, Signature, TensorInfo, Tensors
 from protos.tessera import bundle_pb2
 
 if TYPE_CHECKING:
     from exporter.bundle import Bundle
     from exporter.servable import LoadOptions
-
-
-@dataclass(frozen=True)
-class _Step:
-    kernel: KernelFn
-    state: Any
-    in_slots: tuple[int, ...]
-    out_slot: int  # first output slot; outputs are consecutive
-    node: str
-
-
-@dataclass(frozen=True)
-class _Plan:
-    feeds: tuple[tuple[str, int], ...]  # (alias, slot)
-    steps: tuple[_Step, ...]
-    fetches: tuple[tuple[str, int], ...]  # (alias, slot)
-    num_slots: int
-
-
-def _parse_ref(ref: str) -> tuple[str, int]:
-    node, sep, index = ref.rpartition(":")
-    if not sep:
-        return ref, 0
-    if not index.isdigit():
-        raise GraphError(f"bad tensor reference {ref!r}")
-    return node, int(index)
 
 
 def _shape_of(proto: bundle_pb2.Shape) -> Shape:
@@ -96,51 +70,26 @@ class Runtime:
             if node.name in self._nodes:
                 raise GraphError(f"node {node.name!r} defined twice")
             self._nodes[node.name] = node
-        self._order = self._topological_order()
+        self._order = topological_order(self._nodes)
         for name in self._order:
             self._check_node(self._nodes[name], ctx)
+        self._graph = Graph(self._nodes, self._order, self._types, self._states)
         self.signatures: dict[str, Signature] = {
             key: self._check_signature(key, sig) for key, sig in meta_graph.signatures.items()
         }
-        self._plans: dict[tuple[str, tuple[str, ...]], _Plan] = {}
+        self._plans: dict[tuple[str, tuple[str, ...]], Plan] = {}
         for key, sig in self.signatures.items():
-            self._plans[(key, ())] = self._compile(sig, tuple(sorted(sig.outputs)))
-        self._feature_plans: dict[tuple[str, tuple[str, ...]], _Plan] = {}
+            self._plans[(key, ())] = self._compile_plan(sig, tuple(sorted(sig.outputs)))
+        self._feature_plans: dict[tuple[str, tuple[str, ...]], Plan] = {}
 
     # -- load-time checks ----------------------------------------------------------------------
-    def _topological_order(self) -> list[str]:
-        order: list[str] = []
-        state: dict[str, int] = {}  # 1 visiting, 2 done
-        for root in self._nodes:
-            stack: list[tuple[str, int]] = [(root, 0)]
-            while stack:
-                name, i = stack.pop()
-                if i == 0:
-                    if state.get(name) == 2:
-                        continue
-                    state[name] = 1
-                inputs = self._nodes[name].inputs
-                if i < len(inputs):
-                    stack.append((name, i + 1))
-                    producer, _ = _parse_ref(inputs[i])
-                    if producer not in self._nodes:
-                        raise GraphError(f"node {name!r}: input {inputs[i]!r} names no node")
-                    if state.get(producer) == 1:
-                        raise GraphError(f"node {name!r}: the graph has a cycle through {producer!r}")
-                    if state.get(producer) != 2:
-                        stack.append((producer, 0))
-                else:
-                    state[name] = 2
-                    order.append(name)
-        return order
-
     def _check_node(self, node: bundle_pb2.NodeDef, ctx: LoadContext) -> None:
         try:
             opdef = get_op(node.op)
             opdef.check_arity(len(node.inputs))
             in_types = []
             for ref in node.inputs:
-                producer, index = _parse_ref(ref)
+                producer, index = parse_ref(ref)
                 outs = self._types[producer]
                 if index >= len(outs):
                     raise GraphError(f"input {ref!r}: {producer!r} has only {len(outs)} outputs")
@@ -154,7 +103,7 @@ class Runtime:
             raise GraphError(f"node {node.name!r} ({node.op}): invalid attributes: {e!r}") from None
 
     def _tensor_type(self, ref: str) -> TensorType:
-        producer, index = _parse_ref(ref)
+        producer, index = parse_ref(ref)
         outs = self._types.get(producer)
         if outs is None or index >= len(outs):
             raise GraphError(f"tensor {ref!r} is not in the graph")
@@ -175,45 +124,14 @@ class Runtime:
 
         inputs = infos(sig.inputs, "input")
         for alias, info in inputs.items():
-            if self._nodes[_parse_ref(info.name)[0]].op != "Placeholder":
+            if self._nodes[parse_ref(info.name)[0]].op != "Placeholder":
                 raise GraphError(f"signature {key!r} input {alias!r} is not a Placeholder")
         return Signature(key, sig.method_name, inputs, infos(sig.outputs, "output"))
 
-    def _compile(
+    def _compile_plan(
         self, sig: Signature, aliases: tuple[str, ...], feed_refs: Mapping[str, str] | None = None
-    ) -> _Plan:
-        # feed_refs (alias -> tensor name) feeds tensors other than the signature's placeholders.
-        slots: dict[tuple[str, int], int] = {}
-        feeds = []
-        fed_nodes = set()
-        refs = feed_refs if feed_refs is not None else {a: info.name for a, info in sig.inputs.items()}
-        for alias, name in sorted(refs.items()):
-            ref = _parse_ref(name)
-            slots[ref] = len(slots)
-            feeds.append((alias, slots[ref]))
-            fed_nodes.add(ref[0])
-        needed: set[str] = set()
-        frontier = [_parse_ref(sig.outputs[a].name)[0] for a in aliases]
-        while frontier:
-            name = frontier.pop()
-            if name in needed or name in fed_nodes:
-                continue
-            needed.add(name)
-            frontier.extend(_parse_ref(ref)[0] for ref in self._nodes[name].inputs)
-        steps = []
-        for name in self._order:
-            if name not in needed:
-                continue
-            node = self._nodes[name]
-            if node.op == "Placeholder":
-                raise GraphError(f"signature {sig.key!r} needs placeholder {name!r}, which is not one of its inputs")
-            in_slots = tuple(slots[_parse_ref(ref)] for ref in node.inputs)
-            first = len(slots)
-            for i in range(len(self._types[name])):
-                slots[(name, i)] = first + i
-            steps.append(_Step(get_op(node.op).kernel, self._states[name], in_slots, first, name))
-        fetches = tuple((a, slots[_parse_ref(sig.outputs[a].name)]) for a in aliases)
-        return _Plan(tuple(feeds), tuple(steps), fetches, len(slots))
+    ) -> Plan:
+        return compile_plan(self._graph, sig, aliases, feed_refs)
 
     # -- the parsing receiver, bypassed ----------------------------------------------------------
     def _parse_node(self, key: str) -> bundle_pb2.NodeDef | None:
@@ -221,8 +139,8 @@ class Runtime:
         if sig is None or len(sig.inputs) != 1:
             return None
         (info,) = sig.inputs.values()
-        placeholder = _parse_ref(info.name)[0]
-        consumers = [n for n in self._nodes.values() if any(_parse_ref(r)[0] == placeholder for r in n.inputs)]
+        placeholder = parse_ref(info.name)[0]
+        consumers = [n for n in self._nodes.values() if any(parse_ref(r)[0] == placeholder for r in n.inputs)]
         if len(consumers) != 1 or consumers[0].op != "ParseExample":
             return None
         return consumers[0]
@@ -259,7 +177,7 @@ class Runtime:
                 if alias not in sig.outputs:
                     raise InvalidInputError(f"output tensor alias not found in signature: {alias}")
             refs = {f"{k}/{part}": f"{node.name}:{i}" for i, (k, part) in enumerate(output_layout(spec))}
-            plan = self._feature_plans[(signature_key, aliases)] = self._compile(sig, aliases, refs)
+            plan = self._feature_plans[(signature_key, aliases)] = self._compile_plan(sig, aliases, refs)
         feeds: dict[str, Any] = {}
         for key, value in features.items():
             if isinstance(value, SparseTensorValue):
@@ -285,7 +203,7 @@ class Runtime:
         for resource in resources:
             resource.close()
 
-    def _plan(self, key: str, output_filter: Sequence[str] | None) -> _Plan:
+    def _plan(self, key: str, output_filter: Sequence[str] | None) -> Plan:
         sig = self.signatures.get(key)
         if sig is None:
             raise InvalidInputError(f'Serving signature key "{key}" not found.')
@@ -298,7 +216,7 @@ class Runtime:
                 if alias not in sig.outputs:
                     raise InvalidInputError(f"output tensor alias not found in signature: {alias}")
             # Bounded by the number of distinct filters a client uses (subsets of the outputs).
-            plan = self._plans[(key, aliases)] = self._compile(sig, aliases)
+            plan = self._plans[(key, aliases)] = self._compile_plan(sig, aliases)
         return plan
 
     def run(
@@ -315,7 +233,7 @@ class Runtime:
         """
         return self._execute(self._plan(signature_key, output_filter), feeds)
 
-    def _execute(self, plan: _Plan, feeds: Mapping[str, Any]) -> Tensors:
+    def _execute(self, plan: Plan, feeds: Mapping[str, Any]) -> Tensors:
         values: list[Any] = [None] * plan.num_slots
         for alias, slot in plan.feeds:
             values[slot] = feeds[alias]
