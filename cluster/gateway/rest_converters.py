@@ -4,64 +4,37 @@ The only REST code that knows the JSON shapes; `rest_server` handles URLs and HT
 turns JSON values into typed arrays and back. Predict is two steps because TF types the JSON by
 the signature: `predict_body` checks the top level, then `predict_request` types the tensors with
 the signature of the version the server resolved (from `ServingAPI.model_metadata`).
-Classify/Regress bodies become serialized tf.Examples here, as the gRPC gateway receives them.
+Classify/Regress bodies are `rest_examples`'s.
 """
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Final, ParamSpec, TypeVar
+from typing import Any
 
 import numpy as np
 from google.protobuf import json_format
 
 from cluster.errors import FailedPrecondition, InvalidArgument
 from cluster.gateway import converters
-from cluster.gateway.rest_json import dumps, loads, shortest_floats, to_array, to_json
+from cluster.gateway.rest_json import (
+    body_signature_name,
+    dumps,
+    request_object,
+    text_checked,
+    to_array,
+    to_json,
+)
 from cluster.requests import (
-    ClassifyResult,
-    ExamplesRequest,
     ModelMetadata,
     ModelSpec,
     PredictRequest,
     PredictResult,
-    RegressResult,
 )
 from cluster.types import VersionRequest, VersionStatus
 from exporter.signature import Signature
-from protos.tensorflow.core.example import example_pb2, feature_pb2
 from protos.tensorflow_serving.apis import model_pb2
-
-_INT64_MIN: Final = -(2**63)
-_INT64_MAX: Final = 2**63 - 1
-
-
-def _object(body: bytes) -> dict[str, Any]:
-    document = loads(body)
-    if not isinstance(document, dict):
-        raise InvalidArgument("JSON Parse error: the request body must be a JSON object")
-    return document
-
-
-P = ParamSpec("P")
-R = TypeVar("R")
-
-
-def _text_checked(convert: Callable[P, R]) -> Callable[P, R]:
-    """A JSON string may escape a lone UTF-16 surrogate (\\ud800), which no UTF-8 text holds: a
-    bad request (TF's parser refuses it too), found where the string is encoded, not a server error."""
-
-    @functools.wraps(convert)
-    def checked(*args: P.args, **kwargs: P.kwargs) -> R:
-        try:
-            return convert(*args, **kwargs)
-        except UnicodeEncodeError as exc:
-            bad = exc.object[exc.start : exc.end].encode("unicode_escape").decode("ascii")
-            raise InvalidArgument(f"JSON Parse error: a string holds an unpaired surrogate ({bad})") from None
-
-    return checked
 
 
 def _json_kind(value: Any) -> str:
@@ -73,13 +46,6 @@ def _json_kind(value: Any) -> str:
     if isinstance(value, bool):
         return "a boolean"
     return "null" if value is None else "a number"
-
-
-def _signature_name(document: Mapping[str, Any]) -> str:
-    name = document.get("signature_name", "")
-    if not isinstance(name, str):
-        raise InvalidArgument("'signature_name' key must be a string value.")
-    return name
 
 
 # ---------------------------------------------------------------------------------------------
@@ -97,8 +63,8 @@ class PredictBody:
 
 def predict_body(body: bytes) -> PredictBody:
     """Checks the top level of a Predict body (spec §8.5); tensors wait for the signature's dtypes."""
-    document = _object(body)
-    signature_name = _signature_name(document)
+    document = request_object(body)
+    signature_name = body_signature_name(document)
     has_instances, has_inputs = "instances" in document, "inputs" in document
     if has_instances and has_inputs:
         raise InvalidArgument("Not formatted correctly expecting only one of 'inputs' or 'instances' keys exclusively")
@@ -108,7 +74,7 @@ def predict_body(body: bytes) -> PredictBody:
     return PredictBody(signature_name, has_instances, document[key])
 
 
-@_text_checked
+@text_checked
 def predict_request(
     body: PredictBody, name: str, metadata: ModelMetadata, deadline: float | None = None
 ) -> PredictRequest:
@@ -193,93 +159,6 @@ def predict_response(result: PredictResult, row_format: bool) -> bytes:
     if len(rows) == 1:
         return dumps({"predictions": next(iter(rows.values()))})
     return dumps({"predictions": [{alias: rows[alias][i] for alias in rows} for i in range(batch or 0)]})
-
-
-# ---------------------------------------------------------------------------------------------
-# Classify / Regress
-
-
-@_text_checked
-def examples_request(
-    body: bytes, name: str, version: VersionRequest, deadline: float | None = None
-) -> ExamplesRequest:
-    """`{"signature_name"?, "context"?, "examples": [...]}` as serialized tf.Examples (spec §8.7).
-
-    A context is serialized once and travels once, as for gRPC's `example_list_with_context`: the
-    replica merges it into each example as it parses them, example features winning.
-    """
-    document = _object(body)
-    signature_name = _signature_name(document)
-    if "examples" not in document:
-        raise InvalidArgument("Invalid request: key 'examples' is expected and was not found")
-    examples = document["examples"]
-    if not isinstance(examples, list) or not examples:
-        raise InvalidArgument("'examples' must be a non-empty JSON array of objects")
-    context = b""
-    if "context" in document:
-        context = _example(document["context"], "'context'").SerializeToString()
-    serialized = [_example(example, f"item {i} of 'examples'").SerializeToString() for i, example in enumerate(examples)]
-    return ExamplesRequest(ModelSpec(name, version, signature_name), serialized, deadline, context)
-
-
-def _example(features: Any, where: str) -> example_pb2.Example:
-    if not isinstance(features, dict):
-        raise InvalidArgument(f"Expecting a JSON object of features at {where}")
-    example = example_pb2.Example()
-    feature_map = example.features.feature
-    for key, value in features.items():
-        _fill_feature(feature_map[key], value, key)
-    return example
-
-
-def _fill_feature(target: feature_pb2.Feature, value: Any, key: str) -> None:
-    """Typing per element (spec §8.7); all elements of one feature must land in the same list."""
-    items = value if isinstance(value, list) else [value]
-    kinds = set()
-    for item in items:
-        if isinstance(item, bool):
-            kinds.add("int64")
-        elif isinstance(item, int):
-            if not _INT64_MIN <= item <= _INT64_MAX:
-                raise InvalidArgument(f"Feature '{key}': {item} does not fit int64")
-            kinds.add("int64")
-        elif isinstance(item, float):
-            kinds.add("float")
-        elif isinstance(item, (str, bytes)):
-            kinds.add("bytes")
-        else:
-            what = "null" if item is None else "a nested array" if isinstance(item, list) else "an object"
-            raise InvalidArgument(f"Feature '{key}': {what} is not a feature value")
-    if len(kinds) > 1:
-        raise InvalidArgument(f"Feature '{key}' mixes value types: {sorted(kinds)}")
-    kind = kinds.pop() if kinds else None  # an empty list: a feature with no values
-    if kind == "float":
-        target.float_list.value.extend(items)
-    elif kind == "int64":
-        target.int64_list.value.extend(int(item) for item in items)
-    elif kind == "bytes":
-        target.bytes_list.value.extend(item.encode() if isinstance(item, str) else item for item in items)
-
-
-def classify_response(result: ClassifyResult) -> bytes:
-    """`{"results": [[[label, score], ...], ...]}`: one list per example, a pair per class."""
-    labels, scores = result.labels, result.scores  # shapes checked when the result was made
-    reference = labels if labels is not None else scores
-    if reference is None or np.size(reference) == 0:
-        raise InvalidArgument("Cannot convert empty ClassificationResults to JSON")
-    rows, k = reference.shape
-    label_rows = to_json("classes", labels) if labels is not None else [[""] * k] * rows
-    score_rows = shortest_floats(scores).tolist() if scores is not None else [[0.0] * k] * rows
-    results = [[list(pair) for pair in zip(ls, ss, strict=True)] for ls, ss in zip(label_rows, score_rows, strict=True)]
-    return dumps({"results": results})
-
-
-def regress_response(result: RegressResult) -> bytes:
-    """`{"results": [v1, v2, ...]}` from values [n] or [n, 1] (checked when the result was made)."""
-    values = np.asarray(result.values)
-    if values.size == 0:
-        raise InvalidArgument("Cannot convert empty RegressionResults to JSON")
-    return dumps({"results": shortest_floats(values.ravel()).tolist()})
 
 
 # ---------------------------------------------------------------------------------------------

@@ -7,15 +7,20 @@ round-trip formatter, and the stdlib `json` encoder (which writes `3.0`, `NaN`, 
 
 Known gap: numpy folds a `true` among numbers into 1, so `[1, true]` is accepted for a numeric input
 (TF refuses it); a bool-only list for a numeric input is refused, as in TF.
+
+Also what every request body shares: the document must be an object (`request_object`), its
+"signature_name" a string (`body_signature_name`), its strings encodable (`text_checked`).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import json
 import re
-from typing import Any, Final
+from collections.abc import Callable, Mapping
+from typing import Any, Final, ParamSpec, TypeVar
 
 import numpy as np
 
@@ -152,6 +157,42 @@ def _expected(dtype: int) -> str:
 
 # ---------------------------------------------------------------------------------------------
 # JSON out
+
+
+# -- request bodies ------------------------------------------------------------------------------
+def request_object(body: bytes) -> dict[str, Any]:
+    """A request body's JSON document, which must be an object."""
+    document = loads(body)
+    if not isinstance(document, dict):
+        raise InvalidArgument("JSON Parse error: the request body must be a JSON object")
+    return document
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def text_checked(convert: Callable[P, R]) -> Callable[P, R]:
+    """A JSON string may escape a lone UTF-16 surrogate (\\ud800), which no UTF-8 text holds: a
+    bad request (TF's parser refuses it too), found where the string is encoded, not a server error."""
+
+    @functools.wraps(convert)
+    def checked(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return convert(*args, **kwargs)
+        except UnicodeEncodeError as exc:
+            bad = exc.object[exc.start : exc.end].encode("unicode_escape").decode("ascii")
+            raise InvalidArgument(f"JSON Parse error: a string holds an unpaired surrogate ({bad})") from None
+
+    return checked
+
+
+def body_signature_name(document: Mapping[str, Any]) -> str:
+    """The body's "signature_name" ("" when absent: serving_default)."""
+    name = document.get("signature_name", "")
+    if not isinstance(name, str):
+        raise InvalidArgument("'signature_name' key must be a string value.")
+    return name
 
 
 def dumps(document: Any, indent: int | None = None) -> bytes:

@@ -31,6 +31,7 @@ from aiohttp import web
 from cluster import errors
 from cluster.config import ServeOptions
 from cluster.gateway import rest_converters as convert
+from cluster.gateway import rest_examples
 from cluster.gateway.offload import OFFLOAD_BYTES, ConversionProcess
 from cluster.gateway.rest_json import dumps, error_body
 from cluster.gateway.status import log_failure, status_of
@@ -217,10 +218,10 @@ class RestServer:
             request, row_format = await cpu(convert.predict_conversion, body, name, metadata, deadline)
             return await cpu(convert.predict_response, await api.predict(request), row_format)
         if route.verb in ("classify", "regress"):
-            examples = await cpu(convert.examples_request, body, name, version, deadline)
+            examples = await cpu(rest_examples.examples_request, body, name, version, deadline)
             if route.verb == "classify":
-                return convert.classify_response(await api.classify(examples))
-            return convert.regress_response(await api.regress(examples))
+                return rest_examples.classify_response(await api.classify(examples))
+            return rest_examples.regress_response(await api.regress(examples))
         if route.verb == "metadata":
             return convert.metadata_response(await api.model_metadata(ModelSpec(name, version)))
         # A version label is ignored by GetModelStatus, as in TF (spec §7.5).

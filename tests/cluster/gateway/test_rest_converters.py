@@ -11,7 +11,7 @@ import pytest
 
 from cluster import errors
 from cluster.gateway import rest_converters as convert
-from cluster.gateway import rest_json
+from cluster.gateway import rest_examples, rest_json
 from cluster.requests import ClassifyResult, ModelMetadata, PredictResult, RegressResult, ResolvedSpec
 from cluster.types import ServableState, VersionChoice, VersionRequest, VersionStatus
 from exporter import dtypes
@@ -220,7 +220,7 @@ def test_predict_response_refusals(outputs: dict[str, Any], row: bool, message: 
 
 
 def _examples(body: Any) -> list[example_pb2.Example]:
-    request = convert.examples_request(json.dumps(body).encode(), "m", VersionRequest.labelled("stable"), 3.0)
+    request = rest_examples.examples_request(json.dumps(body).encode(), "m", VersionRequest.labelled("stable"), 3.0)
     assert request.spec.version.choice is VersionChoice.LABEL and request.deadline == 3.0
     assert request.spec.signature_name == body.get("signature_name", "")
     # The context travels once; parsed as the replica merges it: context + example, the example winning.
@@ -262,26 +262,26 @@ def test_examples_with_context_merge_example_wins() -> None:
     ],
 )
 def test_examples_refusals(body: Any, message: str) -> None:
-    _invalid(message, convert.examples_request, json.dumps(body).encode(), "m", VersionRequest.latest())
+    _invalid(message, rest_examples.examples_request, json.dumps(body).encode(), "m", VersionRequest.latest())
 
 
 def test_classify_and_regress_responses() -> None:
     labels = np.array([[b"a", b"b"], [b"c", b"d"]], dtype=object)
     scores = np.array([[0.1, 0.9], [1, 0]], dtype=np.float32)
-    both = json.loads(convert.classify_response(ClassifyResult(SPEC, labels, scores)))
+    both = json.loads(rest_examples.classify_response(ClassifyResult(SPEC, labels, scores)))
     assert both == {"results": [[["a", 0.1], ["b", 0.9]], [["c", 1.0], ["d", 0.0]]]}
-    only_scores = json.loads(convert.classify_response(ClassifyResult(SPEC, None, scores)))
+    only_scores = json.loads(rest_examples.classify_response(ClassifyResult(SPEC, None, scores)))
     assert only_scores["results"][0] == [["", 0.1], ["", 0.9]]
-    only_labels = json.loads(convert.classify_response(ClassifyResult(SPEC, labels, None)))
+    only_labels = json.loads(rest_examples.classify_response(ClassifyResult(SPEC, labels, None)))
     assert only_labels["results"][1] == [["c", 0.0], ["d", 0.0]]
-    regress = convert.regress_response(RegressResult(SPEC, np.array([[3.5], [4]], dtype=np.float32)))
+    regress = rest_examples.regress_response(RegressResult(SPEC, np.array([[3.5], [4]], dtype=np.float32)))
     assert regress == b'{"results": [3.5, 4.0]}'
-    _invalid("Cannot convert empty RegressionResults to JSON", convert.regress_response,
+    _invalid("Cannot convert empty RegressionResults to JSON", rest_examples.regress_response,
              RegressResult(SPEC, np.zeros(0, np.float32)))
-    _invalid("Cannot convert empty ClassificationResults to JSON", convert.classify_response,
+    _invalid("Cannot convert empty ClassificationResults to JSON", rest_examples.classify_response,
              ClassifyResult(SPEC, None, np.zeros((0, 2), np.float32)))
     # The shapes are checked once, as a result is made; the converter trusts the result.
-    _invalid("[batch_size num_classes]", lambda: convert.classify_response(ClassifyResult(SPEC, None, np.zeros(2))))
+    _invalid("[batch_size num_classes]", lambda: rest_examples.classify_response(ClassifyResult(SPEC, None, np.zeros(2))))
 
 
 # ---------------------------------------------------------------------------------------------
