@@ -56,7 +56,8 @@ def auto_gateway_processes(cpus: int) -> int:
     at least one, at most 8.
 
     A gateway process at full load keeps about one core busy and the replicas and Ray need the
-    rest (benchmarks/README.md, "Gateway processes", has the measurements behind the choice).
+    rest (benchmarks/README.md, "Gateway processes", has the measurements behind the choice: on
+    2 cores, 2 processes won on an idle machine and lost on crowded ones, so 1 stays).
     """
     return max(1, min(8, cpus // 2))
 
