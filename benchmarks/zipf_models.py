@@ -34,9 +34,8 @@ It prints:
   models would have on the same requests;
 - failed requests (any non-OK status) and wrong answers (outputs compared with the bundle run
   in this process), both goal 0;
-- the models loaded (with a replica) before and after the phase, against the capacity. The
-  metrics are scraped only before and after the phase: a scrape of 1,000 models' metrics took
-  2.3 s (median) in a first run, on the gateway's loop, and every request waited behind it;
+- the models loaded (with a replica) before, during (sampled every 5 s) and after the phase,
+  against the capacity;
 - the total PSS of the server's session (every Tessera and Ray process) after startup (all
   loaded once) and at the end, and the load average.
 
@@ -65,6 +64,7 @@ from benchmarks.many_models import expected_answer, session_pss_mb, wait_all_ava
 from benchmarks.servers import REPO, ServerProcess, free_port
 from benchmarks.wire import PREDICT_METHOD
 
+SAMPLE_S = 5.0  # between two scrapes of the metrics during the phase
 SERVER_COUNTERS = {
     "cold starts": "tessera_model_cold_start_latency_seconds_count",
     "evictions": "tessera_model_evictions_total",
@@ -133,6 +133,8 @@ class Phase:
     wrong: int = 0
     sent: int = 0
     lag: list[float] = field(default_factory=list)  # how late each request left (the generator's own lag)
+    loaded: list[int] = field(default_factory=list)  # models with a replica, every SAMPLE_S
+    scrapes: list[float] = field(default_factory=list)  # how long each metrics scrape took, s
 
 
 def _requests(names: list[str], x: np.ndarray) -> list[bytes]:
@@ -177,6 +179,16 @@ async def drive(target: str, metrics: str, payloads: list[bytes], picks: np.ndar
                    for a, v in want.items()):
                 phase.wrong += 1
 
+        async def sample() -> None:
+            while True:
+                began = time.monotonic()
+                found = await asyncio.to_thread(scrape, metrics)
+                phase.scrapes.append(time.monotonic() - began)
+                if found is not None:
+                    phase.loaded.append(found[1])
+                await asyncio.sleep(SAMPLE_S)
+
+        sampler = asyncio.ensure_future(sample())
         tasks: set[asyncio.Task[None]] = set()
         start, at = time.monotonic(), 0.0
         for pick in picks:
@@ -193,6 +205,7 @@ async def drive(target: str, metrics: str, payloads: list[bytes], picks: np.ndar
             phase.sent += 1
         if tasks:
             await asyncio.wait(set(tasks), timeout=90)
+        sampler.cancel()
     return phase
 
 
@@ -293,8 +306,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {label} half: {len(got)} answered, client hits {sum(t < cold_s for t in got) / max(len(got), 1):.1%}")
     print(f"failed requests: {failed} {phase.codes or ''}; wrong answers: {phase.wrong}")
     if after is not None:
-        print(f"models loaded at the end: {after[1]} (capacity {args.capacity}; {loaded_before} "
-              "at the start)")
+        print(f"models loaded: {loaded_before} at the start, {after[1]} at the end, during the phase max "
+              f"{max(phase.loaded, default=0)} mean {np.mean(phase.loaded) if phase.loaded else 0:.0f} (capacity "
+              f"{args.capacity}; a scrape every {SAMPLE_S:g}s, {_ms(phase.scrapes, 50)} ms median)")
     hosts = by_label.get("ray::ReplicaHost", (0, 0.0))
     print(f"total PSS of the session: after startup {pss_start:.0f} MiB, at the end {pss_end:.0f} MiB "
           f"(replica hosts: {hosts[0]} processes, {hosts[1]:.0f} MiB)")
