@@ -317,7 +317,10 @@ def test_a_model_evicted_to_zero_replicas_comes_back_on_its_next_request(tmp_pat
         await until(lambda: table_holds(controller, lambda t: not _addresses_in(t, "rare")))
         snapshot = {s.model: s for s in await controller.cluster_stats(timeout=0.2)}
         assert (snapshot["rare"].replica_count, snapshot["busy"].replica_count) == (0, 1)
-        assert (await routing_table(controller)).ready()  # rare is still servable: AVAILABLE at zero
+        table = await routing_table(controller)
+        assert table.ready()  # rare is still servable: AVAILABLE at zero
+        (status,) = table.models["rare"].statuses  # GetModelStatus says why it has no replica
+        assert "evicted from its replica host for the memory budget" in (status.error_message or "")
         # A request for rare waits in a gateway, which reports the demand: rare is placed again.
         # busy cannot be evicted (at its minimum), so the host goes over its budget, with a
         # warning; rare, just used, is not evicted again at once (min_idle_s).
