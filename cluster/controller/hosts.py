@@ -194,6 +194,15 @@ class HostPool:
             host.pinging.add_done_callback(quiet)
         return resolved(host.report)
 
+    async def stats(self, host: Host, model: str) -> list[Any]:
+        """A slot's statistics, from one call to its host shared by every slot asking at once: a
+        scrape asks every slot of every model, and 100 slots' calls on one host kept its loop (and
+        the requests of every model on it) busy for the scrape's length."""
+        if host.asking is None or host.asking.done():
+            host.asking = asyncio.ensure_future(host.handle.stats.remote())
+            host.asking.add_done_callback(quiet)
+        return [s for s in await asyncio.shield(host.asking) if s.model == model]
+
     async def load(
         self, host: Host, model: str, version: int, path: str, platform: str, batching: BatchingConfig | None,
         slot_id: str,

@@ -43,6 +43,7 @@ class Host:
     started: asyncio.Future[None] | None = None  # Ray placing it, then its first answer
     address: asyncio.Future[tuple[str, int]] | None = None
     pinging: asyncio.Future[dict[str, tuple[int, float]]] | None = None
+    asking: asyncio.Future[list[Any]] | None = None  # every slot's statistics, one call for a scrape
     misses: int = 0  # pings in a row not answered in time
     loading: int = 0  # loads in flight on it
 
@@ -90,7 +91,7 @@ class Slot:
         self.unload = _Call(lambda version, drain_timeout_s=30.0: handle.unload.remote(model, version, drain_timeout_s))
         # A slot leaving drains alone: the host's other models keep serving.
         self.drain = _Call(lambda timeout_s=30.0: handle.remove.remote(model, timeout_s, slot_id))
-        self.stats = _Call(lambda: handle.stats.remote(model))
+        self.stats = _Call(lambda: pool.stats(host, model))
         self.memory = _Call(lambda: handle.memory.remote(model))
 
     @property

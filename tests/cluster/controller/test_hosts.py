@@ -18,6 +18,7 @@ from cluster.controller.member import HealthOptions
 from cluster.controller.options import ControllerOptions
 from cluster.controller.packing import PlacementOptions
 from cluster.routing.table import RoutingTable
+from cluster.stats import ReplicaStats
 from tests.cluster.controller.controller_testlib import (
     FakeClock,
     model_stats,
@@ -45,6 +46,7 @@ class FakeHost:
         self.idle: dict[str, float] = {}
         self.ids: dict[str, str] = {}  # model -> the slot id it was last loaded for
         self.pings = 0  # pings answered (one per health round)
+        self.stats_calls = 0  # statistics calls answered
         for name in ("ping", "node_id", "load", "unload", "remove", "data_address", "stats", "memory", "describe"):
             setattr(self, name, _Remote(getattr(self, f"_{name}")))
 
@@ -81,8 +83,10 @@ class FakeHost:
         await self._answer()
         return ("127.0.0.1", 9000 + self.index)
 
-    async def _stats(self, model: str) -> list[Any]:
-        return []
+    async def _stats(self, model: str | None = None) -> list[Any]:
+        await self._answer()
+        self.stats_calls += 1
+        return [ReplicaStats(f"host{self.index}/{m}", m, in_flight=self.index) for m in self.slots if model in (None, m)]
 
     async def _memory(self, model: str) -> dict[str, int]:
         return {"pid": self.index}
@@ -155,6 +159,27 @@ def test_models_are_packed_into_hosts_and_one_model_s_replicas_are_spread(tmp_pa
         await until(lambda: sum(not h.killed for h in hosts) == 1)
         await controller.shutdown()
         assert all(h.killed for h in hosts)
+
+    asyncio.run(main())
+
+
+def test_a_scrape_asks_each_host_once_for_every_slot_on_it(tmp_path: pathlib.Path) -> None:
+    names = [f"m{i}" for i in range(7)]
+
+    async def main() -> None:
+        controller, pool, hosts = _setup(tmp_path, names, PlacementOptions(max_models_per_host=4))
+        await controller.set_config(_config(tmp_path, names))
+        await until(lambda: _all_routed(controller, names))
+        calls = [h.stats_calls for h in hosts]
+        snapshot = await controller.cluster_stats()
+        assert [h.stats_calls - before for h, before in zip(hosts, calls, strict=True)] == [1, 1]  # 7 slots, 2 calls
+        by_model = {m.model: m.replicas for m in snapshot}
+        where = {name: host.index for host in hosts for name in host.slots}
+        assert all([(r.model, r.in_flight) for r in by_model[n]] == [(n, where[n])] for n in names)
+        hosts[where["m0"]].dead = True  # a host that fails the call: its slots are left out, the others answer
+        snapshot = await controller.cluster_stats()
+        assert {m.model for m in snapshot if m.replicas} == {n for n in names if where[n] != where["m0"]}
+        await controller.shutdown()
 
     asyncio.run(main())
 
