@@ -36,13 +36,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["serve"]:
         # Imported lazily: `tessera inspect` never pays for importing Ray and gRPC.
-        from cluster import app
+        from cluster import commands
 
-        return app.main(argv[1:])
+        return commands.serve_main(argv[1:])
     if argv[:1] == ["gateway"]:
-        from cluster import app
+        from cluster import commands
 
-        return app.gateway_main(argv[1:])
+        return commands.gateway_main(argv[1:])
     if argv[:1] == ["batch-predict"]:
         from cluster.batch_predict import predict
 

@@ -38,7 +38,7 @@ async def gaps_at_rest(seconds: float = 0.2) -> list[float]:
 def collector_paused() -> Iterator[None]:
     """No full garbage collection of the test process's objects (0.2-0.3 s on this machine) in the
     measured window: that pause is not the code under test's (`tessera serve` freezes its startup
-    objects out of the collector's sight, `cluster.app._freeze_startup_objects`)."""
+    objects out of the collector's sight, `cluster.commands._freeze_startup_objects`)."""
     gc.collect()
     gc.disable()
     try:
