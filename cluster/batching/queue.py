@@ -6,7 +6,8 @@ the injected `execute`. A batch closes when it is full (`max_batch_size` rows, o
 `max_execution_batch_size` with splitting) or when its oldest request has waited
 `batch_timeout_micros`. It waits for a free execution slot *before* it forms, so under load
 batches grow by themselves. Requests whose tensors cannot share a batch (different dtypes or
-non-batch dims) queue in separate groups and never meet.
+non-batch dims) queue in separate groups and never meet (`groups.QueuedGroups`: which requests
+form the next batch).
 
 Clock and sleep are injected: unit tests drive the queue with a fake clock.
 """
@@ -14,15 +15,13 @@ Clock and sleep are injected: unit tests drive the queue with a fake clock.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import time
-from collections import deque
-from collections.abc import Awaitable, Callable, Hashable, Mapping
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping
 
 import numpy as np
 
 from cluster.batching import merge
+from cluster.batching.groups import Member, QueuedGroups
 from cluster.config import BatchingConfig
 from cluster.errors import DeadlineExceeded, Internal, InvalidArgument, ResourceExhausted, Unavailable
 from exporter.signature import Tensors
@@ -33,38 +32,6 @@ Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[object]]
 
 QUEUE_FULL_MESSAGE = "The batch scheduling queue to which this task was submitted is full"
-# Timeouts are set in microseconds: a batch due within one is due now (and float rounding of
-# `enqueued_at + timeout - now` never leaves the scheduler sleeping for a few nanoseconds).
-_TIMER_SLACK_S = 1e-6
-
-
-class _Pending:
-    """One submitted request while it waits; with splitting it may leave in several chunks."""
-
-    __slots__ = ("inputs", "rows", "future", "deadline", "enqueued_at", "seq", "taken", "done_rows", "parts")
-
-    def __init__(self, inputs: Tensors, rows: int, future: asyncio.Future[dict[str, np.ndarray]], deadline: float | None,
-                 enqueued_at: float, seq: int) -> None:
-        self.inputs = inputs
-        self.rows = rows
-        self.future = future
-        self.deadline = deadline
-        self.enqueued_at = enqueued_at
-        self.seq = seq
-        self.taken = 0  # rows already placed in a batch
-        self.done_rows = 0  # rows whose outputs came back (splitting only)
-        self.parts: dict[int, dict[str, np.ndarray]] = {}  # chunk start row -> outputs
-
-    def fail(self, error: BaseException) -> None:
-        if not self.future.done():
-            self.future.set_exception(error)
-
-
-@dataclass(frozen=True, slots=True)
-class _Member:
-    entry: _Pending
-    start: int
-    stop: int
 
 
 class BatchQueue:
@@ -97,10 +64,7 @@ class BatchQueue:
         self._timeout_s = config.batch_timeout_micros / 1e6
         self._capacity_rows = config.max_enqueued_batches * self._batch_rows
 
-        self._groups: dict[Hashable, deque[_Pending]] = {}
-        self._group_rows: dict[Hashable, int] = {}  # rows not yet placed in a batch, per group
-        self._queued_rows = 0
-        self._seq = itertools.count()
+        self._queued = QueuedGroups()
         self._wakeup = asyncio.Event()
         self._slots = asyncio.Semaphore(config.num_batch_threads)
         self._scheduler: asyncio.Task[None] | None = None
@@ -110,7 +74,7 @@ class BatchQueue:
     @property
     def queued_rows(self) -> int:
         """Rows waiting for a batch (a load signal for the router and the autoscaler)."""
-        return self._queued_rows
+        return self._queued.rows
 
     async def submit(self, inputs: Tensors, deadline: float | None = None) -> dict[str, np.ndarray]:
         """Queue one request and return its outputs (dim 0 = its own rows, padding removed).
@@ -129,18 +93,12 @@ class BatchQueue:
             raise InvalidArgument(f"Task size {rows} is larger than maximum input batch size {self._max_task_rows}")
         if self._validate is not None:
             self._validate(inputs)
-        if self._queued_rows + rows > self._capacity_rows:
+        if self._queued.rows + rows > self._capacity_rows:
             raise ResourceExhausted(QUEUE_FULL_MESSAGE)
 
         future = asyncio.get_running_loop().create_future()
         key = merge.shape_key(inputs, pad_variable_length=self._pad_variable)
-        group = self._groups.get(key)
-        if group is None:
-            group = self._groups[key] = deque()
-            self._group_rows[key] = 0
-        group.append(_Pending(inputs, rows, future, deadline, now, next(self._seq)))
-        self._group_rows[key] += rows
-        self._queued_rows += rows
+        self._queued.add(key, inputs, rows, future, deadline, now)
         self._wakeup.set()
         if self._scheduler is None:
             self._scheduler = asyncio.create_task(self._schedule())
@@ -151,7 +109,7 @@ class BatchQueue:
         """Refuse new requests; with `drain`, compute everything queued first, else fail it."""
         self._closed = True
         self._wakeup.set()
-        while drain and self._scheduler is not None and (self._queued_rows or self._running):
+        while drain and self._scheduler is not None and (self._queued.rows or self._running):
             if self._running:
                 await asyncio.wait(set(self._running))
             else:
@@ -160,7 +118,7 @@ class BatchQueue:
         if scheduler is not None:
             scheduler.cancel()
             await asyncio.gather(scheduler, return_exceptions=True)
-        self._fail_all_queued(Unavailable("The batch queue is closed"))
+        self._queued.fail_all(Unavailable("The batch queue is closed"))
         if self._running:
             await asyncio.wait(set(self._running))
 
@@ -182,74 +140,19 @@ class BatchQueue:
         self._scheduler = None
         if not task.cancelled() and task.exception() is not None:
             # A bug in scheduling must not leave callers waiting forever.
-            self._fail_all_queued(Internal(f"Batch scheduler failed: {task.exception()!r}"))
+            self._queued.fail_all(Internal(f"Batch scheduler failed: {task.exception()!r}"))
 
-    async def _next_batch(self) -> list[_Member]:
+    async def _next_batch(self) -> list[Member]:
         while True:
             self._wakeup.clear()
             now = self._clock()
-            key, wait_s = self._ready_group(now)
+            key, wait_s = self._queued.ready(now, self._timeout_s, self._batch_rows, flush=self._closed)
             if key is not None:
-                members = self._take(key, now)
+                members = self._queued.take(key, now, self._batch_rows, split=self._split)
                 if members:
                     return members
                 continue  # everything taken was stale; look again
             await self._wait(wait_s)
-
-    def _ready_group(self, now: float) -> tuple[Hashable | None, float | None]:
-        """The group whose batch should close now (oldest head first), else how long to wait."""
-        ready_key: Hashable | None = None
-        ready_seq = -1
-        wait_s: float | None = None
-        flush = self._closed  # on close, nothing waits for a timeout
-        for key, group in self._groups.items():
-            head = group[0]
-            remaining = head.enqueued_at + self._timeout_s - now
-            if flush or remaining < _TIMER_SLACK_S or self._group_rows[key] >= self._batch_rows:
-                if ready_key is None or head.seq < ready_seq:
-                    ready_key, ready_seq = key, head.seq
-            elif wait_s is None or remaining < wait_s:
-                wait_s = remaining
-        return ready_key, wait_s
-
-    def _take(self, key: Hashable, now: float) -> list[_Member]:
-        group = self._groups[key]
-        room = self._batch_rows
-        members: list[_Member] = []
-        while group and room > 0:
-            entry = group[0]
-            remaining = entry.rows - entry.taken
-            if entry.future.done() or (entry.deadline is not None and now >= entry.deadline):
-                # Expired, cancelled by its caller, or failed by an earlier chunk: never computed.
-                entry.fail(DeadlineExceeded("Deadline exceeded while the request was queued for batching"))
-                group.popleft()
-                self._dequeue(key, remaining)
-                continue
-            if remaining <= room:
-                take = remaining
-                group.popleft()
-            elif self._split:
-                take = room
-            elif members:
-                break  # it heads the next batch
-            else:
-                # Cannot happen (submit bounds a request by the batch size), but a request that can
-                # never fit must fail rather than spin the scheduler.
-                entry.fail(Internal(f"Request of {remaining} rows does not fit a batch of {room}"))
-                group.popleft()
-                self._dequeue(key, remaining)
-                continue
-            members.append(_Member(entry, entry.taken, entry.taken + take))
-            entry.taken += take
-            room -= take
-            self._dequeue(key, take)
-        if not group:
-            del self._groups[key], self._group_rows[key]
-        return members
-
-    def _dequeue(self, key: Hashable, rows: int) -> None:
-        self._group_rows[key] -= rows
-        self._queued_rows -= rows
 
     async def _wait(self, wait_s: float | None) -> None:
         """Until a request arrives, or `wait_s` seconds on the injected clock pass."""
@@ -266,7 +169,7 @@ class BatchQueue:
 
     # -- execution ----------------------------------------------------------------------------
 
-    async def _run_batch(self, members: list[_Member]) -> None:
+    async def _run_batch(self, members: list[Member]) -> None:
         try:
             requests = [
                 m.entry.inputs if m.stop - m.start == m.entry.rows else merge.slice_rows(m.entry.inputs, m.start, m.stop)
@@ -293,7 +196,7 @@ class BatchQueue:
             self._slots.release()
 
     @staticmethod
-    def _deliver(member: _Member, outputs: dict[str, np.ndarray]) -> None:
+    def _deliver(member: Member, outputs: dict[str, np.ndarray]) -> None:
         entry = member.entry
         if entry.future.done():
             return
@@ -304,11 +207,3 @@ class BatchQueue:
         entry.done_rows += member.stop - member.start
         if entry.done_rows == entry.rows:
             entry.future.set_result(merge.concat_outputs([entry.parts[s] for s in sorted(entry.parts)]))
-
-    def _fail_all_queued(self, error: BaseException) -> None:
-        for group in self._groups.values():
-            for entry in group:
-                entry.fail(error)
-        self._groups.clear()
-        self._group_rows.clear()
-        self._queued_rows = 0
