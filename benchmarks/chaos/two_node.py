@@ -72,9 +72,11 @@ class TwoNodeCluster:
         self._wait_nodes(1)
         self.add_worker()
 
-    def add_worker(self) -> None:
+    def add_worker(self, args: list[str] | None = None) -> None:
+        """One more node joined to the head: `ray start` with `args` (default: `worker_cpus` CPUs)."""
         alive = self._alive_nodes()
-        self._start(f"worker{len(self._nodes)}", [f"--address={self.address}", f"--num-cpus={self.worker_cpus}"])
+        self._start(f"worker{len(self._nodes)}",
+                    [f"--address={self.address}", *(args if args is not None else [f"--num-cpus={self.worker_cpus}"])])
         self._wait_nodes(alive + 1)
 
     def _alive_nodes(self) -> int:
