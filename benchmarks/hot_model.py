@@ -131,7 +131,7 @@ async def open_loop(
 
 
 def cold_payloads(names: list[str]) -> dict[str, bytes]:
-    from exporter import tensor_codec
+    from exporter import tensor_encode
     from protos.tensorflow_serving.apis import predict_pb2
 
     x = np.array([[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]], np.float32)
@@ -140,7 +140,7 @@ def cold_payloads(names: list[str]) -> dict[str, bytes]:
         request = predict_pb2.PredictRequest()
         request.model_spec.name = name
         request.model_spec.signature_name = "predict"
-        tensor_codec.array_to_proto(x, request.inputs["x"])
+        tensor_encode.array_to_proto(x, request.inputs["x"])
         out[name] = request.SerializeToString()
     return out
 

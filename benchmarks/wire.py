@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from benchmarks.model import INPUT, LAYERS, MODEL_NAME, SIGNATURE
-from exporter import tensor_codec
+from exporter import tensor_codec, tensor_encode
 from protos.tensorflow_serving.apis import predict_pb2
 
 PREDICT_METHOD = "/tensorflow.serving.PredictionService/Predict"
@@ -17,7 +17,7 @@ def predict_request(batch: int = 1, seed: int = 0, model_name: str = MODEL_NAME)
     request = predict_pb2.PredictRequest()
     request.model_spec.name = model_name
     request.model_spec.signature_name = SIGNATURE
-    tensor_codec.array_to_proto(x, request.inputs[INPUT])
+    tensor_encode.array_to_proto(x, request.inputs[INPUT])
     return request
 
 
@@ -34,5 +34,5 @@ def encode_response(
     response.model_spec.name = request.model_spec.name
     response.model_spec.signature_name = request.model_spec.signature_name or SIGNATURE
     for alias, array in outputs.items():
-        tensor_codec.array_to_proto(array, response.outputs[alias])
+        tensor_encode.array_to_proto(array, response.outputs[alias])
     return response

@@ -138,7 +138,7 @@ class Phase:
 
 
 def _requests(names: list[str], x: np.ndarray) -> list[bytes]:
-    from exporter import tensor_codec
+    from exporter import tensor_encode
     from protos.tensorflow_serving.apis import predict_pb2
 
     payloads = []
@@ -146,7 +146,7 @@ def _requests(names: list[str], x: np.ndarray) -> list[bytes]:
         request = predict_pb2.PredictRequest()
         request.model_spec.name = name
         request.model_spec.signature_name = "predict"
-        tensor_codec.array_to_proto(x, request.inputs["x"])
+        tensor_encode.array_to_proto(x, request.inputs["x"])
         payloads.append(request.SerializeToString())
     return payloads
 

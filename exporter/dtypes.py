@@ -31,7 +31,7 @@ UINT64: Final[DType] = bundle_pb2.DT_UINT64
 # numbered like tensorflow.DataType. They reach us in requests through TensorProto.
 COMPLEX64: Final[DType] = 8
 COMPLEX128: Final[DType] = 18
-# numpy has no bfloat16: exporter.tensor_codec decodes it to float32 (exactly) and only encodes
+# numpy has no bfloat16: exporter.tensor_codec decodes it to float32 (exactly); tensor_encode only encodes
 # it when asked to; it has no entry in the numpy maps below.
 BFLOAT16: Final[DType] = 14
 

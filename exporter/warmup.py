@@ -20,7 +20,7 @@ import numpy as np
 from google.protobuf.message import DecodeError
 
 from exporter.errors import BundleError, ExportError
-from exporter.tensor_codec import array_to_proto
+from exporter.tensor_encode import array_to_proto
 from protos.tessera import warmup_pb2
 
 WARMUP_FILE: Final = "tf_serving_warmup_requests"

@@ -1,7 +1,7 @@
 """numpy <-> `tensorflow.TensorProto` for clients, with the semantics of TensorFlow's Python
 `tf.make_tensor_proto` and `tf.make_ndarray` (same bytes for the same input).
 
-Built on `exporter.tensor_codec`, which does the element conversion without Python loops.
+Built on `exporter.tensor_codec` and `exporter.tensor_encode`, which do the element conversion without Python loops.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ from typing import Any, Final
 import numpy as np
 
 from exporter import dtypes
-from exporter.tensor_codec import array_to_proto, proto_to_array
+from exporter.tensor_codec import proto_to_array
+from exporter.tensor_encode import array_to_proto
 from protos.tensorflow.core.framework import tensor_pb2
 
 # The dtypes TensorFlow's Python make_tensor_proto sends as tensor_content (and only when the

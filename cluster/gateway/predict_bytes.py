@@ -25,7 +25,8 @@ from cluster.requests import PredictResult
 from exporter import dtypes, protobuf_wire
 from exporter.errors import InvalidInputError
 from exporter.protobuf_wire import encode_varint, field, field_size, tag
-from exporter.tensor_codec import LIFTABLE, Lifted, array_to_proto
+from exporter.tensor_codec import LIFTABLE, Lifted
+from exporter.tensor_encode import array_to_proto
 from protos.tensorflow.core.framework import tensor_pb2, types_pb2
 from protos.tensorflow_serving.apis import model_pb2, predict_pb2
 
@@ -190,7 +191,7 @@ def _joined(parts: Sequence[bytes | memoryview]) -> bytes:
     return cast(bytes, out)
 
 
-# dtypes whose typed field's packed encoding is the values' own bytes (see exporter.tensor_codec).
+# dtypes whose typed field's packed encoding is the values' own bytes (see exporter.tensor_encode).
 _WIRE_LAYOUT: Final[dict[int, tuple[str, np.dtype]]] = {
     dtypes.FLOAT: ("float_val", np.dtype("<f4")),
     dtypes.DOUBLE: ("double_val", np.dtype("<f8")),

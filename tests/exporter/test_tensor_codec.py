@@ -12,7 +12,8 @@ import pytest
 
 from exporter import dtypes
 from exporter.errors import InvalidInputError
-from exporter.tensor_codec import array_to_proto, proto_to_array
+from exporter.tensor_codec import proto_to_array
+from exporter.tensor_encode import array_to_proto
 from protos.tensorflow.core.framework import tensor_pb2
 from protos.tessera import warmup_pb2
 from tests.tensor_vectors_testlib import assert_same_array, expected_array

@@ -24,7 +24,7 @@ from cluster.requests import (
 from cluster.types import VersionStatus
 from exporter.errors import InvalidInputError
 from exporter.signature import Signature, TensorInfo
-from exporter.tensor_codec import array_to_proto
+from exporter.tensor_encode import array_to_proto
 from protos.tensorflow.core.framework import types_pb2
 from protos.tensorflow.core.protobuf import error_codes_pb2, meta_graph_pb2
 from protos.tensorflow_serving.apis import (

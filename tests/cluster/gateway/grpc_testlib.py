@@ -30,7 +30,7 @@ from cluster.requests import (
 from cluster.types import ServableState, VersionStatus
 from exporter import dtypes
 from exporter.signature import Signature, TensorInfo
-from exporter.tensor_codec import array_to_proto
+from exporter.tensor_encode import array_to_proto
 from protos.tensorflow_serving.apis import (
     model_service_pb2_grpc,
     predict_pb2,

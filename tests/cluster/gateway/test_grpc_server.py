@@ -18,7 +18,8 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from cluster.gateway.grpc_server import GatewayServer
 from exporter import dtypes
-from exporter.tensor_codec import array_to_proto, proto_to_array
+from exporter.tensor_codec import proto_to_array
+from exporter.tensor_encode import array_to_proto
 from protos.tensorflow.core.example import example_pb2
 from protos.tensorflow_serving.apis import (
     classification_pb2,
