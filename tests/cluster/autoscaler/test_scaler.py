@@ -155,3 +155,15 @@ def test_idle_goes_to_zero_after_the_idle_period_and_the_first_request_brings_on
     # Then up to what the load needs, and steady.
     assert run.count_at(700.0) >= 2
     assert run.changes(after=500 + 4 * STEP_S) == 0, run.counts
+
+
+def test_a_cold_start_is_never_held_back_by_a_scale_up_still_starting():
+    # At zero, a request's demand brings one replica at once, even while the last change is
+    # pending (may_grow=False: the controller's replicas of an earlier scale-up still start).
+    config = AutoscalingConfig(0, 4, target_ongoing_requests=1.0, upscale_delay_s=3.0, look_back_s=3.0,
+                               scale_to_zero_idle_s=60.0)
+    scaler = ModelScaler(config, now=0.0)
+    assert scaler.decide(0.5, 0, Load(0.0, 10.0, 0.0), may_grow=False) == 1
+    # At one replica the same wait applies as above the minimum: no second one until they serve.
+    assert scaler.decide(10.0, 1, Load(5.0, 100.0, 100.0), may_grow=False) == 1
+    assert scaler.decide(10.0, 1, Load(5.0, 100.0, 100.0)) > 1
