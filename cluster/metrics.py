@@ -149,7 +149,7 @@ class ClusterCollector(Collector):
             batches = stats.Histogram(stats.BATCH_SIZE_BUCKETS)
             warmups = stats.Histogram(stats.LATENCY_BUCKETS)
             for replica in model.replicas:
-                in_flight.add_metric([model.model, replica.replica_id], replica.in_flight)
+                in_flight.add_metric([model.model, replica.replica_id], replica.in_flight_requests)
                 queue.add_metric([model.model, replica.replica_id], replica.queued_rows)
                 batches.merge(replica.batch_sizes)
                 warmups.merge(replica.warmup_seconds)

@@ -47,7 +47,7 @@ class Histogram:
 class ReplicaStats:
     replica_id: str
     model: str
-    in_flight: int = 0  # requests inside the replica now (all gateways)
+    in_flight_requests: int = 0  # requests inside the replica now (all gateways; a coalesced call counts each)
     queued_rows: int = 0  # rows waiting in its batch queues
     batch_sizes: Histogram = field(default_factory=lambda: Histogram(BATCH_SIZE_BUCKETS))
     warmup_seconds: Histogram = field(default_factory=lambda: Histogram(LATENCY_BUCKETS))

@@ -31,7 +31,7 @@ class HealthOptions:
     report_unplaced_after_s: float = 5.0  # a replica not started by then is asked about (and reported)
     address_timeout_s: float = 10.0  # for the data-plane address of a started replica
     load_timeout_s: float = 600.0  # one version on one replica, warmup included
-    drain_timeout_s: float = 30.0  # a leaving replica's in-flight calls finish within this
+    drain_timeout_s: float = 30.0  # a leaving replica's requests in flight finish within this
     restart_backoff_s: float = 1.0  # doubled after each replica that dies before it serves, up to 30 s
 
 

@@ -71,7 +71,7 @@ class _Slot:
 
     replica: Replica
     batched: BatchedRunner | None
-    in_flight: int = 0
+    in_flight_requests: int = 0  # requests running in its calls now (a coalesced call counts each of its requests)
     by_version: Counter[int] = field(default_factory=Counter)  # requests in flight per version (unload waits)
     resident: dict[int, int] = field(default_factory=dict)  # version -> Servable.resident_bytes, at load
     last_used: float = field(default_factory=time.monotonic)  # the last call (or load): eviction is LRU
@@ -158,14 +158,14 @@ class ReplicaHost:
 
     async def remove(self, model: str, drain_timeout_s: float = 30.0, slot_id: str | None = None) -> int:
         """Takes `model`'s slot off this host: refuses its new calls, lets those running finish
-        (bounded), unloads every version. Returns how many calls were still running. With a
+        (bounded), unloads every version. Returns how many requests were still running. With a
         `slot_id`, only that slot: a remove that arrives after the model was placed here again
         leaves the new slot alone."""
         slot = self._slots.get(model)
         if slot is None or (slot_id is not None and slot.slot_id != slot_id):
             return 0
         slot.draining = True
-        await _until_idle(lambda: slot.in_flight == 0, drain_timeout_s)
+        await _until_idle(lambda: slot.in_flight_requests == 0, drain_timeout_s)
         if self._slots.get(model) is slot:
             del self._slots[model]
         for version in slot.replica.loaded_versions():
@@ -173,7 +173,7 @@ class ReplicaHost:
                 await slot.batched.unload(version)
             slot.replica.unload(version)
         log.info("model %s removed from host %s", model, self.host_id)
-        return slot.in_flight
+        return slot.in_flight_requests
 
     async def loaded_versions(self, model: str) -> list[int]:
         slot = self._slots.get(model)
@@ -195,7 +195,7 @@ class ReplicaHost:
             # to another replica of the model.
             raise errors.Unavailable(f"model {model} is not on replica host {self.host_id}")
         requests = [examples_with_context(r) for r in requests]
-        slot.in_flight += len(requests)
+        slot.in_flight_requests += len(requests)
         slot.by_version[version] += len(requests)
         slot.last_used = time.monotonic()
         try:
@@ -204,7 +204,7 @@ class ReplicaHost:
             replica = slot.replica
             return await compute(lambda: replica.run(version, signature_key, requests, output_filter), *requests)
         finally:
-            slot.in_flight -= len(requests)
+            slot.in_flight_requests -= len(requests)
             slot.by_version[version] -= len(requests)
 
     async def stats(self, model: str | None = None) -> list[ReplicaStats]:
@@ -214,7 +214,7 @@ class ReplicaHost:
             ReplicaStats(
                 replica_id=f"{self.host_id}/{name}",
                 model=name,
-                in_flight=slot.in_flight,
+                in_flight_requests=slot.in_flight_requests,
                 queued_rows=slot.batched.queued_rows if slot.batched is not None else 0,
                 batch_sizes=slot.replica.batch_sizes,
                 warmup_seconds=slot.replica.warmup_seconds,

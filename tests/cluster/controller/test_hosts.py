@@ -86,7 +86,7 @@ class FakeHost:
     async def _stats(self, model: str | None = None) -> list[Any]:
         await self._answer()
         self.stats_calls += 1
-        return [ReplicaStats(f"host{self.index}/{m}", m, in_flight=self.index) for m in self.slots if model in (None, m)]
+        return [ReplicaStats(f"host{self.index}/{m}", m, in_flight_requests=self.index) for m in self.slots if model in (None, m)]
 
     async def _memory(self, model: str) -> dict[str, int]:
         return {"pid": self.index}
@@ -175,7 +175,7 @@ def test_a_scrape_asks_each_host_once_for_every_slot_on_it(tmp_path: pathlib.Pat
         assert [h.stats_calls - before for h, before in zip(hosts, calls, strict=True)] == [1, 1]  # 7 slots, 2 calls
         by_model = {m.model: m.replicas for m in snapshot}
         where = {name: host.index for host in hosts for name in host.slots}
-        assert all([(r.model, r.in_flight) for r in by_model[n]] == [(n, where[n])] for n in names)
+        assert all([(r.model, r.in_flight_requests) for r in by_model[n]] == [(n, where[n])] for n in names)
         hosts[where["m0"]].dead = True  # a host that fails the call: its slots are left out, the others answer
         snapshot = await controller.cluster_stats()
         assert {m.model for m in snapshot if m.replicas} == {n for n in names if where[n] != where["m0"]}
