@@ -1,9 +1,9 @@
 """The TensorFlow side of importing a SavedModel: read its signatures, freeze each one, cut it at
 its tf.Example parse, convert the rest with tf2onnx, and check the ONNX body against TensorFlow.
 
-This module (with `savedmodel_cut`) is the only one that imports tensorflow and tf2onnx; it runs
-only where a SavedModel is imported (`tessera import`, or the import subprocess a server starts),
-never in a serving replica.
+This module (with `savedmodel_onnx`, the conversion of a frozen graph, and `savedmodel_cut`) is the
+only one that imports tensorflow and tf2onnx; it runs only where a SavedModel is imported
+(`tessera import`, or the import subprocess a server starts), never in a serving replica.
 
 Per signature (the SavedModel's MetaGraph tagged "serve"):
 1. The SignatureDef as written in saved_model.pb gives what TF Serving reports and checks: the
@@ -23,46 +23,32 @@ Per signature (the SavedModel's MetaGraph tagged "serve"):
 
 from __future__ import annotations
 
-import logging
 import os
 import pathlib
 from collections.abc import Mapping
-from typing import Any
 
 import numpy as np
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
 
-import onnx  # noqa: E402 - after the TF log level
-import tensorflow as tf  # noqa: E402
+import tensorflow as tf  # noqa: E402 - after the TF log level
 import tf2onnx  # noqa: E402
 from tensorflow.core.protobuf import saved_model_pb2  # noqa: E402
 from tensorflow.python.ops import lookup_ops  # noqa: E402
 from tf2onnx import tf_loader  # noqa: E402
-from tf2onnx.convert import _convert_common  # noqa: E402 - the CLI's own path, with tables
 from tf2onnx.tf_utils import get_hash_table_info  # noqa: E402
 
 from exporter import dtypes  # noqa: E402
 from exporter.errors import ExportError  # noqa: E402
 from exporter.importers.savedmodel_check import ReferenceRefused, check_signature  # noqa: E402
-from exporter.importers.savedmodel_cut import Cut, cut_parse_example  # noqa: E402
-from exporter.importers.savedmodel_types import ConvertedSignature, Feed  # noqa: E402
+from exporter.importers.savedmodel_onnx import OPSET, TF, convert_frozen_signature  # noqa: E402
+from exporter.importers.savedmodel_types import ConvertedSignature  # noqa: E402
 from exporter.signature import Shape, TensorInfo  # noqa: E402
 
-# TensorFlow's protos (GraphDef, TensorShapeProto, TensorInfo ...) and objects (sessions, concrete
-# functions): the tensorflow package ships no type information, so they are Any here.
-TF = Any
 # A signature as saved_model.pb declares it: (method name, inputs, outputs).
 Declared = tuple[str, dict[str, TensorInfo], dict[str, TensorInfo]]
 
 SERVE_TAG = "serve"
-OPSET = 17
-
-
-def _quiet() -> None:
-    """tf2onnx logs every op it cannot convert at ERROR; the import raises with them instead."""
-    for name in [n for n in logging.root.manager.loggerDict if n.startswith(("tf2onnx", "tensorflow"))]:
-        logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
 def _shape(proto: TF) -> Shape:
@@ -99,94 +85,6 @@ def read_signature_defs(version_dir: str) -> dict[str, Declared]:
     if not out:
         raise ExportError(f"{version_dir}: the SavedModel has no signatures to serve")
     return out
-
-
-def _unconverted(model: onnx.ModelProto) -> list[str]:
-    bad = []
-    for node in model.graph.node:
-        if not onnx.defs.has(node.op_type, node.domain):
-            bad.append(f"{node.op_type} (node {node.name!r})")
-    return bad
-
-
-def _declare_output_shapes(model: onnx.ModelProto, shapes: Mapping[str, Shape]) -> None:
-    """Gives an output tf2onnx could not infer a shape for the shape the SavedModel declares
-    (onnx's checker refuses a graph output without one); unknown dimensions stay symbolic."""
-    for output in model.graph.output:
-        tensor_type = output.type.tensor_type
-        shape = shapes.get(output.name)
-        if tensor_type.HasField("shape") or shape is None:
-            continue
-        tensor_type.shape.SetInParent()
-        for i, d in enumerate(shape):
-            dim = tensor_type.shape.dim.add()
-            if d is None:
-                dim.dim_param = f"{output.name.split(':')[0]}_dim{i}"
-            else:
-                dim.dim_value = d
-
-
-def _convert(
-    key: str, graph_def: object, inputs: list[str], outputs: list[str], tables: object, shapes: Mapping[str, Shape]
-) -> bytes:
-    _quiet()
-    try:
-        with tf.device("/cpu:0"):
-            model, _ = _convert_common(
-                # One name for every signature: identical bodies give identical bytes, so signatures
-                # that alias one function (Keras: serve, serving_default) share one asset and session.
-                graph_def, name="savedmodel", continue_on_error=False, opset=OPSET,
-                input_names=inputs, output_names=outputs, initialized_tables=tables,
-            )  # fmt: skip
-    except Exception as e:  # noqa: BLE001 - tf2onnx raises whatever its handler raised
-        raise ExportError(f"signature {key!r}: tf2onnx cannot convert it: {type(e).__name__}: {e}") from None
-    _declare_output_shapes(model, shapes)
-    bad = _unconverted(model)
-    if bad:
-        raise ExportError(
-            f"signature {key!r}: TensorFlow op(s) with no ONNX conversion: {', '.join(bad)}"
-        )
-    return model.SerializeToString()
-
-
-def _prune(graph_def: TF, outputs: list[str]) -> TF:
-    return tf.compat.v1.graph_util.extract_sub_graph(graph_def, sorted({o.split(":")[0] for o in outputs}))
-
-
-def _frozen_signature(
-    key: str, inputs: dict[str, TensorInfo], outputs: dict[str, TensorInfo], frozen: TF, tables: TF,
-    in_names: dict[str, str], out_names: dict[str, str], method: str, converted: dict[bytes, bytes],
-) -> ConvertedSignature:
-    """Cut, prune and convert one frozen signature graph (tensor names: `in_names`/`out_names`)."""
-    cut: Cut | None = cut_parse_example(frozen, key, in_names)
-    flat_out = sorted(set(out_names.values()))
-    pruned = _prune(cut.graph_def if cut else frozen, flat_out)
-    placeholders = {f"{n.name}:0" for n in pruned.node if n.op == "Placeholder"}
-    feeds: dict[str, Feed] = {}
-    for alias, name in in_names.items():
-        if name in placeholders:
-            if cut and alias == cut.examples_alias:
-                raise ExportError(
-                    f"signature {key!r}: the graph reads the serialized examples {alias!r} beyond parsing them "
-                    "(only a parse at the start can become Tessera's parsing receiver)"
-                )
-            feeds[name] = Feed(alias=alias)
-    if cut:
-        feeds.update({name: feed for name, feed in cut.feeds.items() if name in placeholders})
-    if not feeds:
-        raise ExportError(f"signature {key!r}: its outputs do not depend on its inputs (a constant model)")
-    shapes = {out_names[alias]: info.shape for alias, info in outputs.items()}
-    # Signatures over the same graph (an Estimator's serving_default and its head's key) get the
-    # same ONNX bytes, so the bundle stores one model and a load opens one session for both.
-    same = pruned.SerializeToString(deterministic=True) + repr((sorted(feeds), flat_out, sorted(shapes.items()))).encode()
-    if same not in converted:
-        converted[same] = _convert(key, pruned, sorted(feeds), flat_out, tables, shapes)
-    model = converted[same]
-    return ConvertedSignature(
-        key=key, method_name=method, inputs=inputs, outputs=outputs, onnx_model=model,
-        feeds=dict(sorted(feeds.items())), fetches=dict(out_names),
-        examples_alias=cut.examples_alias if cut else None, feature_spec=dict(cut.feature_spec) if cut else {},
-    )  # fmt: skip
 
 
 def _is_tf1(version_dir: str) -> bool:
@@ -230,7 +128,7 @@ def _convert_tf2(version_dir: str, declared: Mapping[str, Declared]) -> list[Con
             frozen, tables = tf_loader.from_trackable(imported, function, flat_in, flat_out, False)
         except Exception as e:  # noqa: BLE001 - freezing failures come as many types
             raise _tf_failure(key, "freeze", e) from None
-        sig = _frozen_signature(key, inputs, outputs, frozen, tables, in_names, out_names, method, bodies)
+        sig = convert_frozen_signature(key, inputs, outputs, frozen, tables, in_names, out_names, method, bodies)
         check_signature(sig, reference)
         converted.append(sig)
     return converted
@@ -284,7 +182,7 @@ def _convert_tf1(version_dir: str, declared: Mapping[str, Declared]) -> list[Con
                 frozen, tables = _freeze_tf1(sess, flat_in, flat_out)
             except Exception as e:  # noqa: BLE001
                 raise _tf_failure(key, "freeze", e) from None
-            sig = _frozen_signature(key, inputs, outputs, frozen, tables, in_names, out_names, method, bodies)
+            sig = convert_frozen_signature(key, inputs, outputs, frozen, tables, in_names, out_names, method, bodies)
             check_signature(sig, reference)
             converted.append(sig)
     return converted
