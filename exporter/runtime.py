@@ -81,6 +81,7 @@ class Runtime:
         for key, sig in self.signatures.items():
             self._plans[(key, ())] = self._compile_plan(sig, tuple(sorted(sig.outputs)))
         self._feature_plans: dict[tuple[str, tuple[str, ...]], Plan] = {}
+        self._parse_nodes: dict[str, bundle_pb2.NodeDef | None] = {}
 
     # -- load-time checks ----------------------------------------------------------------------
     def _check_node(self, node: bundle_pb2.NodeDef, ctx: LoadContext) -> None:
@@ -135,6 +136,13 @@ class Runtime:
 
     # -- the parsing receiver, bypassed ----------------------------------------------------------
     def _parse_node(self, key: str) -> bundle_pb2.NodeDef | None:
+        """The ParseExample node that is the one consumer of signature `key`'s one input, if any
+        (found once per signature: a call must not walk the graph)."""
+        if key not in self._parse_nodes:
+            self._parse_nodes[key] = self._find_parse_node(key)
+        return self._parse_nodes[key]
+
+    def _find_parse_node(self, key: str) -> bundle_pb2.NodeDef | None:
         sig = self.signatures.get(key)
         if sig is None or len(sig.inputs) != 1:
             return None

@@ -8,6 +8,9 @@ each signature then runs from the parsed features (`ParsesExamples.run_features`
 outputs as a run on the serialized Examples. A signature whose receiver the servable cannot bypass
 (or a servable that is no `ParsesExamples`) runs on the serialized Examples as a Classify would.
 
+What can be decided without the examples (each task's signature, which tasks share a parse) is a
+`TasksPlan`, made once per servable and tuple of tasks (`plan_tasks`; the replica keeps them).
+
 Every task's signature has one DT_STRING input (the gateway checks it; so does `check_tasks`, for
 what reaches a replica another way). A task that fails fails the request: an InvalidInputError
 for bad examples (the replica answers InvalidArgument), as TF Serving's one Session::Run would.
@@ -15,7 +18,7 @@ for bad examples (the replica answers InvalidArgument), as TF Serving's one Sess
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -24,17 +27,28 @@ from cluster.replica.contract import Tasks, task_output
 from cluster.requests import EXAMPLE_CONTEXT_FEED
 from exporter import dtypes
 from exporter.errors import InvalidInputError
-from exporter.example_parser import parse_example
-from exporter.features import FeatureSpec
+from exporter.example_parser import ExampleParser
 from exporter.servable import ParsesExamples, Servable
 from exporter.signature import Signature, Tensors, check_feeds
 
 
-def check_tasks(servable: Servable, keys: Tasks) -> list[Signature]:
-    """Each task's signature, which must exist and take one vector of serialized Examples."""
+@dataclass(frozen=True)
+class TasksPlan:
+    """Per task, its signature and the parser of its receiver's spec: the same `ExampleParser`
+    object for every task of one spec, None where the task runs on the serialized Examples."""
+
+    signatures: tuple[Signature, ...]
+    parsers: tuple[ExampleParser | None, ...]
+
+
+def plan_tasks(servable: Servable, keys: Tasks) -> TasksPlan:
+    """Checks the tasks' signatures (each must exist and take one vector of serialized Examples)
+    and groups them by feature spec."""
     if not keys:
         raise errors.InvalidArgument("MultiInferenceRequest must contain at least one task")
-    signatures = []
+    bypass = servable if isinstance(servable, ParsesExamples) else None
+    signatures: list[Signature] = []
+    parsers: list[ExampleParser | None] = []
     for key in keys:
         signature = servable.signatures.get(key)
         if signature is None:
@@ -43,7 +57,12 @@ def check_tasks(servable: Servable, keys: Tasks) -> list[Signature]:
         if len(inputs) != 1 or inputs[0].dtype != dtypes.STRING:
             raise errors.InvalidArgument(f"signature {key!r} does not take one string Tensor of tf.Examples")
         signatures.append(signature)
-    return signatures
+        spec = bypass.example_features(key) if bypass is not None else None
+        parser = None
+        if spec is not None:
+            parser = next((p for p in parsers if p is not None and p.spec == spec), None) or ExampleParser(spec)
+        parsers.append(parser)
+    return TasksPlan(tuple(signatures), tuple(parsers))
 
 
 def examples_of(feeds: Tensors) -> np.ndarray:
@@ -55,28 +74,26 @@ def examples_of(feeds: Tensors) -> np.ndarray:
     return columns[0]
 
 
-def run_tasks(servable: Servable, signatures: Sequence[Signature], examples: np.ndarray) -> Tensors:
+def run_tasks(servable: Servable, plan: TasksPlan, examples: np.ndarray) -> Tensors:
     """Runs every task's signature on `examples`, parsed once per distinct feature spec; returns
     their outputs keyed `task_output(index, alias)`. Raises what `Servable.run` raises."""
-    bypass = servable if isinstance(servable, ParsesExamples) else None
-    parsed: list[tuple[Mapping[str, FeatureSpec], Mapping[str, object]]] = []
+    parsed: dict[int, dict[str, object]] = {}  # id(parser) -> the features it parsed
     outputs: dict[str, np.ndarray] = {}
-    for index, signature in enumerate(signatures):
+    for index, (signature, parser) in enumerate(zip(plan.signatures, plan.parsers, strict=True)):
         ((alias, _),) = signature.inputs.items()
         feeds = {alias: examples}
         try:
             check_feeds(signature, feeds)
         except InvalidInputError as e:
             raise errors.InvalidArgument(str(e)) from None
-        spec = bypass.example_features(signature.key) if bypass is not None else None
-        if bypass is None or spec is None:
+        if parser is None:
             result = servable.run(signature.key, feeds)
         else:
-            features = next((f for known, f in parsed if known == spec), None)
+            assert isinstance(servable, ParsesExamples)  # a parser is planned only for one
+            features = parsed.get(id(parser))
             if features is None:
-                features = parse_example(examples, spec)
-                parsed.append((spec, features))
-            result = bypass.run_features(signature.key, features)
+                features = parsed[id(parser)] = dict(parser(examples))
+            result = servable.run_features(signature.key, features)
         for name, array in result.items():
             outputs[task_output(index, name)] = array
     return outputs
