@@ -18,6 +18,7 @@ from google.protobuf.message import DecodeError, Message
 
 from cluster.config import DEFAULT_MAX_REQUEST_FILL_BYTES
 from cluster.errors import InvalidArgument
+from cluster.gateway.converters import examples_bytes
 from cluster.requests import (
     ExamplesRequest,
     InferenceTask,
@@ -141,12 +142,12 @@ def examples_request(
     Both messages are `{1: model_spec, 2: input}` on the wire.
     """
     raw = request if isinstance(request, bytes) else request.SerializeToString()
-    fields = _top_level_fields(raw)
+    fields, examples = _fields_and_examples(raw)
     if 1 not in fields:
         raise InvalidArgument("Missing ModelSpec")
     spec = model_spec(_merged(model_pb2.ModelSpec, fields[1]))
-    examples, context = _serialized_examples(fields.get(2, ()))
-    return ExamplesRequest(spec, examples, deadline, context)
+    listed, context = examples()
+    return ExamplesRequest(spec, listed, deadline, context)
 
 
 def multi_inference_request(
@@ -154,13 +155,13 @@ def multi_inference_request(
 ) -> MultiInferenceRequest:
     """A MultiInference request (`{1: repeated tasks, 2: input}`); the service validates the tasks."""
     raw = request if isinstance(request, bytes) else request.SerializeToString()
-    fields = _top_level_fields(raw)
+    fields, examples = _fields_and_examples(raw)
     tasks = [_merged(inference_pb2.InferenceTask, [chunk]) for chunk in fields.get(1, ())]
     if not tasks:
         raise InvalidArgument("ModelSpec has no name specified.")
     domain_tasks = [InferenceTask(model_spec(task.model_spec), task.method_name) for task in tasks]
-    examples, context = _serialized_examples(fields.get(2, ()))
-    return MultiInferenceRequest(domain_tasks, examples, deadline, context)
+    listed, context = examples()
+    return MultiInferenceRequest(domain_tasks, listed, deadline, context)
 
 
 def metadata_request(request: get_model_metadata_pb2.GetModelMetadataRequest) -> ModelSpec:
@@ -179,6 +180,25 @@ def status_request(request: get_model_status_pb2.GetModelStatusRequest) -> tuple
     """(model name, version or None for all versions); a version label is ignored, as in TF."""
     spec = _required_spec(request)
     return spec.name, spec.version.version
+
+
+def _fields_and_examples(raw: bytes) -> tuple[dict[int, list[bytes]], Callable[[], tuple[list[bytes], bytes]]]:
+    """The top-level length-delimited fields of a `{1: ..., 2: Input}` message by number, and a
+    function giving its Input's examples and context (called after field 1 is checked, so that
+    TF's error order holds). A big message is cut by hand (`examples_bytes`), without whole-message
+    C calls that hold the GIL; anything unusual about it goes to protobuf, as a small one does."""
+    cut = examples_bytes.cut_examples(raw) if len(raw) >= examples_bytes.CUT_BYTES else None
+    if cut is not None:
+        fields, listed, context = cut
+
+        def cut_out() -> tuple[list[bytes], bytes]:
+            if not listed:
+                raise InvalidArgument("Input is empty.")
+            return listed, context
+
+        return fields, cut_out
+    fields = _top_level_fields(raw)
+    return fields, lambda: _serialized_examples(fields.get(2, ()))
 
 
 def _top_level_fields(raw: bytes) -> dict[int, list[bytes]]:
