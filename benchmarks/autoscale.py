@@ -303,6 +303,11 @@ def plot(results: list[PhaseResult], phases: list[Phase], path: pathlib.Path, ta
     fig.savefig(path, dpi=100)
 
 
+def _seconds(value: float | None) -> str:
+    """A delay as printed; "-" where the phase had none (no scale-up, or no burst to come down from)."""
+    return "-" if value is None else f"{value}s"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--phases", nargs="+", default=["step", "threshold", "burst", "zero"])
@@ -393,7 +398,7 @@ def main() -> None:
                      if steady else float("nan"))
             print(f"{phase.name:>9}: replicas {' '.join(f'{c}@{t:.0f}s' for t, c in result.counts)}; "
                   f"{result.changes_steady} change(s) after settling (from {phase.steady_from:.0f}s); "
-                  f"up after {result.scale_up_s}s; down after {result.scale_down_s}s; "
+                  f"up after {_seconds(result.scale_up_s)}; down after {_seconds(result.scale_down_s)}; "
                   f"failed {result.failed}/{result.sent} {result.error_codes or ''}; "
                   f"p50 {result.p50_ms:.1f} ms p99 {result.p99_ms:.1f} ms; generator lag p99 "
                   f"{result.lag_p99_ms:.1f} ms max {result.lag_max_ms:.0f} ms; steady signal at "
