@@ -274,8 +274,7 @@ def lost_node() -> Outcome:
         try:
             nodes.start()
             os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-            ray.init(address=nodes.address, namespace="tessera", logging_level="ERROR", log_to_driver=False,
-                     _node_ip_address="127.0.0.1")
+            nodes.connect(namespace="tessera", logging_level="ERROR", log_to_driver=False)
             options = ServeOptions(host="127.0.0.1", grpc_port=0, num_replicas=2, replica_num_cpus=1,
                                    ray_address=nodes.address)
             server = TesseraServer(options, ServerConfig((ModelConfig("m", str(root / "m")),)))

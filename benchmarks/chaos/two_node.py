@@ -72,6 +72,25 @@ class TwoNodeCluster:
         self._wait_nodes(1)
         self.add_worker()
 
+    def connect(self, **init_args: object) -> None:
+        """`ray.init` this process to the cluster as a driver of the head's node.
+
+        `ray start --node-ip-address=127.0.0.1` with `env()`'s RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=1
+        registers each node under the host's address (Ray resolves 127.0.0.1 to it for a cluster
+        node), and `ray.init(_node_ip_address="127.0.0.1")` finds its node only if it resolves the
+        same way. In a process where an embedded cluster ran first, `keep_ray_on_loopback` has
+        turned that resolution off ("No node info found matching attributes: '127.0.0.1'"), so it
+        is on for this call and restored after."""
+        import ray
+        from ray._private import ray_constants
+
+        previous = ray_constants.ENABLE_RAY_CLUSTER
+        ray_constants.ENABLE_RAY_CLUSTER = True
+        try:
+            ray.init(address=self.address, _node_ip_address="127.0.0.1", **init_args)  # type: ignore[arg-type]
+        finally:
+            ray_constants.ENABLE_RAY_CLUSTER = previous
+
     def add_worker(self, args: list[str] | None = None) -> None:
         """One more node joined to the head: `ray start` with `args` (default: `worker_cpus` CPUs)."""
         alive = self._alive_nodes()

@@ -30,7 +30,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TwoNodeCluster
     try:
         nodes.start()
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-        ray.init(address=nodes.address, namespace="tessera", logging_level="WARNING", _node_ip_address="127.0.0.1")
+        nodes.connect(namespace="tessera", logging_level="WARNING")
         yield nodes
     finally:
         ray.shutdown()

@@ -36,7 +36,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TwoNodeCluster
     try:
         nodes.start()
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-        ray.init(address=nodes.address, namespace="tessera", logging_level="WARNING", _node_ip_address="127.0.0.1")
+        nodes.connect(namespace="tessera", logging_level="WARNING")
         # The worker's raylet runs a moment before the GCS lists its resources; placement reads those.
         from ray._private import state
 
