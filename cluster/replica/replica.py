@@ -26,7 +26,7 @@ from typing import TypeVar
 from cluster import errors, stats
 from cluster.batching import merge
 from cluster.replica.contract import RunResult, Target, Tasks
-from cluster.replica.tasks import TasksPlan, examples_of, plan_tasks, run_tasks
+from cluster.replica.tasks import TaskPlanner, examples_of, run_tasks
 from cluster.replica.warmup import WARMUP_FILE, replay_warmup
 from exporter.errors import InvalidInputError
 from exporter.servable import LoadOptions, Servable, load_servable
@@ -68,7 +68,7 @@ class Replica:
         self.enable_warmup = enable_warmup
         self.options = options if options is not None else LoadOptions(cache_dir=cache_dir)
         self._servables: dict[int, Servable] = {}
-        self._task_plans: dict[tuple[int, Tasks], TasksPlan] = {}  # (version, tasks) -> its plan
+        self._task_planners: dict[int, TaskPlanner] = {}  # version -> its MultiInference tasks
         self._lock = threading.Lock()
         self.batch_sizes = stats.Histogram(stats.BATCH_SIZE_BUCKETS)
         self.warmup_seconds = stats.Histogram(stats.LATENCY_BUCKETS)
@@ -106,8 +106,7 @@ class Replica:
         drains queues before unloading)."""
         with self._lock:
             servable = self._servables.pop(version, None)
-            for planned in [k for k in self._task_plans if k[0] == version]:
-                self._task_plans.pop(planned, None)
+            self._task_planners.pop(version, None)
         if servable is not None:
             servable.close()
 
@@ -171,10 +170,11 @@ class Replica:
         per distinct feature spec (`cluster.replica.tasks`), or the error that failed it."""
         try:
             servable = self.servable(version)
-            plan = self._task_plans.get((version, keys))
-            if plan is None:
-                # Bounded by the distinct task lists clients send; forgotten with the version.
-                plan = self._task_plans[(version, keys)] = plan_tasks(servable, keys)
+            planner = self._task_planners.get(version)
+            if planner is None:
+                with self._lock:  # never for a version `unload` has just forgotten (NotFound)
+                    planner = self._task_planners.setdefault(version, TaskPlanner(self.servable(version)))
+            plan = planner.plan(keys)
         except errors.ServingError as e:
             return [e] * len(requests)
         results: list[RunResult] = []

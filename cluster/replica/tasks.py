@@ -9,7 +9,9 @@ outputs as a run on the serialized Examples. A signature whose receiver the serv
 (or a servable that is no `ParsesExamples`) runs on the serialized Examples as a Classify would.
 
 What can be decided without the examples (each task's signature, which tasks share a parse) is a
-`TasksPlan`, made once per servable and tuple of tasks (`plan_tasks`; the replica keeps them).
+`TasksPlan`. A `TaskPlanner` (one per servable version, kept by the replica) checks each signature
+key once and keeps its parser, so what it holds is bounded by the servable's signatures, whatever
+task lists clients send; a request's plan is then only a lookup per task.
 
 Every task's signature has one DT_STRING input (the gateway checks it; so does `check_tasks`, for
 what reaches a replica another way). A task that fails fails the request: an InvalidInputError
@@ -41,28 +43,41 @@ class TasksPlan:
     parsers: tuple[ExampleParser | None, ...]
 
 
-def plan_tasks(servable: Servable, keys: Tasks) -> TasksPlan:
-    """Checks the tasks' signatures (each must exist and take one vector of serialized Examples)
-    and groups them by feature spec."""
-    if not keys:
-        raise errors.InvalidArgument("MultiInferenceRequest must contain at least one task")
-    bypass = servable if isinstance(servable, ParsesExamples) else None
-    signatures: list[Signature] = []
-    parsers: list[ExampleParser | None] = []
-    for key in keys:
-        signature = servable.signatures.get(key)
+class TaskPlanner:
+    """The tasks of one servable: each signature key checked (it must exist and take one vector of
+    serialized Examples) and given its parser once; keys whose receivers have the same feature
+    spec share one `ExampleParser`, so their tasks share a parse."""
+
+    def __init__(self, servable: Servable) -> None:
+        self._servable = servable
+        self._bypass = servable if isinstance(servable, ParsesExamples) else None
+        self._by_key: dict[str, tuple[Signature, ExampleParser | None]] = {}
+
+    def plan(self, keys: Tasks) -> TasksPlan:
+        """The plan of one request's tasks, in their order. Raises InvalidArgument for no task
+        or a signature that does not take examples, FailedPrecondition for an unknown key."""
+        if not keys:
+            raise errors.InvalidArgument("MultiInferenceRequest must contain at least one task")
+        planned = [self._task(key) for key in keys]
+        return TasksPlan(tuple(sig for sig, _ in planned), tuple(parser for _, parser in planned))
+
+    def _task(self, key: str) -> tuple[Signature, ExampleParser | None]:
+        known = self._by_key.get(key)
+        if known is not None:
+            return known
+        signature = self._servable.signatures.get(key)
         if signature is None:
             raise errors.FailedPrecondition(f'Serving signature key "{key}" not found.')
         inputs = list(signature.inputs.values())
         if len(inputs) != 1 or inputs[0].dtype != dtypes.STRING:
             raise errors.InvalidArgument(f"signature {key!r} does not take one string Tensor of tf.Examples")
-        signatures.append(signature)
-        spec = bypass.example_features(key) if bypass is not None else None
+        spec = self._bypass.example_features(key) if self._bypass is not None else None
         parser = None
         if spec is not None:
-            parser = next((p for p in parsers if p is not None and p.spec == spec), None) or ExampleParser(spec)
-        parsers.append(parser)
-    return TasksPlan(tuple(signatures), tuple(parsers))
+            shared = (p for _, p in self._by_key.values() if p is not None and p.spec == spec)
+            parser = next(shared, None) or ExampleParser(spec)
+        task = self._by_key[key] = (signature, parser)
+        return task
 
 
 def examples_of(feeds: Tensors) -> np.ndarray:

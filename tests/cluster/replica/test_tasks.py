@@ -22,6 +22,7 @@ from cluster.client.examples import make_example
 from cluster.replica import wire
 from cluster.replica.contract import task_output, task_outputs
 from cluster.replica.replica import Replica
+from cluster.replica.tasks import TaskPlanner
 from exporter import _example_scan, bundle, dtypes, example_parser, storage
 from exporter.example_parser import with_context
 from exporter.features import FixedLenFeature
@@ -234,3 +235,18 @@ def test_a_tasks_call_crosses_the_wire(examples: np.ndarray) -> None:
     assert requests[0]["inputs"].tolist() == examples.tolist()
     with pytest.raises(errors.InvalidArgument):
         wire.decode_call({**header, "signature": [1, 2]}, payload)
+
+
+def test_a_planner_checks_each_key_once_whatever_task_lists_arrive(replica: Replica) -> None:
+    # Task lists are the client's to vary (order, repeats): the planner's state is per signature
+    # key, so every list reuses the same parsers, and one spec's keys share one.
+    planner = TaskPlanner(replica.servable(1))
+    first = planner.plan(("classify", "regress_vec"))
+    other = planner.plan(("regress_vec", "regress", "classify", "regress_same_spec", "regress_vec"))
+    assert other.parsers[0] is other.parsers[4] is first.parsers[1]
+    assert other.parsers[1] is other.parsers[2] is other.parsers[3] is first.parsers[0]
+    assert other.parsers[0] is not other.parsers[1]  # VEC_ONLY against SPEC
+    with pytest.raises(errors.FailedPrecondition, match='"nope" not found'):
+        planner.plan(("classify", "nope"))
+    with pytest.raises(errors.InvalidArgument, match="at least one task"):
+        planner.plan(())
