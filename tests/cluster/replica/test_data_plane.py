@@ -205,6 +205,16 @@ def test_a_hung_replica_fails_its_calls_within_the_liveness_timeout_and_a_busy_o
             await channel.run(1, "s", ONE)  # no client deadline, yet it does not wait for long
         assert asyncio.get_running_loop().time() - started < 1.5
         await channel.close()
+
+        # The silence is checked when it reaches the timeout, not at the next ping: with pings
+        # 30 s apart the call still fails at the 0.3 s timeout.
+        sparse = ReplicaChannel(hung.sockets[0].getsockname()[:2], SECRET, ping_interval_s=30.0,
+                                liveness_timeout_s=0.3)
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(errors.Unavailable, match="sent nothing"):
+            await asyncio.wait_for(sparse.run(1, "s", ONE), 10.0)
+        assert asyncio.get_running_loop().time() - started < 5.0
+        await sparse.close()
         hung.close()
 
         async def slow(model, version, signature, requests, output_filter, timeouts):  # noqa: ANN001, ANN202
