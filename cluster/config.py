@@ -108,6 +108,9 @@ class ServeOptions:
     rest_api_timeout_in_ms: int = 30000
     # TF's --rest_api_enable_cors_support: CORS headers on REST replies, OPTIONS preflight allowed.
     rest_api_enable_cors_support: bool = False
+    # REST keep-alive connections older than this (+-10 %) close after their next response, so
+    # clients reconnect and may reach another gateway (cluster.gateway.connection_age); 0: never.
+    rest_max_connection_age_ms: int = 0
     monitoring_path: str | None = None
     max_num_load_retries: int = 5
     load_retry_interval_seconds: float = 60.0

@@ -54,6 +54,15 @@ TESSERA_FLAGS: tuple[ValuedFlag, ...] = (
         "gateway processes on this host, all on the same ports (SO_REUSEPORT); auto: one per two cores; "
         "0: none here, only the controller (gateways join with `tessera gateway`)",
     ),
+    # Off by default, as TF Serving's REST server and gRPC (no grpc.max_connection_age_ms) are:
+    # with one gateway behind a port an age buys nothing and costs a reconnection per client per
+    # age. Turn it on where several gateways share clients: --gateway_processes > 1, or pods
+    # behind a Service (k8s/base/gateway.yaml sets 30 s, as its gRPC age).
+    ("rest_max_connection_age_ms", int, 0, "MS",
+     "REST (HTTP/1.1 keep-alive) connections older than this (+-10 %% jitter, as gRPC's "
+     "max_connection_age) get `Connection: close` on their next response and close after it, so "
+     "keep-alive clients reconnect and may reach another gateway process or pod (never mid-request); "
+     "the REST side of --grpc_channel_arguments=grpc.max_connection_age_ms. 0: never, as TF Serving"),
     (
         "max_request_fill_bytes",
         int,

@@ -22,6 +22,7 @@ def gateway_argv(opts: ServeOptions, ray_address: str, grpc_port: int, rest_port
         sys.executable, "-m", "cluster.cli", "gateway", f"--ray_address={ray_address}", f"--host={opts.host}",
         f"--port={grpc_port}", f"--rest_api_port={rest_port or 0}", "--reuse_port",
         f"--rest_api_timeout_in_ms={opts.rest_api_timeout_in_ms}",
+        f"--rest_max_connection_age_ms={opts.rest_max_connection_age_ms}",
         f"--enable_serialization_as_tensor_content={str(opts.serialize_as_tensor_content).lower()}",
         f"--max_request_fill_bytes={opts.max_request_fill_bytes}",
         f"--data_plane_max_frame_bytes={opts.data_plane_max_frame_bytes}", f"--log_format={opts.log_format}",

@@ -32,6 +32,7 @@ from cluster import errors
 from cluster.config import ServeOptions
 from cluster.gateway import rest_converters as convert
 from cluster.gateway import rest_examples
+from cluster.gateway.connection_age import ConnectionAge
 from cluster.gateway.offload import OFFLOAD_BYTES, ConversionProcess
 from cluster.gateway.rest_json import dumps, error_body
 from cluster.gateway.status import log_failure, status_of
@@ -116,6 +117,9 @@ class RestServer:
     Predict types its JSON by the signature, so it first looks the version's signatures up with
     `metadata_lookup` (default `api.model_metadata`). Pass the uninstrumented service's method
     when `api` counts requests, or every REST Predict would also count as a metadata request.
+
+    `options.rest_max_connection_age_ms` (> 0) ends keep-alive connections after that age
+    (`cluster.gateway.connection_age`); `connection_age` replaces the one it would make (tests).
     """
 
     def __init__(
@@ -125,6 +129,7 @@ class RestServer:
         *,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         metadata_lookup: MetadataLookup | None = None,
+        connection_age: ConnectionAge | None = None,
     ) -> None:
         options = options or ServeOptions()
         self._api = api
@@ -133,6 +138,8 @@ class RestServer:
         self._timeout = timeout_ms / 1000.0 if timeout_ms > 0 else None
         self._cors = options.rest_api_enable_cors_support
         self._max_body_bytes = max_body_bytes
+        age_ms = options.rest_max_connection_age_ms
+        self.connection_age = connection_age or (ConnectionAge(age_ms) if age_ms > 0 else None)
         self._routes: dict[str, Handler] = {LIVENESS_PATH: self._liveness, READINESS_PATH: self._readiness}
         self._runner: web.AppRunner | None = None
         self._converter = ConversionProcess()  # started on the first big body
@@ -150,7 +157,9 @@ class RestServer:
         `reuse_port`: SO_REUSEPORT, so several gateway processes share the port."""
         if self._runner is not None:
             raise RuntimeError("the REST server is already started")
-        app = web.Application(client_max_size=self._max_body_bytes)
+        # No middleware without an age: each one is a call per request.
+        ages = [self.connection_age.middleware] if self.connection_age else []
+        app = web.Application(client_max_size=self._max_body_bytes, middlewares=ages)
         app.router.add_route("*", "/{tail:.*}", self._dispatch)
         # access_log=None: no log line per request (DESIGN: nothing per request on the hot path).
         runner = web.AppRunner(app, access_log=None, handle_signals=False)

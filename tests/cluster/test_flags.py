@@ -313,3 +313,20 @@ def test_gateway_retained_heap_bytes_reaches_every_gateway_process() -> None:
         with pytest.raises(SystemExit) as exit_info:
             parse()
         assert exit_info.value.code == 2
+
+
+def test_rest_max_connection_age_ms_is_off_by_default_and_reaches_every_gateway_process() -> None:
+    from cluster.gateway.processes import gateway_argv
+
+    assert parse_serve_args(["--model_base_path=/m"])[0].rest_max_connection_age_ms == 0  # TF Serving's: never
+    assert parse_gateway_args(["--ray_address=auto"]).options.rest_max_connection_age_ms == 0
+    options, _ = parse_serve_args(["--model_base_path=/m", "--rest_api_port=8501", "--rest_max_connection_age_ms=30000"])
+    assert options.rest_max_connection_age_ms == 30000
+    argv = gateway_argv(options, "auto", 9000, 9001)
+    assert argv[3] == "gateway"
+    assert parse_gateway_args(argv[4:]).options.rest_max_connection_age_ms == 30000
+    for parse in (lambda: parse_serve_args(["--model_base_path=/m", "--rest_max_connection_age_ms=-1"]),
+                  lambda: parse_gateway_args(["--ray_address=auto", "--rest_max_connection_age_ms=-1"])):
+        with pytest.raises(SystemExit) as exit_info:
+            parse()
+        assert exit_info.value.code == 2
