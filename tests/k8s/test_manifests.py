@@ -189,6 +189,7 @@ def check_gateways(cluster: dict[str, Any], docs: list[dict[str, Any]]) -> None:
     assert args.ray_address == "auto"
     # Connections end after an age, so long-lived clients move to gateway pods the HPA adds.
     assert dict(args.grpc_channel_arguments).get("grpc.max_connection_age_ms", 0) > 0
+    assert args.rest_max_connection_age_ms > 0  # REST keep-alive connections too
     ports = {p["name"]: p["containerPort"] for p in gateway["ports"]}
     assert ports == {"grpc": args.port, "http": args.rest_api_port}
     assert gateway["readinessProbe"]["httpGet"] == {"path": READINESS_PATH, "port": args.rest_api_port}
@@ -258,13 +259,14 @@ def _controller_command(kinds: dict[str, Any]) -> list[str]:
     (lambda k: _edit_gateway_script(k, "max_connection_age_ms=30000,", "max_connection_age_ms,"), SystemExit),
     (lambda k: _edit_gateway_script(k, "--grpc_channel_arguments=grpc.max_connection_age_ms=30000,",
                                     "--grpc_channel_arguments="), AssertionError),
+    (lambda k: _edit_gateway_script(k, "--rest_max_connection_age_ms=30000", ""), AssertionError),
     (lambda k: _edit_gateway_script(k, "--num-cpus=0", "--num-cpus=0 --no-such-ray-flag"), click.UsageError),
     (lambda k: _edit_gateway_script(k, "--num-cpus=0", "--num-cpus=2"), AssertionError),
     (lambda k: _edit_gateway_script(k, "tessera-head-svc:6379", "tessera-head-svc:10001"), AssertionError),
     (lambda k: _controller_command(k).append("--no_such_flag=1"), SystemExit),
     (lambda k: _controller_command(k).__setitem__(3, "--gateway_processes=1"), AssertionError),
 ], ids=["crd", "autoscaler-off", "no-room-to-grow", "k8s-schema", "hpa-target", "service-on-head",
-        "gateway-flag", "gateway-address", "bad-channel-arguments", "no-connection-age", "ray-start-flag",
+        "gateway-flag", "gateway-address", "bad-channel-arguments", "no-connection-age", "no-rest-connection-age", "ray-start-flag",
         "gateway-node-cpus", "ray-start-address", "controller-flag", "gateway-on-head"])
 def test_a_broken_manifest_is_caught(raycluster_schema: dict[str, Any], change: Any, error: type[BaseException]) -> None:
     with pytest.raises(error):
