@@ -15,6 +15,7 @@ import time
 import grpc
 import numpy as np
 import pytest
+import requests
 
 from cluster.client.tensors import make_ndarray, make_tensor_proto
 from exporter import bundle, dtypes, storage
@@ -25,6 +26,7 @@ from protos.tensorflow_serving.apis import predict_pb2, prediction_service_pb2_g
 from protos.tessera import bundle_pb2
 
 pytestmark = pytest.mark.timeout(180)
+REST_AGE_MS = 200
 
 WIDTH, DEPTH = 512, 24
 
@@ -185,7 +187,8 @@ def test_two_gateway_processes_share_the_ports_count_as_one_and_stop_on_sigterm(
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
     proc = subprocess.Popen(
         [str(tessera), "serve", f"--port={port}", f"--rest_api_port={rest_port}", "--host=127.0.0.1",
-         "--model_name=m", f"--model_base_path={tmp_path / 'm'}", "--gateway_processes=2"],
+         "--model_name=m", f"--model_base_path={tmp_path / 'm'}", "--gateway_processes=2",
+         f"--rest_max_connection_age_ms={REST_AGE_MS}"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, start_new_session=True, text=True,
     )
     output: list[str] = []
@@ -221,6 +224,15 @@ def test_two_gateway_processes_share_the_ports_count_as_one_and_stop_on_sigterm(
                 time.sleep(0.3)
         answers = [predict_on_a_new_connection() for _ in range(20)]
         assert answers == [[[2.0, 4.0]]] * 20
+        # REST keep-alive connections end after their age, in whichever process took them: one
+        # session's requests past 200 ms get a `Connection: close` and go on, none failing.
+        with requests.Session() as session:
+            replies = []
+            while not any(r.headers.get("Connection") == "close" for r in replies) and len(replies) < 500:
+                replies.append(session.get(f"http://127.0.0.1:{rest_port}/v1/models/m", timeout=10))
+                time.sleep(0.01)
+        assert any(r.headers.get("Connection") == "close" for r in replies)
+        assert all(r.status_code == 200 for r in replies), [r.text for r in replies if r.status_code != 200]
 
         def counted() -> float:
             with urllib.request.urlopen(f"http://127.0.0.1:{rest_port}/monitoring/prometheus/metrics", timeout=10) as r:
