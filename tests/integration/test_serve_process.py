@@ -103,7 +103,7 @@ def test_serve_answers_then_drains_on_sigterm(tmp_path: pathlib.Path) -> None:
         slow_calls = [threading.Thread(target=call) for _ in range(3)]
         for t in slow_calls:
             t.start()
-        time.sleep(0.3)  # the requests are in the server now
+        time.sleep(1.0)  # the requests are in the server now (0.3 s was too short at load 12: 6 MB each)
         proc.send_signal(signal.SIGTERM)  # to the server process alone, as Kubernetes does
         for t in slow_calls:
             t.join(60)
