@@ -66,7 +66,6 @@ class DataPlaneServer:
         self._handshake_timeout = handshake_timeout_s
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()  # calls being answered
-        self._posts: set[asyncio.Task[None]] = set()  # pongs waiting for a big answer to go out
         self.refused = 0  # connections that failed the challenge (or sent an oversized frame)
         self.draining = False  # new calls are refused with Unavailable (the gateway retries elsewhere)
 
@@ -95,34 +94,28 @@ class DataPlaneServer:
         try:
             if not await self._admit(reader, writer):
                 return
-            frames = stream.FrameWriter(writer)
+            stream.bound_socket_buffers(writer)
+            frames, incoming = stream.FrameWriter(writer), stream.FrameReader(reader, self._max_frame)
             while True:
-                (length,) = wire.FRAME_LENGTH.unpack(await reader.readexactly(wire.FRAME_LENGTH.size))
-                if length > self._max_frame:
-                    self.refused += 1
-                    log.warning("data-plane frame of %d bytes refused (limit %d); connection closed",
-                                length, self._max_frame)
-                    return
-                body = await stream.read_body(reader, length)
+                # A big frame's parts and the small frames between them: a small call is read (and
+                # answered) while a big one is still arriving, or its answer still going out.
+                body = await incoming.next()
                 call_id, header, payload = wire.split_frame(body)
                 if "ping" in header:
-                    self._keep(frames.post(wire.control_frame(call_id, wire.PONG)), self._posts)
+                    frames.post(wire.control_frame(call_id, wire.PONG))
                     continue
-                self._keep(asyncio.get_running_loop().create_task(
-                    self._answer(call_id, header, payload, length, frames)
-                ), self._tasks)
+                task = asyncio.get_running_loop().create_task(self._answer(call_id, header, payload, len(body), frames))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+        except stream.FrameTooBig as exc:
+            self.refused += 1
+            log.warning("data-plane frame of %d bytes refused (limit %d); connection closed", exc.length, exc.limit)
         except (asyncio.IncompleteReadError, ConnectionError):
             pass  # the gateway went away
         except Exception as exc:  # noqa: BLE001 - a peer that does not speak the protocol
             log.warning("data-plane connection dropped: %r", exc)
         finally:
             writer.close()
-
-    @staticmethod
-    def _keep(task: asyncio.Task[None] | None, tasks: set[asyncio.Task[None]]) -> None:
-        if task is not None:
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
 
     async def _answer(
         self, call_id: int, header: dict[str, Any], payload: memoryview, length: int, frames: stream.FrameWriter

@@ -7,6 +7,12 @@ back to back, so numeric arrays are written and read with one copy and no pickle
 sends is ever executed. DT_STRING tensors (object arrays of bytes) travel as u32-length-prefixed
 items. Errors travel as (class name, message) and come back as `cluster.errors` instances.
 
+A frame over `stream.BIG` bytes goes as parts, so that it never holds a connection to itself: each
+part is `u32 (PART | n) | u32 body length | n bytes`, the frame's body (everything after its length
+field) cut in order. A connection carries one big frame's parts at a time, and whole small frames
+between them: a small call to one model waits for at most one part of another model's 100 MB call
+or answer, never for all of it (`stream.FrameWriter`, `stream.FrameReader`).
+
 A connection opens with a challenge: the replica sends `MAGIC | 16-byte nonce`, the gateway answers
 HMAC-SHA256(cluster secret, nonce), and the replica compares it in constant time and answers one
 byte, ACCEPTED, before any frame is read; the secret itself never crosses the network. A frame
@@ -32,6 +38,8 @@ FRAME = struct.Struct("<IQI")  # total length after this field, call id, header 
 FRAME_LENGTH = struct.Struct("<I")
 _U32 = struct.Struct("<I")
 MAX_FRAME = 2**31 - 1  # what the length field can say; the configured limit is lower
+PART = 1 << 31  # the length field's top bit: a part of a big frame follows
+PART_HEAD = struct.Struct("<II")  # PART | this part's length, the whole body's length
 DEFAULT_MAX_FRAME = 1 << 30  # --data_plane_max_frame_bytes
 MAGIC = b"TSDP1"
 NONCE_BYTES = 16

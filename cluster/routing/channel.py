@@ -21,6 +21,7 @@ import asyncio
 import itertools
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from cluster import errors
 from cluster.replica import stream, wire
@@ -52,6 +53,7 @@ class ReplicaChannel:
         self._writer: asyncio.StreamWriter | None = None
         self._frames: stream.FrameWriter | None = None  # self._writer's
         self._reader_task: asyncio.Task[None] | None = None
+        self._decoding: set[asyncio.Task[None]] = set()  # big answers being decoded
         self._watch_task: asyncio.Task[None] | None = None
         self._connecting = asyncio.Lock()
         self._heard = time.monotonic()  # when the replica last sent anything
@@ -83,6 +85,7 @@ class ReplicaChannel:
         try:
             async with asyncio.timeout(self._connect_timeout):
                 reader, writer = await asyncio.open_connection(*self.address)
+                stream.bound_socket_buffers(writer)
                 challenge = await reader.readexactly(wire.CHALLENGE_BYTES)
                 if not challenge.startswith(wire.MAGIC):
                     raise errors.Unavailable(f"{self._where()} is not a Tessera replica's data plane")
@@ -154,12 +157,12 @@ class ReplicaChannel:
 
     async def _read(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         failure: BaseException = errors.Unavailable(f"connection to replica {self._where()} closed")
+        incoming = stream.FrameReader(reader, self._max_frame, self._hear)
         try:
             while True:
-                (length,) = wire.FRAME_LENGTH.unpack(await reader.readexactly(wire.FRAME_LENGTH.size))
-                if length > self._max_frame:
-                    raise ValueError(f"frame of {length} bytes is over the limit of {self._max_frame}")
-                body = await stream.read_body(reader, length, self._hear)
+                # Small answers come between the parts of a big one: each is delivered as it arrives.
+                body = await incoming.next()
+                length = len(body)
                 self._heard = time.monotonic()
                 call_id, header, payload = wire.split_frame(body)
                 future = self._pending.get(call_id)
@@ -171,10 +174,12 @@ class ReplicaChannel:
                     if not (isinstance(cls, type) and issubclass(cls, errors.ServingError)):
                         cls = errors.Internal
                     future.set_exception(cls(message))
-                elif length > stream.BIG:  # object tensors' items are copied out one by one
-                    results = await asyncio.to_thread(wire.decode_results, header, payload)
-                    if not future.done():
-                        future.set_result(results)
+                elif length > stream.BIG:
+                    # Decoded in a worker thread (object tensors' items are copied out one by one),
+                    # by a task of its own: this loop goes on reading the answers behind it.
+                    task = asyncio.get_running_loop().create_task(self._deliver(future, header, payload))
+                    self._decoding.add(task)
+                    task.add_done_callback(self._decoding.discard)
                 else:
                     future.set_result(wire.decode_results(header, payload))
         except asyncio.CancelledError:
@@ -186,6 +191,18 @@ class ReplicaChannel:
             failure = errors.Internal(f"bad frame from replica {self._where()}: {exc!r}")
         finally:
             self._fail(writer, failure)
+
+    async def _deliver(self, future: asyncio.Future[list[RunResult]], header: dict[str, Any], payload: memoryview) -> None:
+        """Sets `future` to a big answer's results, decoded in a worker thread (or to the error
+        that decoding it raised: a malformed answer fails its own call)."""
+        try:
+            results = await asyncio.to_thread(wire.decode_results, header, payload)
+        except Exception as exc:  # noqa: BLE001 - a malformed frame from the replica
+            if not future.done():
+                future.set_exception(errors.Internal(f"bad frame from replica {self._where()}: {exc!r}"))
+            return
+        if not future.done():
+            future.set_result(results)
 
     def _hear(self) -> None:
         self._heard = time.monotonic()

@@ -1,0 +1,188 @@
+"""Two models on one replica host: what a 100 MB call to one costs the other's small calls.
+
+The host side of `make chaos`'s "100 MB gRPC Predicts" scenario without Ray or a gateway: a host
+process serves the data plane (`DataPlaneServer`) for two slots, `bench` (the benchmark DNN) and
+`target` (y = 2x over x float32 [-1, 2]), run as `ReplicaHost.run` runs them (`compute`); a client
+process (a gateway's `ReplicaChannel`, one connection to the host) sends `--rounds` calls of
+`--mib` MiB to `target` while Predicts of one row go to `bench` back to back.
+
+Per round it prints the big call's time, how many `bench` calls were answered while it was in
+flight, their worst latency and the big call's step(s) that worst call overlapped, the host loop's
+worst gap (a ticker in the host, asked every
+1 ms) and the step of the big call it fell in: `read` (the frame's body arriving), `decode`,
+`run`, `encode`, `write` (the answer going out), or `-` (between steps). Wall times on a shared
+machine are noisy: quote the load average beside them.
+
+    .venv/bin/python -m benchmarks.cohost --rounds 4 --mib 100
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+SECRET = b"c" * 32
+STEPS: list[tuple[str, float, float]] = []  # (step, started, ended) of big frames, host side
+
+
+def _timed(name: str, fn: Callable[..., Any], big: Callable[..., bool]) -> Callable[..., Any]:
+    """`fn`, recording its span in STEPS when `big(*args)` says the call concerns a big frame."""
+    if asyncio.iscoroutinefunction(fn):
+        async def run_async(*args: Any, **kwargs: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return await fn(*args, **kwargs)
+            finally:
+                if big(*args):
+                    STEPS.append((name, started, time.perf_counter()))
+        return run_async
+
+    def run(*args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            if big(*args):
+                STEPS.append((name, started, time.perf_counter()))
+    return run
+
+
+def _host(root: pathlib.Path) -> None:
+    """The host process: prints its port, then one JSON line per `report` line read on stdin."""
+    from cluster.replica import data_plane, stream, wire
+    from cluster.replica.replica import Replica, compute
+
+    def big(tensor_sets: Any) -> bool:
+        return stream.payload_bytes([t for t in tensor_sets if isinstance(t, dict)]) > stream.BIG
+
+    # The steps a big call goes through, wrapped where the server looks them up.
+    # A big frame's body comes whole (read_body) or in parts (_read_into a big buffer, merged below).
+    stream.read_body = _timed("read", stream.read_body, lambda reader, length, *_: length > stream.BIG)  # type: ignore[assignment]
+    if hasattr(stream, "_read_into"):
+        stream._read_into = _timed(  # type: ignore[attr-defined]  # noqa: SLF001
+            "read", stream._read_into, lambda reader, view, *_: getattr(view.obj, "nbytes", 0) > stream.BIG)  # noqa: SLF001
+    wire.decode_call = _timed("decode", wire.decode_call, lambda header, payload: payload.nbytes > stream.BIG)  # type: ignore[assignment]
+    wire.encode_results = _timed("encode", wire.encode_results, lambda call_id, results, *_: big(results))  # type: ignore[assignment]
+    send = stream.FrameWriter.send
+    stream.FrameWriter.send = _timed(  # type: ignore[method-assign]
+        "write", send, lambda self, frame: sum(len(p) for p in frame) > stream.BIG)
+
+    replicas = {name: Replica(name, enable_warmup=False) for name in ("bench", "target")}
+    for name, replica in replicas.items():
+        replica.load(1, str(root / name / "1"))
+
+    async def run_call(model: str, version: int, signature: Any, requests: Any, output_filter: Any,
+                       timeouts: Any) -> Any:
+        replica = replicas[model]
+        return await compute(lambda: replica.run(version, signature, requests, output_filter), *requests)
+
+    async def main() -> None:
+        server = data_plane.DataPlaneServer(_timed("run", run_call, lambda *a: big(a[3])), SECRET)
+        _, port = await server.start("127.0.0.1")
+        gaps: list[tuple[float, float]] = []
+
+        async def tick() -> None:
+            last = time.perf_counter()
+            while True:
+                await asyncio.sleep(0.001)
+                now = time.perf_counter()
+                gaps.append((last, now - last))
+                last = now
+
+        ticking = asyncio.get_running_loop().create_task(tick())
+        print(port, flush=True)
+        loop = asyncio.get_running_loop()
+        while (await loop.run_in_executor(None, sys.stdin.readline)).strip() == "report":
+            since = float((await loop.run_in_executor(None, sys.stdin.readline)).strip())
+            window = [(t, g) for t, g in gaps if t + g >= since]
+            start, worst = max(window, key=lambda tg: tg[1], default=(0.0, 0.0))
+            steps = [s for s in STEPS if s[2] >= since and s[0] != "read"]
+            reads = [s for s in STEPS if s[2] >= since and s[0] == "read"]
+            if reads:  # one big call a round: its body's reads (whole or parts) are one step
+                steps.insert(0, ("read", min(a for _, a, _ in reads), max(b for _, _, b in reads)))
+            during = [n for n, a, b in steps if a < start + worst and b > start] or ["-"]
+            print(json.dumps({"worst_gap": worst, "step": "+".join(during),
+                              "steps": steps}), flush=True)
+            gaps.clear()
+            STEPS.clear()
+        ticking.cancel()
+        await server.close()
+
+    asyncio.run(main())
+
+
+async def _client(port: int, host: subprocess.Popen[str], rounds: int, mib: int) -> None:
+    from cluster.routing.channel import ReplicaChannel
+
+    assert host.stdin is not None and host.stdout is not None
+    channel = ReplicaChannel(("127.0.0.1", port), SECRET, liveness_timeout_s=30.0)
+    small = {"x": np.random.default_rng(3).standard_normal((1, 64)).astype(np.float32)}
+    big = {"x": np.full((mib * 2**20 // 8, 2), 0.5, np.float32)}
+    await channel.run(1, "serving_default", [small], model="bench")
+    for n in range(rounds):
+        await asyncio.sleep(0.3)
+        since = time.perf_counter()
+        big_call = asyncio.ensure_future(channel.run(1, "serving_default", [big], ["y"], model="target"))
+        calls = []
+        while not big_call.done():
+            started = time.perf_counter()
+            await channel.run(1, "serving_default", [small], model="bench")
+            calls.append((started, time.perf_counter()))
+        latencies = [b - a for a, b in calls]
+        (answer,) = await big_call
+        elapsed = time.perf_counter() - since
+        assert answer["y"].shape == big["x"].shape
+        host.stdin.write(f"report\n{since}\n")
+        host.stdin.flush()
+        report = json.loads(host.stdout.readline())
+        worst_call = max(calls, key=lambda ab: ab[1] - ab[0], default=(0.0, 0.0))
+        overlapped = "+".join(n for n, a, b in report["steps"] if a < worst_call[1] and b > worst_call[0]) or "-"
+        steps = ", ".join(f"{n} {(b - a) * 1000:.0f}" for n, a, b in report["steps"])
+        print(f"round {n + 1}: {mib} MiB call {elapsed * 1000:.0f} ms; bench calls meanwhile {len(latencies)}, "
+              f"worst {max(latencies, default=0) * 1000:.0f} ms (during {overlapped}); host loop worst gap "
+              f"{report['worst_gap'] * 1000:.0f} ms (in {report['step']}); big call's steps on the host (ms): {steps}",
+              flush=True)
+    await channel.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--mib", type=int, default=100)
+    parser.add_argument("--host", help=argparse.SUPPRESS)  # the host process's own entry point
+    args = parser.parse_args()
+    if args.host:
+        _host(pathlib.Path(args.host))
+        return
+    from benchmarks.chaos.scenarios_input import _target_bundle
+    from benchmarks.model import export
+
+    root = pathlib.Path(tempfile.mkdtemp(prefix="tessera-cohost-"))
+    export(root / "bench")
+    _target_bundle(root / "target")
+    host = subprocess.Popen([sys.executable, "-m", "benchmarks.cohost", "--host", str(root)], text=True,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=pathlib.Path(__file__).parents[1])
+    try:
+        assert host.stdout is not None
+        port = int(host.stdout.readline())
+        print(f"load average {os.getloadavg()[0]:.2f}", flush=True)
+        asyncio.run(_client(port, host, args.rounds, args.mib))
+        print(f"load average {os.getloadavg()[0]:.2f}", flush=True)
+    finally:
+        host.kill()  # by its pid: ours
+        host.wait(10)
+
+
+if __name__ == "__main__":
+    main()
