@@ -10,7 +10,9 @@ Per round it prints the big call's time, how many `bench` calls were answered wh
 flight, their worst latency and the big call's step(s) that worst call overlapped, the host loop's
 worst gap (a ticker in the host, asked every
 1 ms) and the step of the big call it fell in: `read` (the frame's body arriving), `decode`,
-`run`, `encode`, `write` (the answer going out), or `-` (between steps). Wall times on a shared
+`run`, `encode`, `write` (the answer going out), or `-` (between steps), and the CPU time and page
+faults of the host loop's thread in the round. `TESSERA_COHOST_RETAINED_HEAP_BYTES=N` gives the
+host process the gateway's malloc settings (`cluster.gateway.heap.retain_freed_memory(N)`). Wall times on a shared
 machine are noisy: quote the load average beside them.
 
     .venv/bin/python -m benchmarks.cohost --rounds 4 --mib 100
@@ -23,6 +25,7 @@ import asyncio
 import json
 import os
 import pathlib
+import resource
 import subprocess
 import sys
 import tempfile
@@ -78,6 +81,10 @@ def _host(root: pathlib.Path) -> None:
     stream.FrameWriter.send = _timed(  # type: ignore[method-assign]
         "write", send, lambda self, frame: sum(len(p) for p in frame) > stream.BIG)
 
+    if os.environ.get("TESSERA_COHOST_RETAINED_HEAP_BYTES"):  # the gateway's malloc settings, on the host
+        from cluster.gateway.heap import retain_freed_memory
+
+        retain_freed_memory(int(os.environ["TESSERA_COHOST_RETAINED_HEAP_BYTES"]))
     replicas = {name: Replica(name, enable_warmup=False) for name in ("bench", "target")}
     for name, replica in replicas.items():
         replica.load(1, str(root / name / "1"))
@@ -103,6 +110,8 @@ def _host(root: pathlib.Path) -> None:
         ticking = asyncio.get_running_loop().create_task(tick())
         print(port, flush=True)
         loop = asyncio.get_running_loop()
+        usage = resource.getrusage(resource.RUSAGE_THREAD)  # the loop's thread (this one)
+        process = resource.getrusage(resource.RUSAGE_SELF)
         while (await loop.run_in_executor(None, sys.stdin.readline)).strip() == "report":
             since = float((await loop.run_in_executor(None, sys.stdin.readline)).strip())
             window = [(t, g) for t, g in gaps if t + g >= since]
@@ -112,7 +121,12 @@ def _host(root: pathlib.Path) -> None:
             if reads:  # one big call a round: its body's reads (whole or parts) are one step
                 steps.insert(0, ("read", min(a for _, a, _ in reads), max(b for _, _, b in reads)))
             during = [n for n, a, b in steps if a < start + worst and b > start] or ["-"]
-            print(json.dumps({"worst_gap": worst, "step": "+".join(during),
+            now, now_process = resource.getrusage(resource.RUSAGE_THREAD), resource.getrusage(resource.RUSAGE_SELF)
+            faults = {"loop_faults": now.ru_minflt - usage.ru_minflt,
+                      "loop_cpu": now.ru_utime + now.ru_stime - usage.ru_utime - usage.ru_stime,
+                      "process_faults": now_process.ru_minflt - process.ru_minflt}
+            usage, process = now, now_process
+            print(json.dumps({**faults, "worst_gap": worst, "step": "+".join(during),
                               "steps": steps}), flush=True)
             gaps.clear()
             STEPS.clear()
@@ -122,7 +136,7 @@ def _host(root: pathlib.Path) -> None:
     asyncio.run(main())
 
 
-async def _client(port: int, host: subprocess.Popen[str], rounds: int, mib: int) -> None:
+async def _client(port: int, host: subprocess.Popen[str], rounds: int, mib: int, with_small: bool) -> None:
     from cluster.routing.channel import ReplicaChannel
 
     assert host.stdin is not None and host.stdout is not None
@@ -135,7 +149,7 @@ async def _client(port: int, host: subprocess.Popen[str], rounds: int, mib: int)
         since = time.perf_counter()
         big_call = asyncio.ensure_future(channel.run(1, "serving_default", [big], ["y"], model="target"))
         calls = []
-        while not big_call.done():
+        while not big_call.done() and with_small:
             started = time.perf_counter()
             await channel.run(1, "serving_default", [small], model="bench")
             calls.append((started, time.perf_counter()))
@@ -151,7 +165,9 @@ async def _client(port: int, host: subprocess.Popen[str], rounds: int, mib: int)
         steps = ", ".join(f"{n} {(b - a) * 1000:.0f}" for n, a, b in report["steps"])
         print(f"round {n + 1}: {mib} MiB call {elapsed * 1000:.0f} ms; bench calls meanwhile {len(latencies)}, "
               f"worst {max(latencies, default=0) * 1000:.0f} ms (during {overlapped}); host loop worst gap "
-              f"{report['worst_gap'] * 1000:.0f} ms (in {report['step']}); big call's steps on the host (ms): {steps}",
+              f"{report['worst_gap'] * 1000:.0f} ms (in {report['step']}); big call's steps on the host (ms): {steps}; "
+              f"host loop thread {report['loop_cpu'] * 1000:.0f} ms CPU, {report['loop_faults']} page faults "
+              f"(process {report['process_faults']})",
               flush=True)
     await channel.close()
 
@@ -160,6 +176,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--mib", type=int, default=100)
+    parser.add_argument("--alone", action="store_true", help="no bench calls: the big call's own cost")
     parser.add_argument("--host", help=argparse.SUPPRESS)  # the host process's own entry point
     args = parser.parse_args()
     if args.host:
@@ -177,7 +194,7 @@ def main() -> None:
         assert host.stdout is not None
         port = int(host.stdout.readline())
         print(f"load average {os.getloadavg()[0]:.2f}", flush=True)
-        asyncio.run(_client(port, host, args.rounds, args.mib))
+        asyncio.run(_client(port, host, args.rounds, args.mib, not args.alone))
         print(f"load average {os.getloadavg()[0]:.2f}", flush=True)
     finally:
         host.kill()  # by its pid: ours
