@@ -71,12 +71,12 @@ def _host(root: pathlib.Path) -> None:
 
     # The steps a big call goes through, wrapped where the server looks them up.
     # A big frame's body comes whole (read_body) or in parts (_read_into a big buffer, merged below).
-    stream.read_body = _timed("read", stream.read_body, lambda reader, length, *_: length > stream.BIG)  # type: ignore[assignment]
+    stream.read_body = _timed("read", stream.read_body, lambda reader, length, *_: length > stream.BIG)
     if hasattr(stream, "_read_into"):
-        stream._read_into = _timed(  # type: ignore[attr-defined]  # noqa: SLF001
+        stream._read_into = _timed(  # noqa: SLF001
             "read", stream._read_into, lambda reader, view, *_: getattr(view.obj, "nbytes", 0) > stream.BIG)  # noqa: SLF001
-    wire.decode_call = _timed("decode", wire.decode_call, lambda header, payload: payload.nbytes > stream.BIG)  # type: ignore[assignment]
-    wire.encode_results = _timed("encode", wire.encode_results, lambda call_id, results, *_: big(results))  # type: ignore[assignment]
+    wire.decode_call = _timed("decode", wire.decode_call, lambda header, payload: payload.nbytes > stream.BIG)
+    wire.encode_results = _timed("encode", wire.encode_results, lambda call_id, results, *_: big(results))
     send = stream.FrameWriter.send
     stream.FrameWriter.send = _timed(  # type: ignore[method-assign]
         "write", send, lambda self, frame: sum(len(p) for p in frame) > stream.BIG)
@@ -156,7 +156,7 @@ async def _client(port: int, host: subprocess.Popen[str], rounds: int, mib: int,
         latencies = [b - a for a, b in calls]
         (answer,) = await big_call
         elapsed = time.perf_counter() - since
-        assert answer["y"].shape == big["x"].shape
+        assert not isinstance(answer, BaseException) and answer["y"].shape == big["x"].shape
         host.stdin.write(f"report\n{since}\n")
         host.stdin.flush()
         report = json.loads(host.stdout.readline())
