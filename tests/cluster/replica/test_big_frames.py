@@ -117,7 +117,7 @@ def test_a_small_frame_passes_a_big_one_that_is_on_its_way() -> None:
         big = wire.encode_results(1, [{"y": np.arange(8_000_000, dtype=np.float32)}])  # 32 MB
         small = wire.encode_results(2, [{"y": np.ones(3, np.float32)}])
         sending_big = asyncio.ensure_future(frames.send(big))
-        while not writer.transport.is_reading() or not writer.transport.get_write_buffer_size():
+        while not writer.transport.get_write_buffer_size() and not sending_big.done():
             await asyncio.sleep(0)  # until the big frame is stuck: the transport holds a part
         sending_small = asyncio.ensure_future(frames.send(small))
         await asyncio.sleep(0)
