@@ -37,6 +37,7 @@ from exporter.signature import Tensors
 FRAME = struct.Struct("<IQI")  # total length after this field, call id, header length
 FRAME_LENGTH = struct.Struct("<I")
 _U32 = struct.Struct("<I")
+_PIECE = 1 << 20  # bytes; an object tensor's items are joined in pieces of about this size
 MAX_FRAME = 2**31 - 1  # what the length field can say; the configured limit is lower
 PART = 1 << 31  # the length field's top bit: a part of a big frame follows
 PART_HEAD = struct.Struct("<II")  # PART | this part's length, the whole body's length
@@ -50,14 +51,37 @@ PING = {"ping": 1}
 PONG = {"pong": 1}
 
 
+def _string_pieces(items: np.ndarray) -> list[bytes]:
+    """An object tensor's items, u32-length-prefixed, joined into pieces of about `_PIECE` bytes.
+    One join of the whole tensor is one C call that holds the GIL for as long as a copy of it
+    (155 ms for 95 MiB of 96-byte items measured on 2 busy cores): the event loop would wait that
+    long for this worker thread; between two pieces it gets its turn. An item of `_PIECE` bytes or
+    more is a piece of its own, not copied."""
+    pieces: list[bytes] = []
+    batch: list[bytes] = []
+    size = 0
+    for value in items:
+        item = bytes(value)
+        if len(item) >= _PIECE:
+            pieces.extend([b"".join(batch), _U32.pack(len(item)), item])
+            batch, size = [], 0
+            continue
+        batch += (_U32.pack(len(item)), item)
+        size += 4 + len(item)
+        if size >= _PIECE:
+            pieces.append(b"".join(batch))
+            batch, size = [], 0
+    pieces.append(b"".join(batch))
+    return [p for p in pieces if p] or [b""]
+
+
 def _encode_tensors(tensors: Tensors, chunks: list[bytes | memoryview]) -> list[list[Any]]:
     specs = []
     for alias, array in tensors.items():
         if array.dtype == object:
-            items = [bytes(v) for v in array.reshape(-1)]
-            blob = b"".join(_U32.pack(len(v)) + v for v in items)
-            specs.append([alias, "O", list(array.shape), len(blob)])
-            chunks.append(blob)
+            pieces = _string_pieces(array.reshape(-1))
+            specs.append([alias, "O", list(array.shape), sum(len(p) for p in pieces)])
+            chunks.extend(pieces)
         else:
             data = np.ascontiguousarray(array)
             specs.append([alias, data.dtype.str, list(data.shape), data.nbytes])

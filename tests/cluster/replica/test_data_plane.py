@@ -253,3 +253,18 @@ def test_a_draining_replica_refuses_new_calls_and_a_leaving_channel_waits_for_it
         await server.close()
 
     asyncio.run(main())
+
+
+def test_an_object_tensor_is_encoded_in_pieces_of_about_a_mebibyte_and_decodes_whole() -> None:
+    # One join of a big object tensor holds the GIL for a copy of all of it; pieces let the loop in.
+    items = [b"%07d" % i * 12 for i in range(40_000)] + [b"y" * (3 << 20), b""]  # ~3.4 MB, then one 3 MiB item
+    strings = _strings(*items)
+    chunks: list[bytes | memoryview] = []
+    specs = wire._encode_tensors({"s": strings}, chunks)  # noqa: SLF001
+    assert len(chunks) >= 4
+    assert all(len(c) <= (1 << 20) + 100 for c in chunks if c is not items[-2])
+    assert any(c is items[-2] for c in chunks)  # the big item itself, not a copy of it
+    payload = memoryview(b"".join(bytes(c) for c in chunks))
+    assert specs[0][3] == len(payload)
+    decoded, end = wire._decode_tensors(specs, payload, 0)  # noqa: SLF001
+    assert end == len(payload) and decoded["s"].tolist() == items
