@@ -60,7 +60,7 @@ def copy_seconds(n):
 
 async def main():
     echo = sys.argv[1] == "echo"
-    from cluster.gateway import heap
+    from cluster import heap
     heap.retain_freed_memory(int(sys.argv[2]))
     async def big(request, context):
         return request if echo else b"ok"

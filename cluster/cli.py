@@ -13,11 +13,11 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from exporter import cli as exporter_cli
-
 
 def build_parser() -> argparse.ArgumentParser:
     """The parser with every subcommand registered."""
+    from exporter import cli as exporter_cli  # imported here: see main()
+
     parser = argparse.ArgumentParser(
         prog="tessera",
         description="Tessera: serve TF Serving-style model bundles on Ray; inspect and run bundles.",
@@ -34,6 +34,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Parses `argv` (default: sys.argv[1:]) and runs the chosen subcommand; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] in (["serve"], ["gateway"]):
+        # Before anything starts a thread (importing numpy starts OpenBLAS's): glibc fixes the
+        # number of malloc arenas when a second thread first allocates (see cluster.heap).
+        from cluster import heap
+
+        heap.one_arena()
     if argv[:1] == ["serve"]:
         # Imported lazily: `tessera inspect` never pays for importing Ray and gRPC.
         from cluster import commands
@@ -47,6 +53,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from cluster.batch_predict import predict
 
         return predict.main(argv[1:])
+    from exporter import cli as exporter_cli
+
     args = build_parser().parse_args(argv)
     return exporter_cli.dispatch(args)
 

@@ -77,7 +77,7 @@ class ServerConfig:
 # `tessera serve --max_request_fill_bytes`: room for any fill a client means (a [4096, 4096] float
 # tensor of zeros), far from the 2 GB a 39-byte message could otherwise claim.
 DEFAULT_MAX_REQUEST_FILL_BYTES = 64 * 1024 * 1024
-# Freed heap a gateway process keeps for the next big message (`cluster.gateway.heap`).
+# Freed heap a gateway process keeps for the next big message (`cluster.heap`).
 DEFAULT_GATEWAY_RETAINED_HEAP_BYTES = 1 << 30
 
 
@@ -140,7 +140,9 @@ class ServeOptions:
     # ports (SO_REUSEPORT); 0: none, a controller-only process (gateways join with `tessera gateway`).
     gateway_processes: int = 1
     controller_wait_seconds: float = 600.0  # `tessera gateway`: how long to wait for the controller
-    # Freed heap a gateway process keeps mapped for the next big message (`cluster.gateway.heap`).
+    # Freed heap a gateway process keeps mapped for the next big message (`cluster.heap`).
     gateway_retained_heap_bytes: int = DEFAULT_GATEWAY_RETAINED_HEAP_BYTES
+    # Heap a gateway process faults in at start for its first big messages (`cluster.heap.prefault`).
+    gateway_prefaulted_heap_bytes: int = 0
     # Per-model overrides of the autoscaling flags above, from --autoscaling_config_file.
     model_autoscaling: dict[str, ModelAutoscaling] = field(default_factory=dict)

@@ -20,7 +20,7 @@ from cluster.gateway import config_converters
 _GATEWAY_FLAGS = (
     "port", "rest_api_port", "rest_api_timeout_in_ms", "monitoring_config_file", "ssl_config_file",
     "grpc_socket_path", "grpc_channel_arguments", "host", "data_plane_max_frame_bytes", "log_format", "max_request_fill_bytes",
-    "gateway_retained_heap_bytes", "rest_max_connection_age_ms",
+    "gateway_retained_heap_bytes", "gateway_prefaulted_heap_bytes", "rest_max_connection_age_ms",
 )
 
 
@@ -72,7 +72,7 @@ def parse_gateway_args(argv: Sequence[str] | None = None, *, prog: str = "tesser
         parser.error(f"--data_plane_max_frame_bytes must be at least {1 << 16}")
     if args.rest_api_timeout_in_ms < 1:
         parser.error("--rest_api_timeout_in_ms must be at least 1")
-    for flag in ("gateway_retained_heap_bytes", "rest_max_connection_age_ms"):
+    for flag in ("gateway_retained_heap_bytes", "gateway_prefaulted_heap_bytes", "rest_max_connection_age_ms"):
         if getattr(args, flag) < 0:
             parser.error(f"--{flag} must not be negative")
     try:
@@ -94,5 +94,6 @@ def parse_gateway_args(argv: Sequence[str] | None = None, *, prog: str = "tesser
         controller_wait_seconds=args.controller_wait_seconds, grpc_channel_arguments=args.grpc_channel_arguments,
         gateway_retained_heap_bytes=args.gateway_retained_heap_bytes,
         rest_max_connection_age_ms=args.rest_max_connection_age_ms,
+        gateway_prefaulted_heap_bytes=args.gateway_prefaulted_heap_bytes,
     )
     return GatewayArgs(options, args.reuse_port, args.gateway_id, args.exit_with_parent)

@@ -82,6 +82,7 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         "max_request_fill_bytes": 0,
         "gateway_retained_heap_bytes": 0,
         "rest_max_connection_age_ms": 0,
+        "gateway_prefaulted_heap_bytes": 0,
     }
     for flag, minimum in minimums.items():
         if getattr(args, flag) < minimum:
@@ -150,6 +151,7 @@ def _options(args: argparse.Namespace) -> ServeOptions:
         grpc_channel_arguments=args.grpc_channel_arguments,
         gateway_retained_heap_bytes=args.gateway_retained_heap_bytes,
         rest_max_connection_age_ms=args.rest_max_connection_age_ms,
+        gateway_prefaulted_heap_bytes=args.gateway_prefaulted_heap_bytes,
         model_autoscaling=(
             autoscaling_config.autoscaling_from_text(config_converters.read_text_file(args.autoscaling_config_file))
             if args.autoscaling_config_file

@@ -45,7 +45,11 @@ TESSERA_FLAGS: tuple[ValuedFlag, ...] = (
     ("log_format", str, "text", "FORMAT", "text, or json for one JSON object per line"),
     ("gateway_retained_heap_bytes", int, DEFAULT_GATEWAY_RETAINED_HEAP_BYTES, "BYTES",
      "freed memory a gateway process keeps mapped for the next big message (glibc malloc), so its "
-     "copies reuse pages instead of faulting in fresh ones; 0: the C library's defaults"),
+     "copies reuse pages instead of faulting in fresh ones (the embedded Ray's replica hosts get the "
+     "same); 0: the C library's defaults"),
+    ("gateway_prefaulted_heap_bytes", int, 0, "BYTES",
+     "heap a gateway process faults in once Ray has started (at most --gateway_retained_heap_bytes), "
+     "so that its first big messages find their pages ready; resident from the start (0: none)"),
     (
         "gateway_processes",
         gateway_processes,

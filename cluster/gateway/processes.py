@@ -27,6 +27,7 @@ def gateway_argv(opts: ServeOptions, ray_address: str, grpc_port: int, rest_port
         f"--max_request_fill_bytes={opts.max_request_fill_bytes}",
         f"--data_plane_max_frame_bytes={opts.data_plane_max_frame_bytes}", f"--log_format={opts.log_format}",
         f"--gateway_retained_heap_bytes={opts.gateway_retained_heap_bytes}",
+        f"--gateway_prefaulted_heap_bytes={opts.gateway_prefaulted_heap_bytes}",
         f"--exit_with_parent={os.getpid()}",
     ]
     if opts.ssl_config_file:

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import ray
 
-from cluster import errors
+from cluster import errors, heap
 from cluster.config import BatchingConfig
 from cluster.logs import configure_logging
 from cluster.replica.batched import BatchedRunner
@@ -94,6 +94,7 @@ class ReplicaHost:
         own: str | None = None,
     ) -> None:
         configure_logging(SimpleNamespace(log_format=log_format))
+        heap.follow_environment()  # the embedded Ray's: see cluster.heap.environment
         log.info("replica host %s started (pid %d)%s", host_id, os.getpid(), f" for model {own} alone" if own else "")
         self.host_id = host_id
         self._own = own  # the model this host is dedicated to (a restarted controller asks)

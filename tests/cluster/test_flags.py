@@ -330,3 +330,18 @@ def test_rest_max_connection_age_ms_is_off_by_default_and_reaches_every_gateway_
         with pytest.raises(SystemExit) as exit_info:
             parse()
         assert exit_info.value.code == 2
+
+
+def test_gateway_prefaulted_heap_bytes_is_off_by_default_and_reaches_every_gateway_process() -> None:
+    from cluster.gateway.processes import gateway_argv
+
+    options, _ = parse_serve_args(["--model_base_path=/m"])
+    assert options.gateway_prefaulted_heap_bytes == 0  # no memory spent unless asked
+    options, _ = parse_serve_args(["--model_base_path=/m", "--gateway_prefaulted_heap_bytes=268435456"])
+    argv = gateway_argv(options, "auto", 9000, 9001)
+    assert parse_gateway_args(argv[4:]).options.gateway_prefaulted_heap_bytes == 1 << 28
+    for parse in (lambda: parse_serve_args(["--model_base_path=/m", "--gateway_prefaulted_heap_bytes=-1"]),
+                  lambda: parse_gateway_args(["--ray_address=auto", "--gateway_prefaulted_heap_bytes=-1"])):
+        with pytest.raises(SystemExit) as exit_info:
+            parse()
+        assert exit_info.value.code == 2
