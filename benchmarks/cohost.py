@@ -12,7 +12,7 @@ worst gap (a ticker in the host, asked every
 1 ms) and the step of the big call it fell in: `read` (the frame's body arriving), `decode`,
 `run`, `encode`, `write` (the answer going out), or `-` (between steps), and the CPU time and page
 faults of the host loop's thread in the round. `TESSERA_COHOST_RETAINED_HEAP_BYTES=N` gives the
-host process the gateway's malloc settings (`cluster.gateway.heap.retain_freed_memory(N)`). Wall times on a shared
+host process the gateway's malloc settings (`cluster.heap.retain_freed_memory(N)`). Wall times on a shared
 machine are noisy: quote the load average beside them.
 
     .venv/bin/python -m benchmarks.cohost --rounds 4 --mib 100
@@ -82,7 +82,7 @@ def _host(root: pathlib.Path) -> None:
         "write", send, lambda self, frame: sum(len(p) for p in frame) > stream.BIG)
 
     if os.environ.get("TESSERA_COHOST_RETAINED_HEAP_BYTES"):  # the gateway's malloc settings, on the host
-        from cluster.gateway.heap import retain_freed_memory
+        from cluster.heap import retain_freed_memory
 
         retain_freed_memory(int(os.environ["TESSERA_COHOST_RETAINED_HEAP_BYTES"]))
     replicas = {name: Replica(name, enable_warmup=False) for name in ("bench", "target")}

@@ -13,7 +13,7 @@ each call's worst gap: the CPU time and page faults of the loop's thread over th
 rusage), which a crowded machine disturbs far less than wall time.
 
 Variants, side by side in one run (alternated, `--rounds` times): `--retained BYTES` runs the server
-with `cluster.gateway.heap.retain_freed_memory(BYTES)`, as `tessera serve
+with `cluster.heap.retain_freed_memory(BYTES)`, as `tessera serve
 --gateway_retained_heap_bytes` does (0: glibc's defaults); `--env NAME=VALUE[,...]` sets the
 server's environment instead (e.g. glibc's `MALLOC_*` or `GLIBC_TUNABLES`).
 """

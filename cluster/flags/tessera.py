@@ -46,7 +46,7 @@ TESSERA_FLAGS: tuple[ValuedFlag, ...] = (
     ("gateway_retained_heap_bytes", int, DEFAULT_GATEWAY_RETAINED_HEAP_BYTES, "BYTES",
      "freed memory a gateway process keeps mapped for the next big message (glibc malloc), so its "
      "copies reuse pages instead of faulting in fresh ones (the embedded Ray's replica hosts get the "
-     "same); 0: the C library's defaults"),
+     "same); 0: the C library's default thresholds (the gateway's threads still share one arena)"),
     ("gateway_prefaulted_heap_bytes", int, 0, "BYTES",
      "heap a gateway process faults in once Ray has started (at most --gateway_retained_heap_bytes), "
      "so that its first big messages find their pages ready; resident from the start (0: none)"),
