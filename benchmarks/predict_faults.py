@@ -9,8 +9,9 @@ A real `tessera serve` (the chaos scenarios' cluster: embedded Ray, loopback, mo
 loop). Before and after each Predict the minor page faults of every thread of the gateway process
 and of each replica host process are read from /proc/<pid>/task/<tid>/stat, so each line says
 where fresh pages were faulted in: on the gateway's loop thread (the process's main thread), on
-its other threads, on the replica host's. Counted events, which a crowded machine does not change;
-the probe's worst (wall time) is beside them.
+its other threads, on the replica host's; and the loop thread's CPU time over the Predict. Counted
+events and CPU time, which a crowded machine changes far less than the probe's worst (wall time),
+printed beside them.
 
 `--flags` (or `TESSERA_CHAOS_SERVE_FLAGS`) adds `tessera serve` flags, e.g. a before/after of one
 setting. `--env NAME=VALUE` sets the server's environment (e.g. `MALLOC_ARENA_MAX=1`).
@@ -65,9 +66,13 @@ def thread_faults(pid: int) -> dict[int, tuple[str, int]]:
         comm = stat[stat.index("(") + 1 : stat.rindex(")")]
         fields = stat[stat.rindex(")") + 2 :].split()
         out[int(task.name)] = (comm, int(fields[7]))  # minflt is stat's 10th field
+    tick_ms = 1000 // os.sysconf("SC_CLK_TCK")
     try:
         stat = pathlib.Path(f"/proc/{pid}/stat").read_text()
-        out[-1] = ("stime_ms", int(stat[stat.rindex(")") + 2 :].split()[12]) * 1000 // os.sysconf("SC_CLK_TCK"))
+        out[-1] = ("stime_ms", int(stat[stat.rindex(")") + 2 :].split()[12]) * tick_ms)
+        stat = pathlib.Path(f"/proc/{pid}/task/{pid}/stat").read_text()  # the main thread: the loop's
+        fields = stat[stat.rindex(")") + 2 :].split()
+        out[-2] = ("loop_cpu_ms", (int(fields[11]) + int(fields[12])) * tick_ms)
     except OSError:
         pass
     return out
@@ -112,10 +117,10 @@ def replica_hosts(leader: int) -> list[int]:
 
 def _summary(pid: int, delta: dict[int, tuple[str, int]]) -> dict[str, object]:
     loop = delta.get(pid, ("", 0))[1]
-    others = sorted(((n, f"{comm}/{tid}") for tid, (comm, n) in delta.items() if tid not in (pid, -1) and n),
+    others = sorted(((n, f"{comm}/{tid}") for tid, (comm, n) in delta.items() if tid not in (pid, -1, -2) and n),
                     reverse=True)
     return {"main": loop, "others": sum(n for n, _ in others), "top": [f"{w}:{n}" for n, w in others[:3]],
-            "stime_ms": delta.get(-1, ("", 0))[1]}
+            "stime_ms": delta.get(-1, ("", 0))[1], "main_cpu_ms": delta.get(-2, ("", 0))[1]}
 
 
 def main() -> None:
@@ -167,7 +172,8 @@ def main() -> None:
                 hosts_text = "; ".join(f"host {pid}: main {s['main']} others {s['others']} {s['top']} sys {s['stime_ms']} ms"
                                        for pid, s in rh.items() if s["main"] or s["others"])
                 print(f"{n + 1} {row['kind']:<14} {code} {row['seconds']:5.2f} s  probe {row['probe_ms']:4d} ms"
-                      f"  gateway loop {gw['main']:6d} others {gw['others']:6d} {gw['top']} sys {gw['stime_ms']} ms"
+                      f"  gateway loop {gw['main']:6d} faults, {gw['main_cpu_ms']} ms CPU; others {gw['others']:6d}"
+                      f" {gw['top']} sys {gw['stime_ms']} ms"
                       f" {gw['memory']}  {hosts_text}"
                       f"  load {load:.2f}", flush=True)
     finally:
