@@ -83,6 +83,13 @@ class BatchQueue:
         InvalidArgument (bad shapes, `validate` failed, too many rows), ResourceExhausted (queue
         full), DeadlineExceeded (deadline already passed), Unavailable (queue closed).
         """
+        return await self.enqueue(inputs, deadline)
+
+    def enqueue(self, inputs: Tensors, deadline: float | None = None) -> asyncio.Future[dict[str, np.ndarray]]:
+        """`submit` without the coroutine: queues the request and returns the future of its
+        outputs, or raises what `submit` raises, at once. A caller queueing many requests (a
+        coalesced call) awaits their futures instead of a task per request. Cancelling the future
+        drops the request (a batch skips requests whose future is done)."""
         if self._closed:
             raise Unavailable("The batch queue is closed")
         now = self._clock()
@@ -96,14 +103,14 @@ class BatchQueue:
         if self._queued.rows + rows > self._capacity_rows:
             raise ResourceExhausted(QUEUE_FULL_MESSAGE)
 
-        future = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[dict[str, np.ndarray]] = asyncio.get_running_loop().create_future()
         key = merge.shape_key(inputs, pad_variable_length=self._pad_variable)
         self._queued.add(key, inputs, rows, future, deadline, now)
         self._wakeup.set()
         if self._scheduler is None:
             self._scheduler = asyncio.create_task(self._schedule())
             self._scheduler.add_done_callback(self._scheduler_done)
-        return await future
+        return future
 
     async def close(self, *, drain: bool = True) -> None:
         """Refuse new requests; with `drain`, compute everything queued first, else fail it."""

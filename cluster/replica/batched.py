@@ -85,9 +85,7 @@ class BatchedRunner:
         queue = self._queue(servable, signature, (version, signature_key, tuple(output_filter)))
         now = time.monotonic()
         deadlines = [None if t is None else now + t for t in (timeouts or [None] * len(requests))]
-        outcomes = await asyncio.gather(
-            *(queue.submit(r, d) for r, d in zip(requests, deadlines, strict=True)), return_exceptions=True
-        )
+        outcomes = await _outcomes(queue, requests, deadlines)
         results: list[RunResult] = []
         for request, outcome in zip(requests, outcomes, strict=True):
             if isinstance(outcome, _BatchFailed):
@@ -109,6 +107,35 @@ class BatchedRunner:
         closing = [q for (v, _, _), q in self._queues.items() if v == version]
         self._queues = {k: q for k, q in self._queues.items() if k[0] != version}
         await asyncio.gather(*(q.close(drain=True) for q in closing))
+
+
+async def _outcomes(
+    queue: BatchQueue, requests: Sequence[Tensors], deadlines: Sequence[float | None]
+) -> list[Tensors | BaseException]:
+    """Each request's outputs or error, as `gather(*(queue.submit(...)), return_exceptions=True)`
+    gives them, without a task per request: the requests are queued at once and their futures
+    awaited in turn (a batch settles many of them in one step, so most are done when reached)."""
+    pending: list[asyncio.Future[dict[str, np.ndarray]] | BaseException] = []
+    for request, deadline in zip(requests, deadlines, strict=True):
+        try:
+            pending.append(queue.enqueue(request, deadline))
+        except Exception as exc:  # noqa: BLE001 - a refusal is that request's outcome
+            pending.append(exc)
+    outcomes: list[Tensors | BaseException] = []
+    try:
+        for item in pending:
+            if isinstance(item, BaseException):
+                outcomes.append(item)
+                continue
+            try:
+                outcomes.append(await item)  # CancelledError: this call was cancelled (the queue fails, never cancels)
+            except Exception as exc:  # noqa: BLE001 - the request's own error
+                outcomes.append(exc)
+    finally:
+        for item in pending:  # the call is cancelled: its requests leave the queue
+            if isinstance(item, asyncio.Future) and not item.done():
+                item.cancel()
+    return outcomes
 
 
 def _as_result(outcome: Tensors | BaseException) -> RunResult:
