@@ -1,9 +1,12 @@
 """Gateway-side coalescing: concurrent requests for the same model, version, signature and output
 filter leave the gateway together, as one call to one replica, and their outputs are split back.
 
-No timer: a lane sends at once while fewer calls than it has replicas are running (no added
-latency when idle); requests that arrive meanwhile wait and leave together in the next call. So,
-under load, batches grow by themselves and a call's fixed cost is paid per batch. The replica of
+No timer: a lane sends while fewer calls than it has replicas are running (no added latency when
+idle); requests that arrive meanwhile wait and leave together in the next call. So, under load,
+batches grow by themselves and a call's fixed cost is paid per batch. A lane with room sends at the
+end of the event loop's current step, not from inside `submit`: the requests that gRPC hands the
+loop together (one poller wake-up delivers many) then leave in one call instead of one call each
+(at c=128, 2.6 requests per call before; a call costs the replica host ~5 requests' CPU). The replica of
 each call is chosen by power of two choices on the rows each replica has in flight, per *batch*:
 two replicas run two batches at once, each as large as one replica alone would get.
 
@@ -52,6 +55,7 @@ class _Lane:
     output_filter: tuple[str, ...]
     pending: list[_Request] = field(default_factory=list)
     in_flight_calls: int = 0  # calls running (each carries one or more requests)
+    flush_due: bool = False  # a send is scheduled for the end of the loop's current step
 
 
 class Coalescer:
@@ -89,21 +93,36 @@ class Coalescer:
         if lane is None:
             lane = self._lanes[key] = _Lane(router, connect, version, signature, output_filter)
         lane.router, lane.connect = router, connect  # the latest routing table's
-        future: asyncio.Future[Tensors] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Tensors] = loop.create_future()
         lane.pending.append(_Request(feeds, deadline, future))
-        if lane.in_flight_calls < self._max_calls * max(len(router.replicas), 1):
-            self._send(key, lane)
+        if not lane.flush_due and self._room(lane) > 0:
+            lane.flush_due = True
+            loop.call_soon(self._flush, key, lane)
         return future
 
-    def _send(self, key: Hashable, lane: _Lane) -> None:
-        batch = [r for r in lane.pending[: self._max_requests] if not r.future.done()]
-        del lane.pending[: self._max_requests]
+    def _room(self, lane: _Lane) -> int:
+        """How many more calls the lane may have running."""
+        return self._max_calls * max(len(lane.router.replicas), 1) - lane.in_flight_calls
+
+    def _flush(self, key: Hashable, lane: _Lane) -> None:
+        """Sends what is pending, spread evenly over the calls the lane has room for (idle
+        replicas each take a share, as large as one replica alone would get)."""
+        lane.flush_due = False
+        while lane.pending and (room := self._room(lane)) > 0:
+            self._send(key, lane, -(-len(lane.pending) // room))
+        self._forget_if_idle(key, lane)
+
+    def _forget_if_idle(self, key: Hashable, lane: _Lane) -> None:
+        if not lane.pending and lane.in_flight_calls == 0 and not lane.flush_due and self._lanes.get(key) is lane:
+            del self._lanes[key]
+
+    def _send(self, key: Hashable, lane: _Lane, size: int) -> None:
+        size = min(size, self._max_requests)
+        batch = [r for r in lane.pending[:size] if not r.future.done()]
+        del lane.pending[:size]
         if not batch:
-            if lane.pending:
-                self._send(key, lane)
-            elif lane.in_flight_calls == 0:
-                self._lanes.pop(key, None)
-            return
+            return  # all expired while they waited
         lane.in_flight_calls += 1
         task = asyncio.get_running_loop().create_task(self._call(key, lane, batch))
         self._tasks.add(task)
@@ -114,10 +133,10 @@ class Coalescer:
             await self._run_with_retry(lane, batch)
         finally:
             lane.in_flight_calls -= 1
-            if lane.pending:
-                self._send(key, lane)
-            elif lane.in_flight_calls == 0:
-                self._lanes.pop(key, None)
+            # What waited for this call leaves now: it has waited a whole call already.
+            while lane.pending and self._room(lane) > 0:
+                self._send(key, lane, len(lane.pending))
+            self._forget_if_idle(key, lane)
 
     async def _run_with_retry(self, lane: _Lane, batch: list[_Request]) -> None:
         """Runs the batch and settles every request's future. A replica that fails the whole call
