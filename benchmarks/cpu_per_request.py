@@ -31,7 +31,7 @@ from benchmarks.run import SPECS, Context, _loadavg, _tessera_flags
 from benchmarks.servers import _TICK, ServerProcess, free_port, session_cpu_ticks
 
 GATEWAY_LABELS = ("tessera", "cluster.cli")
-REPLICA_LABEL = "ray::ReplicaActor"
+REPLICA_LABEL = "ray::ReplicaHost"
 
 
 def _client(target: str, payload: bytes, calls: int, threads: int, ready: Any, go: Any, out: Any) -> None:
