@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final, Protocol
 
 import numpy as np
 
@@ -45,7 +45,30 @@ class Signature:
     outputs: Mapping[str, TensorInfo]
 
 
-def check_feeds(sig: Signature, feeds: Mapping[str, np.ndarray]) -> None:
+class Shaped(Protocol):
+    """What `check_feeds` reads of a feed: an ndarray, or a `TensorClaim` (nothing decoded yet)."""
+
+    @property
+    def dtype(self) -> np.dtype[Any]: ...
+    @property
+    def shape(self) -> tuple[int, ...]: ...
+    @property
+    def ndim(self) -> int: ...
+
+
+@dataclass(frozen=True, slots=True)
+class TensorClaim:
+    """A tensor's dtype and shape as a request claims them, before its values are decoded."""
+
+    dtype: np.dtype[Any]
+    shape: tuple[int, ...]
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+
+def check_feeds(sig: Signature, feeds: Mapping[str, Shaped]) -> None:
     """Raises InvalidInputError unless `feeds` has exactly the signature's inputs, typed and shaped."""
     if feeds.keys() != sig.inputs.keys():
         extra = sorted(set(feeds) - set(sig.inputs))

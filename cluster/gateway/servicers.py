@@ -142,7 +142,7 @@ class PredictionServicer:
         try:
             domain = await _convert(
                 request, abort, converters.predict_request, message, deadline,
-                signature=signature, max_fill_bytes=self._max_fill_bytes, check=abort.check, lifted=lifted,
+                signature=signature, max_fill_bytes=self._max_fill_bytes, check=abort.check, lifted=lifted, spec=spec,
             )
         except errors.ServingError as exc:
             # Refused before the service saw it: still counted, as the service's own refusals are.

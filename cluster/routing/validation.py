@@ -14,7 +14,7 @@ from cluster import errors
 from cluster.requests import ClassifyResult, InferenceTask, RegressResult, ResolvedSpec
 from exporter import dtypes
 from exporter.errors import InvalidInputError
-from exporter.signature import CLASSIFY_METHOD, REGRESS_METHOD, Signature, check_feeds
+from exporter.signature import CLASSIFY_METHOD, REGRESS_METHOD, Signature, TensorClaim, check_feeds
 
 
 def _set(names: Iterable[str]) -> str:
@@ -43,10 +43,10 @@ def check_input_aliases(signature: Signature, aliases: Collection[str]) -> None:
 def check_claimed_tensors(signature: Signature, claimed: Mapping[str, tuple[np.dtype, tuple[int, ...]]]) -> None:
     """Dtypes and shapes as a request claims them (alias -> numpy dtype, shape), before decoding.
 
-    The same checks and messages as on decoded arrays: each claim stands in as a zero-stride
-    broadcast of one element, which has the claimed dtype and shape and takes no memory.
+    The same checks and messages as on decoded arrays: `check_feeds` reads each claim as it reads
+    an array (a `TensorClaim`; zero-stride stand-in arrays cost ~5 us per tensor on every Predict).
     """
-    stand_ins = {alias: np.broadcast_to(np.zeros((), dtype), shape) for alias, (dtype, shape) in claimed.items()}
+    stand_ins = {alias: TensorClaim(dtype, shape) for alias, (dtype, shape) in claimed.items()}
     try:
         check_feeds(signature, stand_ins)
     except InvalidInputError as e:

@@ -84,6 +84,7 @@ def predict_request(
     max_fill_bytes: int = DEFAULT_MAX_FILL_BYTES,
     check: Callable[[], None] | None = None,
     lifted: Mapping[str, Lifted] | None = None,
+    spec: ModelSpec | None = None,
 ) -> PredictRequest:
     """A PredictRequest with its tensors decoded (zero-copy views for `tensor_content` and for the
     payloads `lifted` out of a big request by `predict_bytes.parse_predict_request`).
@@ -92,9 +93,10 @@ def predict_request(
     resolves to, the input aliases, then each tensor's header (the "tensor parsing error"s), then
     dtypes and shapes; and, with or without it, what TF's fill would add (the elements a tensor
     claims but does not carry) against `max_fill_bytes`. `check` is called between tensors (and
-    inside long string lists); it raises to abort a conversion that is no longer wanted.
+    inside long string lists); it raises to abort a conversion that is no longer wanted. `spec`:
+    the request's `predict_spec`, when the caller has it already.
     """
-    spec = _required_spec(request)
+    spec = spec if spec is not None else _required_spec(request)
     protos = request.inputs
     if signature is not None:
         check_input_aliases(signature, protos.keys())
