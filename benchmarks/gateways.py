@@ -27,13 +27,14 @@ SERVERS = ("plain", "tessera-gw1", "tessera-gw2", "tessera-gwauto")
 
 
 def table(rounds: list[list[dict[str, Any]]]) -> str:
-    lines = ["| round | server | c | req/s | × plain | p50 ms | gateway CPU µs/Predict | gateway CPU % | load avg |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| round | server | c | req/s | × plain | p50 ms | gateway CPU µs/Predict | gateway CPU % "
+             "| whole server CPU µs/Predict | load avg |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for i, servers in enumerate(rounds, 1):
         plain = {lv["concurrency"]: lv["rps"] for s in servers if s["name"] == "plain" for lv in s["levels"]}
         for server in servers:
             if "error" in server:
-                lines.append(f"| {i} | {server['name']} | | FAILED: {server['error']} | | | | | |")
+                lines.append(f"| {i} | {server['name']} | | FAILED: {server['error']} | | | | | | |")
                 continue
             for level in server["levels"]:
                 c = level["concurrency"]
@@ -43,7 +44,8 @@ def table(rounds: list[list[dict[str, Any]]]) -> str:
                           if k.split(" ×")[0] in ("tessera", "cluster.cli"))
                 lines.append(
                     f"| {i} | {server['name']} | {c} | {level['rps']:.0f} | {ratio:.2f} | {level.get('p50_ms', 0):.1f} "
-                    f"| {'' if us is None else f'{us:.0f}'} | {cpu:.0f} | {level.get('loadavg', '')} |"
+                    f"| {'' if us is None else f'{us:.0f}'} | {cpu:.0f} | {level.get('server_cpu_us_per_request', 0):.0f} "
+                    f"| {level.get('loadavg', '')} |"
                 )
     return "\n".join(lines)
 

@@ -8,6 +8,7 @@ thread, as a replica of 0.5 CPU has.
 
     python -m benchmarks.plain_server --port 8600 --model_dir /tmp/bench_models/bench/1
     python -m benchmarks.plain_server --port 8600 --model_dir /tmp/bench_models/bench_onnx/1 --model_platform=onnx
+    python -m benchmarks.plain_server --port 8600 --model_dir /tmp/bench_models/bench/1 --echo   # gRPC's floor
 """
 
 from __future__ import annotations
@@ -44,11 +45,34 @@ class PlainPredictionService(prediction_service_pb2_grpc.PredictionServiceServic
         return encode_response(request, outputs)
 
 
-async def serve(port: int, model_dir: str, host: str = "127.0.0.1", platform: str = "tensorflow") -> None:
+def echo_handlers(runtime: Servable) -> grpc.GenericRpcHandler:
+    """`--echo`: the floor of a grpc.aio server. Predict's raw bytes in, raw bytes out, each distinct
+    request answered by the model once and from a cache after that: what is left per request is
+    gRPC's and asyncio's own cost (no parse, no model, no serialization)."""
+    cache: dict[bytes, bytes] = {}
+
+    async def predict(raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        answer = cache.get(raw)
+        if answer is None:
+            request = predict_pb2.PredictRequest.FromString(raw)
+            outputs = runtime.run(request.model_spec.signature_name or "serving_default", decode_inputs(request), None)
+            answer = cache[raw] = encode_response(request, outputs).SerializeToString()
+        return answer
+
+    handler = grpc.unary_unary_rpc_method_handler(predict)  # no (de)serializers: bytes both ways
+    return grpc.method_handlers_generic_handler("tensorflow.serving.PredictionService", {"Predict": handler})
+
+
+async def serve(
+    port: int, model_dir: str, host: str = "127.0.0.1", platform: str = "tensorflow", echo: bool = False
+) -> None:
     """Serves until SIGTERM/SIGINT, then stops with a short grace."""
     runtime = load_servable(platform, model_dir, LoadOptions(intra_op_threads=1))
     server = grpc.aio.server()
-    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PlainPredictionService(runtime), server)
+    if echo:
+        server.add_generic_rpc_handlers((echo_handlers(runtime),))
+    else:
+        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PlainPredictionService(runtime), server)
     bound = server.add_insecure_port(f"{host}:{port}")
     await server.start()
     print(f"plain server on {host}:{bound}", flush=True)
@@ -65,8 +89,9 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--model_dir", required=True, help="one published version, e.g. <base>/1")
     parser.add_argument("--model_platform", default="tensorflow", help="tensorflow (a bundle) or onnx")
+    parser.add_argument("--echo", action="store_true", help="answer from a cache: gRPC's own cost per request")
     args = parser.parse_args()
-    asyncio.run(serve(args.port, args.model_dir, platform=args.model_platform))
+    asyncio.run(serve(args.port, args.model_dir, platform=args.model_platform, echo=args.echo))
 
 
 if __name__ == "__main__":

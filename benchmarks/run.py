@@ -137,6 +137,14 @@ SPECS: dict[str, Spec] = {
     "tessera-1-nobatch": Spec(
         "tessera-1-nobatch", "Tessera 1 replica, no batching", _tessera_config(1, False), _tessera_argv(1, False), 120
     ),
+    # gRPC's floor (issue 12): the plain server answering from a cache, so what it costs per request
+    # is grpc.aio's and asyncio's alone; `python -m benchmarks.gateways --servers plain plain-echo ...`.
+    "plain-echo": Spec(
+        "plain-echo", "plain grpc.aio, cached answers (gRPC's floor)",
+        lambda ctx: "one process, grpc.aio, raw bytes in and out, each distinct request's answer cached",
+        lambda ctx, port: [PY, "-m", "benchmarks.plain_server", f"--port={port}", f"--model_dir={ctx.version_dir}", "--echo"],
+        60,
+    ),
     # The same DNN as model.onnx in Triton's layout: onnxruntime behind both servers (issue 8).
     "plain-onnx": Spec(
         "plain-onnx", "plain grpc.aio, ONNX",
@@ -256,6 +264,10 @@ def bench_server(spec: Spec, ctx: Context, args: argparse.Namespace, payload: by
             if len(samples) == 2:
                 (t0, before), (t1, after) = samples["start"], samples["end"]
                 level["server_cpu_pct"] = cpu_breakdown(before, after, t1 - t0)
+                whole_s = sum(t - before.get(pid, (label, 0))[1] for pid, (label, t) in after.items()) / CLOCK_TICKS
+                if result.requests:
+                    # Every process of the server's session (gateways, replica hosts, Ray's daemons).
+                    level["server_cpu_us_per_request"] = 1e6 * whole_s / result.requests
                 gateway_s = gateway_cpu_seconds(before, after)
                 if gateway_s is not None and result.requests:
                     # The gateway processes' own counters (utime + stime), over the measured window.
