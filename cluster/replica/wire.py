@@ -49,6 +49,8 @@ PROOF_BYTES = hashlib.sha256().digest_size
 ACCEPTED = b"\x01"
 PING = {"ping": 1}
 PONG = {"pong": 1}
+# One encoder for every frame: json.dumps with its own separators builds a new one per call.
+_HEADER = json.JSONEncoder(separators=(",", ":"))
 
 
 def _string_pieces(items: np.ndarray) -> list[bytes]:
@@ -120,7 +122,7 @@ def check_proof(secret: bytes, nonce: bytes, answer: bytes) -> bool:
 def _frame(
     call_id: int, header: dict[str, Any], chunks: list[bytes | memoryview], limit: int = MAX_FRAME
 ) -> list[bytes | memoryview]:
-    head = json.dumps(header, separators=(",", ":")).encode()
+    head = _HEADER.encode(header).encode()
     total = FRAME.size - 4 + len(head) + sum(len(c) for c in chunks)
     if total > min(limit, MAX_FRAME):
         raise errors.ResourceExhausted(f"message of {total} bytes is larger than the limit of {min(limit, MAX_FRAME)}")
@@ -215,5 +217,6 @@ def split_frame(body: memoryview) -> tuple[int, dict[str, Any], memoryview]:
     """A frame's body (after the length field) -> call id, header, payload."""
     call_id, header_len = struct.unpack_from("<QI", body, 0)
     start = 12
-    header = json.loads(bytes(body[start : start + header_len]))
+    # Decoded to str first: json.loads of bytes sniffs their encoding in Python on every frame.
+    header = json.loads(str(body[start : start + header_len], "utf-8"))
     return call_id, header, body[start + header_len :]
