@@ -44,6 +44,8 @@ BENCH_ARGS ?=
 
 $(BENCH_STAMP): pyproject.toml $(STAMP)
 	$(PY) -m pip install -q -e '.[test,bench]'
+	command -v h2load >/dev/null 2>&1 || apt-get install -y -q nghttp2-client || \
+		echo "h2load (Debian's nghttp2-client) not installed: benchmarks.gateways --client h2load needs it"
 	touch $@
 
 bench: $(BENCH_STAMP)

@@ -2,11 +2,13 @@
 auto against the plain grpc.aio server, side by side in one run, and the gateway processes' CPU per
 Predict from their own counters (/proc/<pid>/stat utime + stime over the measured window).
 
-    python -m benchmarks.gateways [--levels 128] [--duration 8] [--channels 8] [--rounds 2]
+    python -m benchmarks.gateways [--levels 128] [--duration 8] [--channels 8] [--rounds 2] [--client h2load]
 
 Each round runs every server once, in order, so a change in the machine's load hits all of them;
 the ratios are per round. Several connections per load-generator process (`--channels`): the
-kernel spreads connections, not requests, over the processes sharing a port. Writes
+kernel spreads connections, not requests, over the processes sharing a port. `--client h2load`
+drives the same level with nghttp2's C load generator (`benchmarks.h2load`, 2 × `--channels`
+connections), which takes far less of the 2 cores than the Python one. Writes
 benchmarks/gateways.json and prints a table (with the load average at each level).
 """
 
@@ -58,6 +60,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--channels", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--client", choices=("python", "h2load"), default="python",
+                        help="the load generator: benchmarks.loadgen, or h2load (C; see benchmarks.h2load)")
     parser.add_argument("--out", type=pathlib.Path, default=HERE / "gateways.json")
     args = parser.parse_args()
     scratch = pathlib.Path(tempfile.mkdtemp(prefix="tessera-gw-bench-"))
@@ -76,6 +80,7 @@ def main() -> None:
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     result = {"machine": machine(), "code": code_state(), "loadavg_end": _loadavg(), "channels": args.channels,
+              "client": args.client,
               "duration_s": args.duration, "wall_s": time.monotonic() - started, "rounds": rounds}
     args.out.write_text(json.dumps(result, indent=1))
     print(table(rounds))

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from typing import Any
 
-from benchmarks import loadgen, model, report
+from benchmarks import h2load, loadgen, model, report
 from benchmarks.ray_serve_peer import BATCH_WAIT_TIMEOUT_S, MAX_BATCH_SIZE, MAX_ONGOING_REQUESTS
 from benchmarks.servers import ServerProcess, cpu_breakdown, free_port, server_env
 
@@ -257,8 +257,12 @@ def bench_server(spec: Spec, ctx: Context, args: argparse.Namespace, payload: by
             def sample(edge: str, server: ServerProcess = server, samples: dict = samples) -> None:
                 samples[edge] = (time.monotonic(), server.cpu_ticks())
 
-            result = loadgen.run_level(server.target, c, payload, args.duration, args.warmup, on_window=sample,
-                                       channels=args.channels)
+            if getattr(args, "client", "python") == "h2load":
+                result = h2load.run_level(server.target, c, payload, args.duration, args.warmup, on_window=sample,
+                                          connections=2 * args.channels)  # the Python generator's 2 processes' worth
+            else:
+                result = loadgen.run_level(server.target, c, payload, args.duration, args.warmup, on_window=sample,
+                                           channels=args.channels)
             level = result.to_dict()
             level["loadavg"] = _loadavg()
             if len(samples) == 2:
