@@ -27,15 +27,9 @@ import subprocess
 import sys
 import time
 
-_SENDER = """
-import sys, time, grpc
-from benchmarks.chaos.scenarios_input import _grpc_100mb_bodies
-bodies = _grpc_100mb_bodies()
-big = 2**31 - 1
-channel = grpc.insecure_channel(sys.argv[1], options=[("grpc.max_send_message_length", big),
-                                                      ("grpc.max_receive_message_length", big)])
-call = channel.unary_unary("/tensorflow.serving.PredictionService/Predict")
-print(len(bodies[0]), flush=True)
+from benchmarks.chaos.scenarios_input import SENDER_PREAMBLE
+
+_SENDER = SENDER_PREAMBLE + """
 n = 0
 while sys.stdin.readline():
     started = time.perf_counter()

@@ -416,7 +416,9 @@ def _grpc_100mb_bodies() -> list[bytes]:
 # stream's process their copies (grpc's, with the GIL held) would stall its client thread, and on
 # its connection they would queue its small requests behind 100 MB of HTTP/2 frames. Each body is
 # sent twice: the gateway's first big message grows its heap (fresh pages), later ones reuse it.
-_SENDER = """
+# A sender script's start (benchmarks.predict_faults sends them too): the bodies built, `call` a
+# raw-bytes Predict on a connection of its own to argv[1], the bodies' size printed when ready.
+SENDER_PREAMBLE = """
 import sys, time, grpc
 from benchmarks.chaos.scenarios_input import _grpc_100mb_bodies
 bodies = _grpc_100mb_bodies()
@@ -425,6 +427,8 @@ channel = grpc.insecure_channel(sys.argv[1], options=[("grpc.max_send_message_le
                                                       ("grpc.max_receive_message_length", big)])
 call = channel.unary_unary("/tensorflow.serving.PredictionService/Predict")
 print(len(bodies[0]), flush=True)
+"""
+_SENDER = SENDER_PREAMBLE + """
 sys.stdin.readline()
 for body in (*bodies, *bodies):
     started = time.perf_counter()
