@@ -124,6 +124,17 @@ def _resources_of_node_with_object_store(cluster: TwoNodeCluster, size: int) -> 
     return None
 
 
+def _controller(cluster: TwoNodeCluster, tmp_path: pathlib.Path) -> Process:
+    """`tessera serve` with no gateway of its own, serving model "m" (one version) on 2 replicas:
+    the head pod's command."""
+    write_version(tmp_path / "m", 1, 2.0)
+    (tmp_path / "models.config").write_text(
+        f'model_config_list {{ config {{ name: "m" base_path: "{tmp_path / "m"}" }} }}\n')
+    return Process([TESSERA, "serve", f"--ray_address={cluster.address}", "--gateway_processes=0",
+                    f"--model_config_file={tmp_path / 'models.config'}", "--num_replicas=2",
+                    "--replica_num_cpus=0.5"], tmp_path / "serve.log", cluster.env())
+
+
 def _predict(port: int) -> np.ndarray:
     with TesseraClient(f"127.0.0.1:{port}") as client:
         return np.asarray(client.predict("m", {"x": np.array([[1.0, 2.0]], np.float32)})["y"])
@@ -132,12 +143,7 @@ def _predict(port: int) -> np.ndarray:
 def test_a_gateway_outside_ray_joins_the_cluster_s_controller_through_ray_client(
     cluster: TwoNodeCluster, tmp_path: pathlib.Path
 ) -> None:
-    write_version(tmp_path / "m", 1, 2.0)
-    (tmp_path / "models.config").write_text(
-        f'model_config_list {{ config {{ name: "m" base_path: "{tmp_path / "m"}" }} }}\n')
-    controller = Process([TESSERA, "serve", f"--ray_address={cluster.address}", "--gateway_processes=0",
-                          f"--model_config_file={tmp_path / 'models.config'}", "--num_replicas=2",
-                          "--replica_num_cpus=0.5"], tmp_path / "serve.log", cluster.env())
+    controller = _controller(cluster, tmp_path)
     gateways: list[Process] = []
     try:
         first, port = _gateway(cluster, tmp_path, "gateway-1")
@@ -172,12 +178,7 @@ def test_the_gateway_pod_s_ray_start_flags_make_a_node_with_no_cpus_and_its_gate
                            interval=1.0, what="the gateway pod's node registered")
     assert resources.get("CPU", 0) == 0 and resources.get("GPU", 0) == 0, resources
 
-    write_version(tmp_path / "m", 1, 2.0)
-    (tmp_path / "models.config").write_text(
-        f'model_config_list {{ config {{ name: "m" base_path: "{tmp_path / "m"}" }} }}\n')
-    controller = Process([TESSERA, "serve", f"--ray_address={cluster.address}", "--gateway_processes=0",
-                          f"--model_config_file={tmp_path / 'models.config'}", "--num_replicas=2",
-                          "--replica_num_cpus=0.5"], tmp_path / "serve.log", cluster.env())
+    controller = _controller(cluster, tmp_path)
     grpc_port, rest_port = free_port(), free_port()
     replaced = {"--ray_address": cluster.address, "--port": str(grpc_port), "--rest_api_port": str(rest_port)}
     flags = [f"{a.split('=')[0]}={replaced[a.split('=')[0]]}" if a.split("=")[0] in replaced else a
