@@ -1,10 +1,11 @@
 """The batch queue of one (servable, signature): requests in, merged batches out (issue 4).
 
 `submit` validates a request on its own, enqueues it and awaits its slice of a batch's outputs.
-A single scheduler task forms batches and runs up to `num_batch_threads` of them at once through
-the injected `execute`. A batch closes when it is full (`max_batch_size` rows, or
-`max_execution_batch_size` with splitting) or when its oldest request has waited
-`batch_timeout_micros`. It waits for a free execution slot *before* it forms, so under load
+A scheduling step (a loop callback, see `_kick`) forms batches and runs up to `num_batch_threads`
+of them at once through the injected `execute`, which answers at once (a small batch computed on
+the loop) or with an awaitable (a worker thread). A batch closes when it is full
+(`max_batch_size` rows, or `max_execution_batch_size` with splitting) or when its oldest request
+has waited `batch_timeout_micros`. It waits for a free execution slot *before* it forms, so under load
 batches grow by themselves. Requests whose tensors cannot share a batch (different dtypes or
 non-batch dims) queue in separate groups and never meet (`groups.QueuedGroups`: which requests
 form the next batch).
@@ -15,6 +16,7 @@ Clock and sleep are injected: unit tests drive the queue with a fake clock.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
 from collections.abc import Awaitable, Callable, Mapping
 
@@ -26,7 +28,8 @@ from cluster.config import BatchingConfig
 from cluster.errors import DeadlineExceeded, Internal, InvalidArgument, ResourceExhausted, Unavailable
 from exporter.signature import Tensors
 
-Execute = Callable[[dict[str, np.ndarray]], Awaitable[Mapping[str, np.ndarray]]]
+# The batch's outputs, or an awaitable of them (a model computed in a worker thread).
+Execute = Callable[[dict[str, np.ndarray]], Awaitable[Mapping[str, np.ndarray]] | Mapping[str, np.ndarray]]
 Validate = Callable[[Tensors], None]
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[object]]
@@ -65,10 +68,12 @@ class BatchQueue:
         self._capacity_rows = config.max_enqueued_batches * self._batch_rows
 
         self._queued = QueuedGroups()
-        self._wakeup = asyncio.Event()
-        self._slots = asyncio.Semaphore(config.num_batch_threads)
-        self._scheduler: asyncio.Task[None] | None = None
-        self._running: set[asyncio.Task[None]] = set()
+        self._threads = config.num_batch_threads
+        self._busy = 0  # batches running (at most `num_batch_threads`)
+        self._kick_due = False  # `_schedule` is queued on the loop
+        self._timer: asyncio.Handle | asyncio.Task[None] | None = None  # wakes `_schedule` at a timeout
+        self._timer_due = 0.0  # on the injected clock
+        self._running: set[asyncio.Task[None]] = set()  # batches whose `execute` had to be awaited
         self._closed = False
 
     @property
@@ -106,77 +111,87 @@ class BatchQueue:
         future: asyncio.Future[dict[str, np.ndarray]] = asyncio.get_running_loop().create_future()
         key = merge.shape_key(inputs, pad_variable_length=self._pad_variable)
         self._queued.add(key, inputs, rows, future, deadline, now)
-        self._wakeup.set()
-        if self._scheduler is None:
-            self._scheduler = asyncio.create_task(self._schedule())
-            self._scheduler.add_done_callback(self._scheduler_done)
+        self._kick()
         return future
 
     async def close(self, *, drain: bool = True) -> None:
         """Refuse new requests; with `drain`, compute everything queued first, else fail it."""
         self._closed = True
-        self._wakeup.set()
-        while drain and self._scheduler is not None and (self._queued.rows or self._running):
+        self._kick()
+        while drain and (self._queued.rows or self._running):
             if self._running:
                 await asyncio.wait(set(self._running))
             else:
-                await asyncio.sleep(0)  # the scheduler is about to take the rest
-        scheduler = self._scheduler
-        if scheduler is not None:
-            scheduler.cancel()
-            await asyncio.gather(scheduler, return_exceptions=True)
+                await asyncio.sleep(0)  # the scheduling step is about to take the rest
+        self._disarm()
         self._queued.fail_all(Unavailable("The batch queue is closed"))
         if self._running:
             await asyncio.wait(set(self._running))
 
     # -- scheduling ---------------------------------------------------------------------------
+    # No scheduler task: `_schedule` is a plain callback, queued once per loop step by whatever
+    # may let a batch form (a request queued, a batch done, a timeout reached). The requests
+    # queued in one step (a coalesced call's, every call read in that step) are there when it
+    # runs, as they were when a scheduler task woke; it costs one callback, not a task's wake-up,
+    # an Event's and a Semaphore's futures and a task per batch.
 
-    async def _schedule(self) -> None:
-        while True:
-            await self._slots.acquire()
-            try:
-                members = await self._next_batch()
-            except BaseException:
-                self._slots.release()
-                raise
-            task = asyncio.create_task(self._run_batch(members))
-            self._running.add(task)
-            task.add_done_callback(self._running.discard)
+    def _kick(self) -> None:
+        if not self._kick_due:
+            self._kick_due = True
+            asyncio.get_running_loop().call_soon(self._schedule)
 
-    def _scheduler_done(self, task: asyncio.Task[None]) -> None:
-        self._scheduler = None
-        if not task.cancelled() and task.exception() is not None:
-            # A bug in scheduling must not leave callers waiting forever.
-            self._queued.fail_all(Internal(f"Batch scheduler failed: {task.exception()!r}"))
-
-    async def _next_batch(self) -> list[Member]:
-        while True:
-            self._wakeup.clear()
-            now = self._clock()
-            key, wait_s = self._queued.ready(now, self._timeout_s, self._batch_rows, flush=self._closed)
-            if key is not None:
-                members = self._queued.take(key, now, self._batch_rows, split=self._split)
-                if members:
-                    return members
-                continue  # everything taken was stale; look again
-            await self._wait(wait_s)
-
-    async def _wait(self, wait_s: float | None) -> None:
-        """Until a request arrives, or `wait_s` seconds on the injected clock pass."""
-        if wait_s is None:
-            await self._wakeup.wait()
-            return
-        sleeper = asyncio.ensure_future(self._sleep(wait_s))
-        waker = asyncio.ensure_future(self._wakeup.wait())
+    def _schedule(self) -> None:
+        """Forms batches while an execution slot is free (a batch waits for a slot *before* it
+        forms), or sets a timer for the oldest request's timeout."""
+        self._kick_due = False
         try:
-            await asyncio.wait((sleeper, waker), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            sleeper.cancel()
-            waker.cancel()
+            while self._busy < self._threads:
+                now = self._clock()
+                key, wait_s = self._queued.ready(now, self._timeout_s, self._batch_rows, flush=self._closed)
+                if key is None:
+                    if wait_s is not None:
+                        self._arm(now, wait_s)
+                    return
+                members = self._queued.take(key, now, self._batch_rows, split=self._split)
+                if members and self._start(members):
+                    # Computed in this step: its callers' answers go out before the next batch
+                    # runs, and what arrives meanwhile joins it.
+                    self._kick()
+                    return
+        except Exception as exc:  # noqa: BLE001 - a bug in scheduling must not leave callers waiting forever
+            self._queued.fail_all(Internal(f"Batch scheduler failed: {exc!r}"))
+
+    def _arm(self, now: float, wait_s: float) -> None:
+        """`_schedule` runs again in `wait_s` seconds (a timer due sooner is kept)."""
+        due = now + wait_s
+        if self._timer is not None:
+            if self._timer_due <= due:
+                return
+            self._timer.cancel()
+        self._timer_due = due
+        if self._sleep is asyncio.sleep:  # the real clock: a timer handle, not a task
+            self._timer = asyncio.get_running_loop().call_later(wait_s, self._timeout)
+        else:
+            self._timer = asyncio.get_running_loop().create_task(self._sleep_then_schedule(wait_s))
+
+    async def _sleep_then_schedule(self, wait_s: float) -> None:
+        await self._sleep(wait_s)
+        self._timeout()
+
+    def _timeout(self) -> None:
+        self._timer = None
+        self._schedule()
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     # -- execution ----------------------------------------------------------------------------
 
-    async def _run_batch(self, members: list[Member]) -> None:
+    def _start(self, members: list[Member]) -> bool:
+        """Runs a batch: at once when `execute` answers without awaiting (True), else in a task
+        of its own (False). Takes an execution slot; a task gives it back when done."""
         try:
             requests = [
                 m.entry.inputs if m.stop - m.start == m.entry.rows else merge.slice_rows(m.entry.inputs, m.start, m.stop)
@@ -187,8 +202,30 @@ class BatchQueue:
             batch = merge.merge_inputs(
                 requests, row_counts=counts, target_rows=target, pad_variable_length=self._pad_variable
             )
-            outputs = await self._execute(batch.inputs)
+            outputs = self._execute(batch.inputs)
+            if inspect.isawaitable(outputs):
+                self._busy += 1
+                task = asyncio.get_running_loop().create_task(
+                    self._finish(members, counts, batch.padding_rows, outputs)
+                )
+                self._running.add(task)
+                task.add_done_callback(self._running.discard)
+                return False
             pieces = merge.split_outputs(outputs, counts, padding_rows=batch.padding_rows)
+        except Exception as exc:  # the whole batch failed: every member gets the same error
+            for m in members:
+                m.entry.fail(exc)
+            return True
+        for m, piece in zip(members, pieces, strict=True):
+            self._deliver(m, piece)
+        return True
+
+    async def _finish(
+        self, members: list[Member], counts: list[int], padding_rows: int, outputs: Awaitable[Mapping[str, np.ndarray]]
+    ) -> None:
+        """A batch whose `execute` must be awaited (a worker thread, a test's model)."""
+        try:
+            pieces = merge.split_outputs(await outputs, counts, padding_rows=padding_rows)
         except asyncio.CancelledError:
             for m in members:
                 m.entry.fail(Unavailable("The batch queue is closed"))
@@ -200,7 +237,8 @@ class BatchQueue:
             for m, piece in zip(members, pieces, strict=True):
                 self._deliver(m, piece)
         finally:
-            self._slots.release()
+            self._busy -= 1
+            self._kick()
 
     @staticmethod
     def _deliver(member: Member, outputs: dict[str, np.ndarray]) -> None:

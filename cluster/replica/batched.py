@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 
 import numpy as np
 
@@ -22,7 +22,7 @@ from cluster.batching import merge
 from cluster.batching.queue import BatchQueue
 from cluster.config import BatchingConfig
 from cluster.replica.contract import RunResult, Target
-from cluster.replica.replica import Replica, compute
+from cluster.replica.replica import Replica, compute, is_small
 from exporter.errors import InvalidInputError
 from exporter.servable import Servable
 from exporter.signature import Signature, Tensors
@@ -52,12 +52,19 @@ class BatchedRunner:
             _, signature_key, output_filter = key
             fetch = list(output_filter) or None
 
-            async def execute(inputs: dict[str, np.ndarray]) -> Tensors:
-                self._replica.batch_sizes.observe(merge.row_count(inputs))
+            def run(inputs: dict[str, np.ndarray]) -> Tensors:
                 try:
-                    return await compute(lambda: servable.run(signature_key, inputs, fetch), inputs)
+                    return servable.run(signature_key, inputs, fetch)
                 except InvalidInputError as e:
                     raise _BatchFailed(e) from None
+
+            def execute(inputs: dict[str, np.ndarray]) -> Tensors | Awaitable[Tensors]:
+                # A small batch is computed in the queue's own step (`compute`'s rule), a big one
+                # in a worker thread the queue awaits.
+                self._replica.batch_sizes.observe(merge.row_count(inputs))
+                if is_small(inputs):
+                    return run(inputs)
+                return asyncio.to_thread(run, inputs)
 
             def validate(inputs: Tensors) -> None:
                 Replica.validate(signature, inputs)
