@@ -70,11 +70,22 @@ def _host(root: pathlib.Path) -> None:
         return stream.payload_bytes([t for t in tensor_sets if isinstance(t, dict)]) > stream.BIG
 
     # The steps a big call goes through, wrapped where the server looks them up.
-    # A big frame's body comes whole (read_body) or in parts (_read_into a big buffer, merged below).
-    stream.read_body = _timed("read", stream.read_body, lambda reader, length, *_: length > stream.BIG)
-    if hasattr(stream, "_read_into"):
-        stream._read_into = _timed(  # noqa: SLF001
-            "read", stream._read_into, lambda reader, view, *_: getattr(view.obj, "nbytes", 0) > stream.BIG)  # noqa: SLF001
+    # A big frame's body comes in reads the parser copies into its buffer (merged below).
+    feed = stream.FrameParser.feed
+
+    def filling(parser: stream.FrameParser) -> bool:
+        dest = parser._dest  # noqa: SLF001
+        return parser._big is not None or (dest is not None and len(dest) > stream.BIG)  # noqa: SLF001
+
+    def timed_feed(parser: stream.FrameParser, data: bytes) -> None:
+        started, before = time.perf_counter(), filling(parser)
+        try:
+            feed(parser, data)
+        finally:
+            if before or filling(parser):
+                STEPS.append(("read", started, time.perf_counter()))
+
+    stream.FrameParser.feed = timed_feed  # type: ignore[method-assign]
     wire.decode_call = _timed("decode", wire.decode_call, lambda header, payload: payload.nbytes > stream.BIG)
     wire.encode_results = _timed("encode", wire.encode_results, lambda call_id, results, *_: big(results))
     send = stream.FrameWriter.send

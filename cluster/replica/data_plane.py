@@ -71,7 +71,7 @@ class DataPlaneServer:
 
     async def start(self, host: str) -> tuple[str, int]:
         if self._server is None:
-            self._server = await asyncio.start_server(self._serve, host, 0)
+            self._server = await stream.start_server(self._serve, host)
         address = self._server.sockets[0].getsockname()
         return str(address[0]), int(address[1])
 
@@ -90,23 +90,27 @@ class DataPlaneServer:
         writer.write(wire.ACCEPTED)
         return True
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _serve(self, reader: stream.FrameStream, writer: asyncio.StreamWriter) -> None:
         try:
             if not await self._admit(reader, writer):
                 return
             stream.bound_socket_buffers(writer)
-            frames, incoming = stream.FrameWriter(writer), stream.FrameReader(reader, self._max_frame)
-            while True:
-                # A big frame's parts and the small frames between them: a small call is read (and
-                # answered) while a big one is still arriving, or its answer still going out.
-                body = await incoming.next()
+            frames = stream.FrameWriter(writer)
+            loop = asyncio.get_running_loop()
+
+            def on_frame(body: memoryview) -> None:
+                # Called as the frame arrives. A big frame's parts and the small frames between
+                # them: a small call is read (and answered) while a big one is still arriving,
+                # or its answer still going out.
                 call_id, header, payload = wire.split_frame(body)
                 if "ping" in header:
                     frames.post(wire.control_frame(call_id, wire.PONG))
-                    continue
-                task = asyncio.get_running_loop().create_task(self._answer(call_id, header, payload, len(body), frames))
+                    return
+                task = loop.create_task(self._answer(call_id, header, payload, len(body), frames))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
+
+            raise await reader.frames(on_frame, self._max_frame)
         except stream.FrameTooBig as exc:
             self.refused += 1
             log.warning("data-plane frame of %d bytes refused (limit %d); connection closed", exc.length, exc.limit)

@@ -1,18 +1,19 @@
 """Moving data-plane frames over asyncio streams without holding the event loop or the connection.
 
-A frame of a few KiB is written with one `writelines` and read with one `readexactly`: the fast
-path every small Predict takes. A big frame (over `BIG` bytes, e.g. a 100 MB tensor) would hold
-the loop for hundreds of milliseconds that way: `writelines` joins every piece into one new
-bytes and the transport copies what the socket did not take; `readexactly` gathers the whole
-body in the stream's buffer and then copies it out. So big frames move in `CHUNK`-sized steps
-instead: written part by part with a `drain` between (the transport never holds more than a part
-beyond its high-water mark), read into one preallocated buffer as the bytes arrive; every loop
-step then costs one chunk's copy at most, and other requests are served in between.
+A frame of a few KiB is written with one `writelines` and read in the transport's callback
+that received it (`FrameParser`, fed by a `FrameStream`: no task woken per frame): the fast path
+every small Predict takes. A big frame (over `BIG` bytes, e.g. a 100 MB tensor) would hold the
+loop for hundreds of milliseconds if written that way: `writelines` joins every piece into one
+new bytes and the transport copies what the socket did not take. So big frames move in
+`CHUNK`-sized steps instead: written part by part with a `drain` between (the transport never
+holds more than a part beyond its high-water mark), read into one preallocated buffer as the
+bytes arrive (a read brings 256 KiB at most); every loop step then costs one chunk's copy at
+most, and other requests are served in between.
 
 One connection carries the calls of every model on a replica host, so a big frame must not hold
 the connection either: it goes as parts (`wire.PART`), and small frames go out between two parts
 at once, never waiting for the big one to pass. A `FrameWriter` lets one big frame's parts out at
-a time (a `FrameReader` puts one together at a time); a small frame waits for at most the part
+a time (a `FrameParser` puts one together at a time); a small frame waits for at most the part
 already in the transport's buffer (about `CHUNK` bytes), whatever the size of the big frame.
 """
 
@@ -20,7 +21,8 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import SupportsIndex, cast
 
 import numpy as np
 
@@ -114,67 +116,167 @@ class FrameWriter:
         self.writer.writelines(frame)
 
 
-class FrameReader:
-    """Reads whole frames' bodies off one connection, putting each big frame together from its
-    parts while the small frames that come between them are returned as they arrive."""
+class FrameParser:
+    """Cuts a connection's bytes into whole frames' bodies as they arrive, putting each big frame
+    together from its parts while the small frames that come between them are handed on at once.
+
+    `feed` is called with every read (in the transport's own callback: no task is woken per
+    frame) and calls `on_frame(body)` for each frame it completes, in order. It raises
+    FrameTooBig before taking a frame (or the first part of one) over the limit, and ValueError
+    when parts do not add up to their frame. The bytes of a frame still arriving are copied
+    straight into a buffer of its size (a big one's allocated once, for all its parts), so each
+    read costs one copy of what it brought."""
 
     def __init__(
-        self, reader: asyncio.StreamReader, max_frame: int, heard: Callable[[], None] | None = None
+        self, max_frame: int, on_frame: Callable[[memoryview], None], heard: Callable[[], None] | None = None
     ) -> None:
-        self._reader = reader
         self._max_frame = max_frame
-        self._heard = heard  # called after each chunk read: the peer is alive while a big frame flows
-        self._body: memoryview | None = None  # the big frame being put together
-        self._filled = 0
+        self._on_frame = on_frame
+        self._heard = heard  # called after each read: the peer is alive while a big frame flows
+        self._head = b""  # the start of a length field (or part head) that a read cut
+        self._big: memoryview | None = None  # the big frame being put together from its parts
+        self._filled = 0  # bytes of it that came
+        self._dest: memoryview | None = None  # where the bytes of the frame or part arriving go
+        self._at = 0  # how many of them came
+        self._part = False  # `_dest` is a part of `_big`
 
-    async def next(self) -> memoryview:
-        """The next whole frame's body (what follows its length field). Raises FrameTooBig before
-        reading a frame (or the first part of one) over the limit, ValueError when parts do not
-        add up to their frame, IncompleteReadError if the stream ends first."""
-        while True:
-            (word,) = wire.FRAME_LENGTH.unpack(await self._reader.readexactly(wire.FRAME_LENGTH.size))
+    def feed(self, data: bytes) -> None:
+        """Takes one read's bytes; hands on every frame they complete."""
+        if self._heard is not None:
+            self._heard()
+        view = memoryview(data)
+        if self._head:
+            view, self._head = memoryview(self._head + data), b""
+        pos, end = 0, len(view)
+        while pos < end:
+            dest = self._dest
+            if dest is not None:
+                take = min(len(dest) - self._at, end - pos)
+                dest[self._at : self._at + take] = view[pos : pos + take]
+                self._at += take
+                pos += take
+                if self._at == len(dest):
+                    self._complete(dest)
+                continue
+            if end - pos < wire.FRAME_LENGTH.size:
+                self._head = bytes(view[pos:])
+                return
+            (word,) = wire.FRAME_LENGTH.unpack_from(view, pos)
             if not word & wire.PART:
                 if word > self._max_frame:
                     raise FrameTooBig(word, self._max_frame)
-                return await read_body(self._reader, word, self._heard)
-            size = word & ~wire.PART
-            (total,) = wire.FRAME_LENGTH.unpack(await self._reader.readexactly(wire.FRAME_LENGTH.size))
-            if self._body is None:
+                pos += wire.FRAME_LENGTH.size
+                if end - pos >= word:  # the whole frame is here: the small frame's fast path
+                    self._on_frame(memoryview(view[pos : pos + word].tobytes()))
+                    pos += word
+                else:  # not bytearray(word): see below
+                    self._dest, self._at, self._part = np.empty(word, np.uint8).data, 0, False
+                continue
+            if end - pos < wire.PART_HEAD.size:
+                self._head = bytes(view[pos:])
+                return
+            size, total = wire.PART_HEAD.unpack_from(view, pos)
+            size &= ~wire.PART
+            pos += wire.PART_HEAD.size
+            if self._big is None:
                 if total > self._max_frame:
                     raise FrameTooBig(total, self._max_frame)
                 # np.empty, not bytearray(total): that one zeroes (and so faults in) every page at
                 # once, a 100 MB memset on the loop; these pages are touched as the bytes arrive.
-                self._body, self._filled = np.empty(total, np.uint8).data, 0
-            elif total != len(self._body):
+                self._big, self._filled = np.empty(total, np.uint8).data, 0
+            elif total != len(self._big):
                 raise ValueError("a part of another big frame came before the one begun was whole")
             if self._filled + size > total:
                 raise ValueError("a big frame's parts say more than its length")
-            await _read_into(self._reader, self._body[self._filled : self._filled + size], self._heard)
-            self._filled += size
-            if self._filled == total:
-                body, self._body = self._body, None
-                return body
+            self._dest, self._at, self._part = self._big[self._filled : self._filled + size], 0, True
+            if not size:
+                self._complete(self._dest)
+
+    def _complete(self, dest: memoryview) -> None:
+        self._dest = None
+        if not self._part:
+            self._on_frame(dest)
+            return
+        assert self._big is not None
+        self._filled += len(dest)
+        if self._filled == len(self._big):
+            body, self._big = self._big, None
+            self._on_frame(body)
 
 
-async def _read_into(reader: asyncio.StreamReader, view: memoryview, heard: Callable[[], None] | None) -> None:
-    """Fills `view` from the stream as the bytes arrive, a chunk per loop step at most."""
-    pos, length = 0, len(view)
-    while pos < length:
-        chunk = await reader.read(min(CHUNK, length - pos))
-        if not chunk:
-            raise asyncio.IncompleteReadError(b"", length)  # what came is dropped: nothing uses it
-        view[pos : pos + len(chunk)] = chunk
-        pos += len(chunk)
-        if heard is not None:
-            heard()
+class FrameStream(asyncio.StreamReader):
+    """A data-plane connection's reader: a StreamReader while the handshake is read, then, from
+    `frames`, a `FrameParser` fed in the transport's own callback, so that no task is woken to
+    read each frame and the bytes are not gathered in a stream buffer first."""
+
+    _parser: FrameParser | None = None
+    _ended: asyncio.Future[BaseException] | None = None
+
+    def frames(
+        self, on_frame: Callable[[memoryview], None], max_frame: int, heard: Callable[[], None] | None = None
+    ) -> asyncio.Future[BaseException]:
+        """Hands every frame from now on to `on_frame` as it arrives (what the stream buffered
+        past the handshake first). The future resolves to why the frames ended: the connection
+        closed (IncompleteReadError) or lost, a frame over the limit (FrameTooBig), a malformed
+        frame, or whatever `on_frame` raised; no frame is handed on after that."""
+        self._ended = asyncio.get_running_loop().create_future()
+        self._parser = FrameParser(max_frame, on_frame, heard)
+        # What the stream read past the handshake (StreamReader's own buffer, not public API).
+        buffered = bytes(self._buffer)  # type: ignore[attr-defined]
+        self._buffer.clear()  # type: ignore[attr-defined]
+        self._maybe_resume_transport()  # type: ignore[attr-defined]  # a full buffer stopped reading
+        if buffered:
+            self.feed_data(buffered)
+        failed = self.exception()
+        if failed is not None:
+            self._end(failed)
+        elif self.at_eof():
+            self._end(asyncio.IncompleteReadError(b"", None))
+        return self._ended
+
+    def _end(self, why: BaseException) -> None:
+        if self._ended is not None and not self._ended.done():
+            self._ended.set_result(why)
+
+    def feed_data(self, data: Iterable[SupportsIndex]) -> None:
+        if self._parser is None:
+            super().feed_data(data)
+        elif self._ended is not None and not self._ended.done():
+            try:
+                self._parser.feed(cast(bytes, data))  # what a transport reads
+            except Exception as exc:  # noqa: BLE001 - the connection's end, reported to its owner
+                self._end(exc)
+
+    def feed_eof(self) -> None:
+        super().feed_eof()
+        if self._parser is not None:
+            self._end(asyncio.IncompleteReadError(b"", None))
+
+    def set_exception(self, exc: Exception) -> None:
+        super().set_exception(exc)
+        if self._parser is not None:
+            self._end(exc)
 
 
-async def read_body(reader: asyncio.StreamReader, length: int, heard: Callable[[], None] | None = None) -> memoryview:
-    """The next `length` bytes of the stream (a whole frame's body); a big body is gathered chunk
-    by chunk into one buffer, and `heard` is called after each chunk. Raises IncompleteReadError
-    if the stream ends first."""
-    if length <= BIG:
-        return memoryview(await reader.readexactly(length))
-    view = np.empty(length, np.uint8).data  # not bytearray: see FrameReader.next
-    await _read_into(reader, view, heard)
-    return view
+async def open_connection(host: str, port: int) -> tuple[FrameStream, asyncio.StreamWriter]:
+    """`asyncio.open_connection` with a `FrameStream` to read."""
+    loop = asyncio.get_running_loop()
+    reader = FrameStream(loop=loop)
+    protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
+    transport, _ = await loop.create_connection(lambda: protocol, host, port)
+    return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
+
+
+async def start_server(
+    serve: Callable[[FrameStream, asyncio.StreamWriter], Awaitable[None]], host: str, port: int = 0
+) -> asyncio.Server:
+    """`asyncio.start_server` with a `FrameStream` to read each connection."""
+    loop = asyncio.get_running_loop()
+
+    def connected(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> Awaitable[None]:
+        assert isinstance(reader, FrameStream)
+        return serve(reader, writer)
+
+    return await loop.create_server(
+        lambda: asyncio.StreamReaderProtocol(FrameStream(loop=loop), connected, loop=loop), host, port
+    )

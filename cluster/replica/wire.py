@@ -11,7 +11,7 @@ A frame over `stream.BIG` bytes goes as parts, so that it never holds a connecti
 part is `u32 (PART | n) | u32 body length | n bytes`, the frame's body (everything after its length
 field) cut in order. A connection carries one big frame's parts at a time, and whole small frames
 between them: a small call to one model waits for at most one part of another model's 100 MB call
-or answer, never for all of it (`stream.FrameWriter`, `stream.FrameReader`).
+or answer, never for all of it (`stream.FrameWriter`, `stream.FrameParser`).
 
 A connection opens with a challenge: the replica sends `MAGIC | 16-byte nonce`, the gateway answers
 HMAC-SHA256(cluster secret, nonce), and the replica compares it in constant time and answers one

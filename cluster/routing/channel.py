@@ -79,12 +79,12 @@ class ReplicaChannel:
     def _where(self) -> str:
         return f"{self.address[0]}:{self.address[1]}"
 
-    async def _open(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    async def _open(self) -> tuple[stream.FrameStream, asyncio.StreamWriter]:
         """Connects and answers the replica's challenge, all within `connect_timeout_s`."""
         writer: asyncio.StreamWriter | None = None
         try:
             async with asyncio.timeout(self._connect_timeout):
-                reader, writer = await asyncio.open_connection(*self.address)
+                reader, writer = await stream.open_connection(*self.address)
                 stream.bound_socket_buffers(writer)
                 challenge = await reader.readexactly(wire.CHALLENGE_BYTES)
                 if not challenge.startswith(wire.MAGIC):
@@ -155,33 +155,36 @@ class ReplicaChannel:
             elif silent >= self._ping_interval and not frames.writer.is_closing():
                 await frames.send(wire.control_frame(0, wire.PING))
 
-    async def _read(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _read(self, reader: stream.FrameStream, writer: asyncio.StreamWriter) -> None:
         failure: BaseException = errors.Unavailable(f"connection to replica {self._where()} closed")
-        incoming = stream.FrameReader(reader, self._max_frame, self._hear)
+        loop = asyncio.get_running_loop()
+
+        def on_frame(body: memoryview) -> None:
+            # Called as the frame arrives (no task woken to read it): the caller's future is set
+            # in the same step. Small answers come between the parts of a big one: each is
+            # delivered as it arrives.
+            self._heard = time.monotonic()
+            call_id, header, payload = wire.split_frame(body)
+            future = self._pending.get(call_id)
+            if future is None or future.done():
+                return  # a pong, or the caller gave up (deadline): nothing to deliver
+            if "failure" in header:
+                kind, message = header["failure"]
+                cls = getattr(errors, kind, None)
+                if not (isinstance(cls, type) and issubclass(cls, errors.ServingError)):
+                    cls = errors.Internal
+                future.set_exception(cls(message))
+            elif len(body) > stream.BIG:
+                # Decoded in a worker thread (object tensors' items are copied out one by one),
+                # by a task of its own: the answers behind it go on being read.
+                task = loop.create_task(self._deliver(future, header, payload))
+                self._decoding.add(task)
+                task.add_done_callback(self._decoding.discard)
+            else:
+                future.set_result(wire.decode_results(header, payload))
+
         try:
-            while True:
-                # Small answers come between the parts of a big one: each is delivered as it arrives.
-                body = await incoming.next()
-                length = len(body)
-                self._heard = time.monotonic()
-                call_id, header, payload = wire.split_frame(body)
-                future = self._pending.get(call_id)
-                if future is None or future.done():
-                    continue  # a pong, or the caller gave up (deadline): nothing to deliver
-                if "failure" in header:
-                    kind, message = header["failure"]
-                    cls = getattr(errors, kind, None)
-                    if not (isinstance(cls, type) and issubclass(cls, errors.ServingError)):
-                        cls = errors.Internal
-                    future.set_exception(cls(message))
-                elif length > stream.BIG:
-                    # Decoded in a worker thread (object tensors' items are copied out one by one),
-                    # by a task of its own: this loop goes on reading the answers behind it.
-                    task = asyncio.get_running_loop().create_task(self._deliver(future, header, payload))
-                    self._decoding.add(task)
-                    task.add_done_callback(self._decoding.discard)
-                else:
-                    future.set_result(wire.decode_results(header, payload))
+            raise await reader.frames(on_frame, self._max_frame, self._hear)
         except asyncio.CancelledError:
             failure = errors.Unavailable(f"connection to replica {self._where()} closed by the gateway")
             raise

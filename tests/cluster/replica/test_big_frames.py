@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 
 import numpy as np
+import pytest
 
 from cluster.replica import stream, wire
 from cluster.replica.data_plane import DataPlaneServer
@@ -105,14 +106,13 @@ def test_a_small_frame_passes_a_big_one_that_is_on_its_way() -> None:
         got: list[memoryview] = []
         ready = asyncio.Event()
 
-        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        async def serve(reader: stream.FrameStream, writer: asyncio.StreamWriter) -> None:
             await ready.wait()
-            incoming = stream.FrameReader(reader, wire.DEFAULT_MAX_FRAME)
-            got.extend([await incoming.next(), await incoming.next()])
+            await reader.frames(got.append, wire.DEFAULT_MAX_FRAME)
             writer.close()
 
-        server = await asyncio.start_server(serve, "127.0.0.1", 0)
-        _, writer = await asyncio.open_connection(*server.sockets[0].getsockname()[:2])
+        server = await stream.start_server(serve, "127.0.0.1")
+        _, writer = await stream.open_connection(*server.sockets[0].getsockname()[:2])
         frames = stream.FrameWriter(writer)
         big = wire.encode_results(1, [{"y": np.arange(8_000_000, dtype=np.float32)}])  # 32 MB
         small = wire.encode_results(2, [{"y": np.ones(3, np.float32)}])
@@ -175,3 +175,35 @@ def test_a_big_call_to_one_model_never_holds_back_another_models_calls_on_the_sa
 
     with collector_paused():
         asyncio.run(main())
+
+
+def test_the_parser_puts_frames_together_from_reads_cut_anywhere() -> None:
+    # What a connection may bring: small frames, a big frame's parts with small frames between,
+    # a small frame over several reads; cut in reads of 1 byte up to whole frames, every frame
+    # comes out whole and in order.
+    smalls = [b"".join(bytes(c) for c in wire.encode_results(i, [{"y": np.full(i, i, np.float32)}])) for i in range(5)]
+    body = bytes(range(256)) * 40  # 10 KiB, sent in parts of 4 KiB
+    parts = [body[i : i + 4096] for i in range(0, len(body), 4096)]
+    head = [wire.PART_HEAD.pack(wire.PART | len(p), len(body)) + p for p in parts]
+    data = smalls[0] + head[0] + smalls[1] + head[1] + smalls[2] + smalls[3] + head[2] + smalls[4]
+    want = [smalls[0][4:], smalls[1][4:], smalls[2][4:], smalls[3][4:], body, smalls[4][4:]]
+    for cut in (1, 3, 7, 100, 4099, len(data)):
+        got: list[memoryview] = []
+        parser = stream.FrameParser(wire.DEFAULT_MAX_FRAME, got.append)
+        for i in range(0, len(data), cut):
+            parser.feed(data[i : i + cut])
+        assert [bytes(b) for b in got] == want, cut
+
+
+def test_the_parser_refuses_frames_over_the_limit_and_parts_that_do_not_add_up() -> None:
+    got: list[memoryview] = []
+    with pytest.raises(stream.FrameTooBig):
+        stream.FrameParser(100, got.append).feed(wire.FRAME_LENGTH.pack(101))
+    with pytest.raises(stream.FrameTooBig):
+        stream.FrameParser(100, got.append).feed(wire.PART_HEAD.pack(wire.PART | 10, 101))
+    with pytest.raises(ValueError, match="say more than its length"):
+        stream.FrameParser(100, got.append).feed(wire.PART_HEAD.pack(wire.PART | 11, 10))
+    with pytest.raises(ValueError, match="another big frame"):
+        stream.FrameParser(100, got.append).feed(
+            wire.PART_HEAD.pack(wire.PART | 2, 10) + b"ab" + wire.PART_HEAD.pack(wire.PART | 2, 20))
+    assert got == []
