@@ -106,9 +106,9 @@ class DataPlaneServer:
                 if "ping" in header:
                     frames.post(wire.control_frame(call_id, wire.PONG))
                     return
-                task = loop.create_task(self._answer(call_id, header, payload, len(body), frames))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+                # Held here until it answers (it takes itself out: a done callback would cost the
+                # loop one more step per call).
+                self._tasks.add(loop.create_task(self._answer(call_id, header, payload, len(body), frames)))
 
             raise await reader.frames(on_frame, self._max_frame)
         except stream.FrameTooBig as exc:
@@ -127,23 +127,28 @@ class DataPlaneServer:
         # Big calls are decoded and their answers encoded in a worker thread (object tensors'
         # items are copied one by one), so this loop keeps answering pings and other calls.
         try:
-            if self.draining:
-                raise errors.Unavailable("replica is draining")
-            if length > stream.BIG:
-                model, version, signature, requests, output_filter, timeouts = await asyncio.to_thread(
-                    wire.decode_call, header, payload
-                )
-            else:
-                model, version, signature, requests, output_filter, timeouts = wire.decode_call(header, payload)
-            results = await self._run(model, version, signature, requests, output_filter, timeouts)
-            if stream.payload_bytes(results) > stream.BIG:
-                frame = await asyncio.to_thread(wire.encode_results, call_id, results, self._max_frame)
-            else:
-                frame = wire.encode_results(call_id, results, self._max_frame)
-        except Exception as exc:  # noqa: BLE001 - the call fails, the connection stays
-            frame = wire.encode_failure(call_id, exc)
-        if not frames.writer.is_closing():
-            await frames.send(frame)
+            try:
+                if self.draining:
+                    raise errors.Unavailable("replica is draining")
+                if length > stream.BIG:
+                    model, version, signature, requests, output_filter, timeouts = await asyncio.to_thread(
+                        wire.decode_call, header, payload
+                    )
+                else:
+                    model, version, signature, requests, output_filter, timeouts = wire.decode_call(header, payload)
+                results = await self._run(model, version, signature, requests, output_filter, timeouts)
+                if stream.payload_bytes(results) > stream.BIG:
+                    frame = await asyncio.to_thread(wire.encode_results, call_id, results, self._max_frame)
+                else:
+                    frame = wire.encode_results(call_id, results, self._max_frame)
+            except Exception as exc:  # noqa: BLE001 - the call fails, the connection stays
+                frame = wire.encode_failure(call_id, exc)
+            if not frames.writer.is_closing():
+                await frames.send(frame)
+        finally:
+            task = asyncio.current_task()
+            if task is not None:
+                self._tasks.discard(task)
 
     def busy(self) -> int:
         """Calls received and not yet answered."""

@@ -92,7 +92,7 @@ class FrameWriter:
 
     async def send(self, frame: Frame) -> None:
         """Writes `frame` (as `wire` builds it: its first piece starts with the length field)."""
-        total = sum(len(piece) for piece in frame)
+        total = sum(map(len, frame))
         if total <= BIG:
             self.writer.writelines(frame)  # the fast path: one call, nothing else can interleave
             await self.writer.drain()

@@ -49,8 +49,10 @@ PROOF_BYTES = hashlib.sha256().digest_size
 ACCEPTED = b"\x01"
 PING = {"ping": 1}
 PONG = {"pong": 1}
-# One encoder for every frame: json.dumps with its own separators builds a new one per call.
-_HEADER = json.JSONEncoder(separators=(",", ":"))
+# One encoder for every frame: json.dumps with its own separators builds a new one per call. A
+# header is never circular: the check's bookkeeping is skipped.
+_HEADER = json.JSONEncoder(separators=(",", ":"), check_circular=False)
+_DECODER = json.JSONDecoder()  # json.loads' own, without its checks of the argument's type
 
 
 def _string_pieces(items: np.ndarray) -> list[bytes]:
@@ -123,7 +125,7 @@ def _frame(
     call_id: int, header: dict[str, Any], chunks: list[bytes | memoryview], limit: int = MAX_FRAME
 ) -> list[bytes | memoryview]:
     head = _HEADER.encode(header).encode()
-    total = FRAME.size - 4 + len(head) + sum(len(c) for c in chunks)
+    total = FRAME.size - 4 + len(head) + sum(map(len, chunks))
     if total > min(limit, MAX_FRAME):
         raise errors.ResourceExhausted(f"message of {total} bytes is larger than the limit of {min(limit, MAX_FRAME)}")
     return [FRAME.pack(total, call_id, len(head)), head, *chunks]
@@ -218,5 +220,5 @@ def split_frame(body: memoryview) -> tuple[int, dict[str, Any], memoryview]:
     call_id, header_len = struct.unpack_from("<QI", body, 0)
     start = 12
     # Decoded to str first: json.loads of bytes sniffs their encoding in Python on every frame.
-    header = json.loads(str(body[start : start + header_len], "utf-8"))
+    header = _DECODER.decode(str(body[start : start + header_len], "utf-8"))
     return call_id, header, body[start + header_len :]
