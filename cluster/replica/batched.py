@@ -25,7 +25,7 @@ from cluster.replica.contract import RunResult, Target
 from cluster.replica.replica import Replica, compute, is_small
 from exporter.errors import InvalidInputError
 from exporter.servable import Servable
-from exporter.signature import Signature, Tensors
+from exporter.signature import Signature, Tensors, check_feeds
 
 QueueKey = tuple[int, str, tuple[str, ...]]
 
@@ -67,7 +67,11 @@ class BatchedRunner:
                 return asyncio.to_thread(run, inputs)
 
             def validate(inputs: Tensors) -> None:
-                Replica.validate(signature, inputs)
+                # `Replica.validate` less its row count: the queue has just counted the rows.
+                try:
+                    check_feeds(signature, inputs)
+                except InvalidInputError as e:
+                    raise errors.InvalidArgument(str(e)) from None
 
             queue = self._queues[key] = BatchQueue(execute, self._config, validate=validate)
         return queue

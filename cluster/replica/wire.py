@@ -82,15 +82,28 @@ def _string_pieces(items: np.ndarray) -> list[bytes]:
 def _encode_tensors(tensors: Tensors, chunks: list[bytes | memoryview]) -> list[list[Any]]:
     specs = []
     for alias, array in tensors.items():
-        if array.dtype == object:
+        if array.dtype.hasobject:  # an object tensor (`dtype == object` converts `object` each time)
             pieces = _string_pieces(array.reshape(-1))
-            specs.append([alias, "O", list(array.shape), sum(len(p) for p in pieces)])
+            specs.append([alias, "O", list(array.shape), sum(map(len, pieces))])
             chunks.extend(pieces)
         else:
-            data = np.ascontiguousarray(array)
-            specs.append([alias, data.dtype.str, list(data.shape), data.nbytes])
-            chunks.append(data.data.cast("B") if data.nbytes else b"")
+            data = np.ascontiguousarray(array)  # (a 0-d array comes out of it 1-d, as it always has)
+            nbytes = data.nbytes
+            specs.append([alias, data.dtype.str, list(data.shape), nbytes])
+            chunks.append(data.data.cast("B") if nbytes else b"")
     return specs
+
+
+_DTYPES: dict[str, np.dtype[Any]] = {}  # a header's dtype string -> its numpy dtype, parsed once
+
+
+def _dtype(name: str) -> np.dtype[Any]:
+    dtype = _DTYPES.get(name)
+    if dtype is None:
+        dtype = np.dtype(name)  # raises for what is not a dtype (np.frombuffer, for an object dtype)
+        if len(_DTYPES) < 256:  # a peer cannot grow it without bound
+            _DTYPES[name] = dtype
+    return dtype
 
 
 def _decode_tensors(specs: list[list[Any]], payload: memoryview, offset: int) -> tuple[dict[str, np.ndarray], int]:
@@ -108,7 +121,7 @@ def _decode_tensors(specs: list[list[Any]], payload: memoryview, offset: int) ->
             array[:] = items
             out[alias] = array.reshape(shape)
         else:
-            out[alias] = np.frombuffer(raw, dtype=np.dtype(dtype)).reshape(shape)
+            out[alias] = np.frombuffer(raw, dtype=_dtype(dtype)).reshape(shape)
     return out, offset
 
 
