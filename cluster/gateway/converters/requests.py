@@ -30,7 +30,7 @@ from cluster.routing.validation import check_claimed_tensors, check_input_aliase
 from cluster.types import VersionRequest
 from exporter import protobuf_wire
 from exporter.errors import InvalidInputError
-from exporter.signature import Signature
+from exporter.signature import Claim, Signature
 from exporter.tensor_codec import Lifted, TensorLayout, decode_tensor, tensor_layout
 from protos.tensorflow_serving.apis import (
     classification_pb2,
@@ -99,13 +99,17 @@ def predict_request(
     spec = spec if spec is not None else _required_spec(request)
     protos = request.inputs
     if signature is not None:
-        check_input_aliases(signature, protos.keys())
-    lifted = lifted or {}
-    layouts = {alias: _layout(alias, proto, lifted.get(alias)) for alias, proto in protos.items()}
+        check_input_aliases(signature, protos)
+    # One pass over the tensors' headers (iterating the map: its items() is a Python-level view).
+    layouts: dict[str, TensorLayout] = {}
+    claimed: dict[str, Claim] = {}
+    fill = 0
+    for alias in protos:
+        layout = layouts[alias] = _layout(alias, protos[alias], lifted.get(alias) if lifted else None)
+        claimed[alias] = (layout.numpy_dtype, layout.shape)
+        fill += layout.fill_bytes
     if signature is not None:
-        claimed = {alias: (layout.numpy_dtype, layout.shape) for alias, layout in layouts.items()}
         check_claimed_tensors(signature, claimed)
-    fill = sum(layout.fill_bytes for layout in layouts.values())
     if fill > max_fill_bytes:
         raise InvalidArgument(
             f"the request's tensors claim {fill} bytes more than the values they carry (TF fills "
@@ -113,10 +117,10 @@ def predict_request(
             "request (--max_request_fill_bytes)"
         )
     inputs = {}
-    for alias, proto in protos.items():
+    for alias, layout in layouts.items():
         if check is not None:
             check()
-        inputs[alias] = decode_tensor(proto, layouts[alias], check)
+        inputs[alias] = decode_tensor(protos[alias], layout, check)
     return PredictRequest(spec, inputs, tuple(request.output_filter), deadline, checked=signature)
 
 
