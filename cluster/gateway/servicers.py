@@ -29,7 +29,6 @@ from cluster.gateway import config_converters, converters, predict_bytes
 from cluster.gateway.offload import OFFLOAD_BYTES, Abort, in_thread
 from cluster.gateway.status import log_failure, status_of
 from cluster.requests import ClassifyResult, ModelMetadata, ModelSpec, ServingAPI
-from exporter.signature import Signature
 from protos.tensorflow_serving.apis import (
     classification_pb2,
     get_model_metadata_pb2,
@@ -87,9 +86,18 @@ async def _convert(raw: bytes, abort: Abort, fn: Callable[..., T], *args: Any, *
 async def _respond(arrays: Iterable[np.ndarray | None], fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """`fn(*args)` (a result's conversion to its message) inline, or in a worker thread when the
     result's arrays hold OFFLOAD_BYTES or more: a big answer must not hold the loop either."""
-    if sum(a.nbytes for a in arrays if a is not None) < OFFLOAD_BYTES:
+    if _nbytes(arrays) < OFFLOAD_BYTES:
         return fn(*args, **kwargs)
     return await asyncio.to_thread(fn, *args, **kwargs)
+
+
+def _nbytes(arrays: Iterable[np.ndarray | None]) -> int:
+    """The bytes `arrays` hold (a loop, not a generator: it runs on every answer)."""
+    total = 0
+    for array in arrays:
+        if array is not None:
+            total += array.nbytes
+    return total
 
 
 async def _parse(message_type: type[T], raw: bytes, abort: Abort) -> T:
@@ -135,15 +143,31 @@ class PredictionServicer:
     async def Predict(self, request: bytes, context: Any) -> bytes:
         deadline = _deadline(context)
         abort = Abort(deadline)
+        # As `_convert` decides, without its coroutines on the small path: inline, or (big) in a thread.
+        small = len(request) < OFFLOAD_BYTES
         # A big request's tensor payloads are lifted out as views, never parsed into the message.
-        message, lifted = await _convert(request, abort, predict_bytes.parse_predict_request, request)
+        if small:
+            message, lifted = predict_bytes.parse_predict_request(request)
+        else:
+            message, lifted = await in_thread(abort, predict_bytes.parse_predict_request, request)
         spec = converters.predict_spec(message)
-        signature = await self._signature(spec)
+        # The signature `spec` resolves to now, or None: then the service refuses the spec itself
+        # (with its own error, counted in its metrics), and the tensors are only bounded by the fill limit.
         try:
-            domain = await _convert(
-                request, abort, converters.predict_request, message, deadline,
-                signature=signature, max_fill_bytes=self._max_fill_bytes, check=abort.check, lifted=lifted, spec=spec,
-            )
+            signature = (await self._metadata(spec)).signatures.get(spec.signature_key)
+        except errors.ServingError:
+            signature = None
+        try:
+            if small:
+                domain = converters.predict_request(
+                    message, deadline, signature=signature, max_fill_bytes=self._max_fill_bytes,
+                    check=abort.check, lifted=lifted, spec=spec,
+                )
+            else:
+                domain = await in_thread(
+                    abort, converters.predict_request, message, deadline, signature=signature,
+                    max_fill_bytes=self._max_fill_bytes, check=abort.check, lifted=lifted, spec=spec,
+                )
         except errors.ServingError as exc:
             # Refused before the service saw it: still counted, as the service's own refusals are.
             refuse = getattr(self._api, "refuse", None)  # InstrumentedAPI's; a plain ServingAPI has none
@@ -152,18 +176,9 @@ class PredictionServicer:
             raise
         result = await self._api.predict(domain)
         # Serialized here, not by grpc on the loop: a big response is written in a worker thread.
-        if sum(a.nbytes for a in result.outputs.values()) < OFFLOAD_BYTES:
+        if _nbytes(result.outputs.values()) < OFFLOAD_BYTES:
             return converters.predict_response(result, tensor_content=self._tensor_content).SerializeToString()
         return await asyncio.to_thread(predict_bytes.predict_response_bytes, result, tensor_content=self._tensor_content)
-
-    async def _signature(self, spec: ModelSpec) -> Signature | None:
-        """The signature `spec` resolves to now, or None: then the service refuses the spec itself
-        (with its own error, counted in its metrics), and the tensors are only bounded by the fill limit."""
-        try:
-            metadata = await self._metadata(spec)
-        except errors.ServingError:
-            return None
-        return metadata.signatures.get(spec.signature_key)
 
     @_guarded
     async def MultiInference(self, request: bytes, context: Any) -> inference_pb2.MultiInferenceResponse:
