@@ -55,11 +55,14 @@ class InstrumentedAPI:
             status = code_of(exc).name
             raise
         finally:
-            # Label values come from known models and, on success, real signatures only, so a
-            # client cannot blow up the number of series with made-up names.
-            model = spec.name if spec is not None and self._is_known(spec.name) else ""
-            signature = spec.signature_key if spec is not None and per_signature and status == "OK" else ""
-            self._metrics.observe(model, signature, method, status, self._entrypoint, time.perf_counter() - started)
+            self._record(method, spec, status, per_signature, started)
+
+    def _record(self, method: str, spec: ModelSpec | None, status: str, per_signature: bool, started: float) -> None:
+        # Label values come from known models and, on success, real signatures only, so a
+        # client cannot blow up the number of series with made-up names.
+        model = spec.name if spec is not None and self._is_known(spec.name) else ""
+        signature = spec.signature_key if spec is not None and per_signature and status == "OK" else ""
+        self._metrics.observe(model, signature, method, status, self._entrypoint, time.perf_counter() - started)
 
     async def refuse(self, method: str, spec: ModelSpec | None, error: BaseException) -> NoReturn:
         """Counts a request the gateway refused before it reached the service (a Predict whose
@@ -72,7 +75,16 @@ class InstrumentedAPI:
         raise error  # unreachable: _observe re-raises
 
     async def predict(self, request: PredictRequest) -> PredictResult:
-        return await self._observe("predict", request.spec, self._api.predict(request))
+        # `_observe` written out: one coroutine fewer on the path every Predict takes.
+        started = time.perf_counter()
+        status = "OK"
+        try:
+            return await self._api.predict(request)
+        except Exception as exc:
+            status = code_of(exc).name
+            raise
+        finally:
+            self._record("predict", request.spec, status, True, started)
 
     async def classify(self, request: ExamplesRequest) -> ClassifyResult:
         return await self._observe("classify", request.spec, self._api.classify(request))

@@ -196,7 +196,8 @@ class Dispatcher:
         signature = signatures.get(key)
         if signature is None:
             raise errors.FailedPrecondition(f'Serving signature key "{key}" not found.')
-        if request.checked == signature:  # checked where it entered, against this very signature
+        checked = request.checked
+        if checked is signature or checked == signature:  # checked where it entered, against this very signature
             check_output_filter(signature, request.output_filter)
         else:
             check_predict_request(signature, request.inputs, request.output_filter)
