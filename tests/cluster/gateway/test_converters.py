@@ -423,3 +423,27 @@ def test_predict_response_bytes_is_the_serialized_predict_response(tensor_conten
     expected = converters.predict_response(result, tensor_content=tensor_content)
     got = predict_pb2.PredictResponse.FromString(predict_bytes.predict_response_bytes(result, tensor_content=tensor_content))
     assert got == expected
+
+
+@pytest.mark.parametrize("tensor_content", [False, True])
+@pytest.mark.parametrize(
+    "array",
+    [
+        np.arange(10, dtype=np.float32).reshape(1, 10),
+        np.arange(3, dtype=np.float64),
+        np.arange(4) % 2 == 0,
+        (np.arange(4) * (1 + 1j)).astype(np.complex128),
+        np.arange(6, dtype=np.int64).reshape(2, 3),
+        np.array([b"x", b""], dtype=object),
+        np.array(2.5, np.float32),
+        np.zeros((0, 3), np.float32),
+        np.zeros((1, 300), np.float32),
+    ],
+    ids=["float", "double", "bool", "complex128", "int64", "string", "scalar", "empty", "dim-300"],
+)
+def test_a_small_predict_response_bytes_are_upbs_own(array: np.ndarray, tensor_content: bool) -> None:
+    """Every gRPC Predict's answer is written by hand: for one output, the very bytes upb writes."""
+    for spec in (SPEC, ResolvedSpec("", 0, ""), ResolvedSpec("m", 2**40, "k"), ResolvedSpec("m", -1, "k")):
+        result = PredictResult(spec, {"y": array})
+        expected = converters.predict_response(result, tensor_content=tensor_content).SerializeToString()
+        assert predict_bytes.predict_response_bytes(result, tensor_content=tensor_content) == expected
