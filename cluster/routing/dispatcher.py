@@ -80,6 +80,9 @@ class Dispatcher:
         self._max_in_flight = max_in_flight_per_replica
         self._coalescer = coalescer or Coalescer()
         self._table = RoutingTable()
+        # Each version's ModelMetadata, made once per table, not per request (the gRPC servicer
+        # looks a Predict's signature up through it).
+        self._metadata: dict[tuple[str, int], ModelMetadata] = {}
         self._routers: dict[str, Router[ReplicaRef]] = {}
         self._connections = Connections(
             connect=connect, host_channel=host_channel, data_plane_secret=data_plane_secret, drain_grace_s=drain_grace_s
@@ -137,6 +140,11 @@ class Dispatcher:
             del self._routers[name]
             self._load.forget(name)
         self._connections.keep({ref for route in table.models.values() for ref in route.replicas})
+        self._metadata = {
+            (name, version): ModelMetadata(ResolvedSpec(route.name, version, ""), signatures)
+            for name, route in table.models.items()
+            for version, signatures in route.available.items()
+        }
         self._table = table
 
     @property
@@ -253,7 +261,10 @@ class Dispatcher:
 
     async def model_metadata(self, spec: ModelSpec) -> ModelMetadata:
         route, version, signatures = self._resolve(spec)
-        return ModelMetadata(ResolvedSpec(route.name, version, ""), signatures)
+        metadata = self._metadata.get((spec.name, version))
+        if metadata is None or metadata.signatures is not signatures:  # made for another table
+            metadata = ModelMetadata(ResolvedSpec(route.name, version, ""), signatures)
+        return metadata
 
     async def model_status(self, name: str, version: int | None) -> list[VersionStatus]:
         route = self._table.models.get(name)
