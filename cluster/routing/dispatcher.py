@@ -189,7 +189,9 @@ class Dispatcher:
             if timeout is None:
                 return await future
             # A timer on the future itself: asyncio.wait_for would wrap every request in a task.
-            timer = asyncio.get_running_loop().call_later(timeout, _expire, future)
+            # (call_later's own call_at, without its frame.)
+            loop = asyncio.get_running_loop()
+            timer = loop.call_at(loop.time() + timeout, _expire, future)
             try:
                 return await future
             finally:
@@ -204,13 +206,13 @@ class Dispatcher:
         signature = signatures.get(key)
         if signature is None:
             raise errors.FailedPrecondition(f'Serving signature key "{key}" not found.')
-        checked = request.checked
+        checked, output_filter = request.checked, request.output_filter
         if checked is signature or checked == signature:  # checked where it entered, against this very signature
             check_output_filter(signature, request.output_filter)
         else:
             check_predict_request(signature, request.inputs, request.output_filter)
         outputs = await self._run(
-            route, version, key, request.inputs, tuple(sorted(request.output_filter)), request.deadline
+            route, version, key, request.inputs, tuple(sorted(output_filter)) if output_filter else (), request.deadline
         )
         return PredictResult(ResolvedSpec(route.name, version, key), outputs)
 

@@ -73,7 +73,9 @@ def _required_spec(request: Any) -> ModelSpec:
 
 def predict_spec(request: predict_pb2.PredictRequest) -> ModelSpec:
     """The ModelSpec of a PredictRequest (refused if missing or nameless, as TF Serving does)."""
-    return _required_spec(request)
+    if not request.HasField("model_spec"):  # `_required_spec`, one call fewer on every Predict
+        raise InvalidArgument("Missing ModelSpec")
+    return model_spec(request.model_spec)
 
 
 def predict_request(
@@ -105,7 +107,10 @@ def predict_request(
     claimed: dict[str, Claim] = {}
     fill = 0
     for alias in protos:
-        layout = layouts[alias] = _layout(alias, protos[alias], lifted.get(alias) if lifted else None)
+        try:
+            layout = layouts[alias] = tensor_layout(protos[alias], lifted=lifted.get(alias) if lifted else None)
+        except (InvalidInputError, ValueError) as exc:
+            raise InvalidArgument(f"tensor parsing error: {alias}") from exc
         claimed[alias] = (layout.numpy_dtype, layout.shape)
         fill += layout.fill_bytes
     if signature is not None:
@@ -121,14 +126,8 @@ def predict_request(
         if check is not None:
             check()
         inputs[alias] = decode_tensor(protos[alias], layout, check)
-    return PredictRequest(spec, inputs, tuple(request.output_filter), deadline, checked=signature)
-
-
-def _layout(alias: str, proto: Any, lifted: Lifted | None) -> TensorLayout:
-    try:
-        return tensor_layout(proto, lifted=lifted)
-    except (InvalidInputError, ValueError) as exc:
-        raise InvalidArgument(f"tensor parsing error: {alias}") from exc
+    output_filter = request.output_filter
+    return PredictRequest(spec, inputs, tuple(output_filter) if output_filter else (), deadline, checked=signature)
 
 
 def parse(message_type: type[M], raw: bytes) -> M:
