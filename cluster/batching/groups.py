@@ -14,7 +14,7 @@ import asyncio
 import itertools
 from collections import deque
 from collections.abc import Hashable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -48,9 +48,9 @@ class Pending:
             self.future.set_exception(error)
 
 
-@dataclass(frozen=True, slots=True)
-class Member:
-    """Rows [start, stop) of a queued request, placed in a batch."""
+class Member(NamedTuple):
+    """Rows [start, stop) of a queued request, placed in a batch (a NamedTuple: one per request
+    per batch, and a frozen dataclass's __init__ sets each field through object.__setattr__)."""
 
     entry: Pending
     start: int

@@ -39,6 +39,9 @@ def shape_key(inputs: Tensors, *, pad_variable_length: bool) -> Hashable:
     Aliases and dtypes must always agree (concatenation would otherwise silently upcast). The
     non-batch dims must agree too, unless `pad_variable_length`, where only the ranks must.
     """
+    if len(inputs) == 1:  # one tensor (most models): a tuple, never equal to a frozenset of several
+        ((alias, a),) = inputs.items()
+        return (alias, a.dtype, a.ndim) if pad_variable_length else (alias, a.dtype, a.shape[1:])
     if pad_variable_length:
         return frozenset((alias, a.dtype, a.ndim) for alias, a in inputs.items())
     return frozenset((alias, a.dtype, a.shape[1:]) for alias, a in inputs.items())

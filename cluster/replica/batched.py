@@ -150,11 +150,11 @@ async def _outcomes(
 
 
 def _as_result(outcome: Tensors | BaseException) -> RunResult:
+    if not isinstance(outcome, BaseException):  # outputs: the common case first
+        return outcome
     if isinstance(outcome, errors.ServingError):
         return outcome
     if isinstance(outcome, InvalidInputError):
         return errors.InvalidArgument(str(outcome))
-    if isinstance(outcome, BaseException):
-        # No Python class name in what a client reads (issue 9).
-        return errors.Internal(f"the servable failed: {outcome}" if str(outcome) else "the servable failed")
-    return outcome
+    # No Python class name in what a client reads (issue 9).
+    return errors.Internal(f"the servable failed: {outcome}" if str(outcome) else "the servable failed")

@@ -47,7 +47,12 @@ class FrameTooBig(ValueError):
 def payload_bytes(tensor_sets: Iterable[Mapping[str, np.ndarray] | BaseException]) -> int:
     """About how many bytes encoding these tensors will write (object arrays count their item
     pointers, which is what their encoding's cost grows with); exceptions count nothing."""
-    return sum(a.nbytes for ts in tensor_sets if not isinstance(ts, BaseException) for a in ts.values())
+    total = 0
+    for tensors in tensor_sets:  # a loop, not a generator: this runs for every call at both ends
+        if not isinstance(tensors, BaseException):
+            for array in tensors.values():
+                total += array.nbytes
+    return total
 
 
 def bound_socket_buffers(writer: asyncio.StreamWriter) -> None:
