@@ -44,7 +44,10 @@ async def _calls(version_dir: str, calls: int, concurrency: int, per_call: int) 
         return await runner.run(version, signature, requests, output_filter, timeouts)
 
     server = DataPlaneServer(run, SECRET)
-    channel = ReplicaChannel(await server.start("127.0.0.1"), SECRET)
+    # Under valgrind a loop step can take seconds: no liveness timeout that would call the
+    # replica hung and end the run early.
+    channel = ReplicaChannel(await server.start("127.0.0.1"), SECRET, ping_interval_s=3600.0,
+                             liveness_timeout_s=7200.0)
     feeds = [decode_inputs(predict_request(batch=1, seed=0))] * per_call
 
     async def caller(n: int) -> None:
@@ -57,6 +60,7 @@ async def _calls(version_dir: str, calls: int, concurrency: int, per_call: int) 
     await asyncio.gather(*(caller(calls // concurrency) for _ in range(concurrency)))
     await channel.close()
     await server.close()
+    print(f"{calls // concurrency * concurrency} calls of {per_call} requests answered", flush=True)
 
 
 def main() -> None:
