@@ -139,6 +139,7 @@ class TesseraServer:
         count = opts.gateway_processes
         if count >= 1:
             self.gateway = Gateway(opts, self._controller, reuse_port=count > 1)
+            self.gateway.readiness_held = count > 1  # until the other gateway processes have joined
             await self.gateway.start()
         if count > 1:
             assert self.gateway is not None and self.gateway.grpc_port is not None
@@ -148,6 +149,7 @@ class TesseraServer:
             for process in self.processes:
                 process.start()
             await self._wait_joined(timeout=120.0)
+            self.gateway.readiness_held = False
             self._supervisor = asyncio.get_running_loop().create_task(self._supervise())
         if opts.model_config_file and opts.model_config_file_poll_wait_seconds > 0:
             # One poller per cluster, here: gateways never re-send a config they read earlier.

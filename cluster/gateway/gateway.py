@@ -43,6 +43,10 @@ class Gateway:
         self._grpc: Any = None
         self._rest: Any = None
         self.metrics = MetricsExporter()  # one registry per gateway, injected, never a global
+        # Readiness held back (health NOT_SERVING, /readyz 503) while true: `tessera serve` holds
+        # its own gateway's until its other gateway processes have joined, or a load balancer's
+        # first connections would all land on this one process, and stay there.
+        self.readiness_held = False
 
     @property
     def dispatcher(self) -> Dispatcher:
@@ -109,7 +113,8 @@ class Gateway:
 
         dispatcher = self.dispatcher
         return InstrumentedAPI(
-            dispatcher, self.metrics.gateway, entrypoint, lambda name: name in dispatcher.table.models
+            dispatcher, self.metrics.gateway, entrypoint, lambda name: name in dispatcher.table.models,
+            held=lambda: self.readiness_held,
         )
 
     async def _scrape(self, request: Any) -> Any:

@@ -30,7 +30,11 @@ from cluster.types import VersionStatus
 T = TypeVar("T")
 
 class InstrumentedAPI:
-    """Implements ServingAPI by delegating to `api`, recording metrics for `entrypoint`."""
+    """Implements ServingAPI by delegating to `api`, recording metrics for `entrypoint`.
+
+    `held` (default: never) holds readiness back while it is true, whatever `api` says: the health
+    service and /readyz report not ready, requests are still answered.
+    """
 
     def __init__(
         self,
@@ -38,11 +42,13 @@ class InstrumentedAPI:
         metrics: GatewayMetrics,
         entrypoint: str,
         is_known_model: Callable[[str], bool] = lambda name: True,
+        held: Callable[[], bool] = lambda: False,
     ) -> None:
         self._api = api
         self._metrics = metrics
         self._entrypoint = entrypoint
         self._is_known = is_known_model
+        self._held = held
 
     async def _observe(
         self, method: str, spec: ModelSpec | None, call: Awaitable[T], *, per_signature: bool = True
@@ -108,4 +114,4 @@ class InstrumentedAPI:
         return await self._observe("reload_config", None, self._api.reload_config(config))
 
     def is_ready(self) -> bool:
-        return self._api.is_ready()
+        return not self._held() and self._api.is_ready()

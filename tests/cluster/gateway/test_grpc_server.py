@@ -15,8 +15,11 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from prometheus_client import CollectorRegistry
 
 from cluster.gateway.grpc_server import GatewayServer
+from cluster.gateway.instrumented import InstrumentedAPI
+from cluster.metrics import GatewayMetrics
 from exporter import dtypes
 from exporter.tensor_codec import proto_to_array
 from exporter.tensor_encode import array_to_proto
@@ -409,3 +412,21 @@ def test_start_twice_is_refused_and_stop_is_idempotent() -> None:
         await server.stop(None)
 
     asyncio.run(main())
+
+
+def test_health_follows_a_held_readiness() -> None:
+    held = [True]
+    fake = FakeAPI()
+    fake.ready = True
+    api = InstrumentedAPI(fake, GatewayMetrics(CollectorRegistry()), "grpc", held=lambda: held[0])
+
+    async def test(client: Client, _: Any) -> None:
+        await asyncio.sleep(0.1)  # several readiness polls
+        assert await _health(client.channel, "") == health_pb2.HealthCheckResponse.NOT_SERVING
+        held[0] = False
+        deadline = time.monotonic() + 10
+        while await _health(client.channel, "") != health_pb2.HealthCheckResponse.SERVING:
+            assert time.monotonic() < deadline, "never became SERVING"
+            await asyncio.sleep(0.02)
+
+    run(test, api)  # type: ignore[arg-type]  # an InstrumentedAPI over the FakeAPI

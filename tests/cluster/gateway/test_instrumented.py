@@ -177,3 +177,16 @@ def test_readiness_is_the_service_s() -> None:
     t.fake.ready = True
     assert t.api.is_ready()
     assert t.total() == 0  # readiness probes are not requests
+
+
+def test_readiness_held_back_while_held_and_requests_still_answered() -> None:
+    held = [True]
+    fake = FakeAPI()
+    fake.ready = True
+    api = InstrumentedAPI(fake, GatewayMetrics(CollectorRegistry()), "grpc", held=lambda: held[0])
+    assert not api.is_ready()  # e.g. `tessera serve`'s own gateway before its siblings joined
+    assert isinstance(run(api.predict(predict())), PredictResult)
+    held[0] = False
+    assert api.is_ready()
+    fake.ready = False
+    assert not api.is_ready()  # the service's own word still counts
