@@ -243,7 +243,8 @@ def bench_server(spec: Spec, ctx: Context, args: argparse.Namespace, payload: by
     entry: dict[str, Any] = {"name": spec.name, "label": spec.label, "config": spec.config(ctx),
                              "levels": [], "loadavg_before": _loadavg()}
     port = free_port()
-    server = ServerProcess(spec.name, spec.argv(ctx, port), port, args.logs / f"{spec.name}.log")
+    server = ServerProcess(spec.name, spec.argv(ctx, port), port, args.logs / f"{spec.name}.log",
+                           ready_line="Tessera gRPC on" if spec.name.startswith("tessera") else "")
     print(f"== {spec.label}: starting ({' '.join(server.argv[1:4])} ...)", flush=True)
     try:
         server.start()

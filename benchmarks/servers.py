@@ -81,6 +81,9 @@ class ServerProcess:
     argv: list[str]
     port: int
     log_path: pathlib.Path
+    # A line the server prints once it is whole: `tessera serve` answers from its first gateway
+    # process before the others have joined, and connections opened then all stay on that one.
+    ready_line: str = ""
     proc: subprocess.Popen[bytes] | None = None
     started_at: float = 0.0
     ready_after_s: float | None = None
@@ -122,6 +125,10 @@ class ServerProcess:
                     response = stub.Predict(request, timeout=5.0)
                     got = proto_to_array(response.outputs[OUTPUT])
                     if got.shape == expected.shape and np.allclose(got, expected, atol=1e-5):
+                        if self.ready_line and self.ready_line not in self.log_path.read_text(errors="replace"):
+                            last_error = f"answers, but has not printed {self.ready_line!r} yet"
+                            time.sleep(0.2)
+                            continue
                         self.ready_after_s = time.monotonic() - self.started_at
                         return
                     last_error = f"wrong answer {got!r}"
