@@ -5,13 +5,15 @@ A lane sends at once when none of its calls is running (no added latency when id
 arrive while calls run wait and leave together in the next call. How many calls a lane keeps
 running depends on how long its calls take:
 
-- *Short* calls (the lane's recent mean under `spread_s`, 2 ms; a new lane's count as long until
-  one comes back; an idle lane's mean is remembered): one at a time. A call's fixed cost
-  (~150 us of CPU over both ends, about what two requests cost) is then what matters, and waiting for
-  the running call costs less than `spread_s`. Under load every call carries what arrived during
-  the one before: at c=128, 2.6 requests per call while a lane kept one call per replica running.
-  A request never waits longer than `spread_s` for a running call, though: past that (a slow
-  outlier, a hung replica) what waits goes to the replicas with room, as for long calls.
+- *Short* calls (the lane's recent mean under `long_call_s`, 5 ms; a new lane's count as long
+  until one comes back; an idle lane's mean is remembered): one at a time. A call's fixed cost
+  (~150 us of CPU over both ends, about what two requests cost) is then what matters. Under load
+  every call carries what arrived during the one before: at c=128, 6.5 requests per call against
+  2.6 while a lane kept one call per replica running. A request never waits longer than
+  `spread_s` (2 ms) for a running call, though: past that (a slow outlier, a hung replica, a busy
+  machine) what waits goes to the replicas with room, as for long calls. The two bounds differ so
+  that a few slow calls spread what waits for them without turning the lane into one of long
+  calls (smaller calls cost more CPU, which makes calls slower still).
 - *Long* calls: up to `max_calls_per_replica` per replica, what waits spread evenly over the calls
   the lane has room for (idle replicas each take a share, as large as one replica alone would get).
 
@@ -86,9 +88,11 @@ class Coalescer:
         max_wait_s: float = 30.0,
         down_s: float = 5.0,
         spread_s: float = 0.002,
+        long_call_s: float = 0.005,
     ) -> None:
         self._max_calls = max_calls_per_replica
         self._spread = spread_s
+        self._long_call = long_call_s
         self._max_requests = max_requests_per_call
         self._max_wait = max_wait_s
         self._down = down_s
@@ -130,7 +134,7 @@ class Coalescer:
         runs one at a time until its requests have waited `spread_s`. Until one of its calls has
         come back a lane's calls count as long: a burst at an idle lane of a slow model spreads."""
         spare = self._spare(lane)
-        if 0.0 < lane.call_s < self._spread and not lane.overdue:
+        if 0.0 < lane.call_s < self._long_call and not lane.overdue:
             return min(spare, 1 - lane.in_flight_calls)
         return spare
 

@@ -1,6 +1,7 @@
-"""How many calls a coalescer lane keeps running: one at a time for short calls (each then carries
-what arrived during the one before), spread over replicas for long ones, and never a wait of more
-than `spread_s` for a running short call. No Ray: replicas are in-process targets."""
+"""How many calls a coalescer lane keeps running: one at a time for short calls (a mean under
+`long_call_s`; each then carries what arrived during the one before), spread over replicas for long
+ones, and never a wait of more than `spread_s` for a running short call. No Ray: replicas are
+in-process targets."""
 
 from __future__ import annotations
 
@@ -70,7 +71,7 @@ def test_a_lane_of_short_calls_runs_one_at_a_time() -> None:
     a, b = Target("a", 0.01, lane), Target("b", 0.01, lane)
 
     async def main() -> None:
-        c = Coalescer(spread_s=1.0)  # 10 ms calls are short here
+        c = Coalescer(spread_s=1.0, long_call_s=1.0)  # 10 ms calls are short here
         answers = await _steady(c, _router(a, b), callers=16, rounds=10)
         assert sorted(answers) == sorted(2.0 * i for i in range(16) for _ in range(10))
 
@@ -86,7 +87,7 @@ def test_a_lane_of_long_calls_spreads_over_the_replicas() -> None:
     a, b = Target("a", 0.02), Target("b", 0.02)
 
     async def main() -> None:
-        c = Coalescer(spread_s=0.005)  # 20 ms calls are long here
+        c = Coalescer(long_call_s=0.005)  # 20 ms calls are long here
         router = _router(a, b)
         await _steady(c, router, callers=16, rounds=5)
 
