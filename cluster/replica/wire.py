@@ -206,16 +206,21 @@ def encode_results(
     return _frame(call_id, {"results": entries}, chunks, limit)
 
 
+def error_of(kind: str, message: str) -> errors.ServingError:
+    """The error a frame names by class: a `cluster.errors` class, or Internal for any other name
+    (a peer's name never reaches anything but this lookup)."""
+    cls = getattr(errors, kind, None)
+    if not (isinstance(cls, type) and issubclass(cls, errors.ServingError)):
+        cls = errors.Internal
+    return cls(message)
+
+
 def decode_results(header: dict[str, Any], payload: memoryview) -> list[RunResult]:
     results: list[RunResult] = []
     offset = 0
     for entry in header["results"]:
         if "error" in entry:
-            kind, message = entry["error"]
-            cls = getattr(errors, kind, None)
-            if not (isinstance(cls, type) and issubclass(cls, errors.ServingError)):
-                cls = errors.Internal
-            results.append(cls(message))
+            results.append(error_of(*entry["error"]))
         else:
             tensors, offset = _decode_tensors(entry["tensors"], payload, offset)
             results.append(tensors)

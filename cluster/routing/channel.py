@@ -169,11 +169,7 @@ class ReplicaChannel:
             if future is None or future.done():
                 return  # a pong, or the caller gave up (deadline): nothing to deliver
             if "failure" in header:
-                kind, message = header["failure"]
-                cls = getattr(errors, kind, None)
-                if not (isinstance(cls, type) and issubclass(cls, errors.ServingError)):
-                    cls = errors.Internal
-                future.set_exception(cls(message))
+                future.set_exception(wire.error_of(*header["failure"]))
             elif len(body) > stream.BIG:
                 # Decoded in a worker thread (object tensors' items are copied out one by one),
                 # by a task of its own: the answers behind it go on being read.
