@@ -45,6 +45,10 @@ class TwoNodeCluster:
     def env(self) -> dict[str, str]:
         env = server_env()
         env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "1"  # a multi-node cluster, each node told 127.0.0.1
+        # Ray Client's proxier forks a server per client while its gRPC threads run; with gRPC's fork
+        # handlers the child's event_engine thread segfaulted (dmesg) in about half the starts, and
+        # that client never connected. The child execs at once: it needs no gRPC state of its own.
+        env["GRPC_ENABLE_FORK_SUPPORT"] = "false"
         # Declare a vanished node dead in ~3 s instead of ~30 s: only the test's duration depends on it.
         env.update(RAY_health_check_initial_delay_ms="1000", RAY_health_check_period_ms="1000",
                    RAY_health_check_failure_threshold="3", RAY_health_check_timeout_ms="1000")
