@@ -113,8 +113,9 @@ def _replica_pids(server: ServerProcess) -> list[int]:
 
 def _outcome(load: Stream, rss: _RssPeak, note: str, extra_failed: int = 0) -> Outcome:
     codes = {k: v for k, v in load.codes.items() if k != "OK"}
+    first = "; ".join(f"{code}: {message[:160]}" for code, message in load.messages.items())
     return Outcome(load.sent, load.failed + extra_failed, load.worst_s, int(rss.peak * 2**20),
-                   note + (f"; failures {codes}" if codes else ""))
+                   note + (f"; failures {codes} (first: {first})" if codes else ""))
 
 
 def _until(predicate: Callable[[], object], timeout: float, what: str) -> None:

@@ -35,6 +35,7 @@ class Stream:
     failed: int = 0
     worst_s: float = 0.0
     codes: Counter[str] = field(default_factory=Counter)
+    messages: dict[str, str] = field(default_factory=dict)  # a failure code -> its first details
     _stop: threading.Event = field(default_factory=threading.Event)
     _threads: list[threading.Thread] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -66,17 +67,19 @@ class Stream:
                 request.inputs["x"].CopyFrom(tensor)
                 turn += 1
                 started = time.monotonic()
-                code = "OK"
+                code, details = "OK", ""
                 try:
                     stub.Predict(request, timeout=self.timeout_s)
                 except grpc.RpcError as exc:
-                    code = exc.code().name
+                    code, details = exc.code().name, exc.details() or ""
                 elapsed = time.monotonic() - started
                 with self._lock:
                     self.sent += 1
                     self.failed += code != "OK"
                     self.worst_s = max(self.worst_s, elapsed)
                     self.codes[code] += 1
+                    if code != "OK":
+                        self.messages.setdefault(code, details)  # the first of each code: where it came from
 
     def snapshot(self) -> tuple[int, int]:
         with self._lock:
